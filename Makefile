@@ -1,0 +1,27 @@
+# Two commands do all the set-up:  `make demo` (the intent-head example end to end)
+# and `make test` (the whole test suite). Both create .venv first if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ph-installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	cd jac_examples/intent_head && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) jac_examples/*/heads jac_examples/*/saved

@@ -1,0 +1,41 @@
+"""ph: personalized heads for Jaseci apps.
+
+Every user (tenant, device) gets a small PyTorch model, created from a YAML config,
+trained on their data and asked for predictions from JAC walkers
+(`actions load module ph`), over HTTP (`ph serve`), or from Python:
+
+    import ph
+    ph.create_head_list(config_file="config.yaml")
+    uid = ph.create_head(uuid="alice")
+    ph.train_head(uid)
+    ph.predict(uid, "I want to order a pizza")
+"""
+from __future__ import annotations
+
+import sys
+
+from .api import (check_head, create_head, create_head_list, delete_head, get_config,
+                  get_registry, head_stats, list_heads, load_weights, predict, setup,
+                  train_head, train_status)
+from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, PHError,
+                     PermissionDeniedError, TrainingError, WeightsError)
+from .registry import HeadRegistry
+
+__version__ = "0.1.0"
+__all__ = ["check_head", "create_head", "create_head_list", "delete_head", "get_config",
+           "get_registry", "head_stats", "list_heads", "load_weights", "predict", "setup",
+           "train_head", "train_status", "serv_actions", "HeadRegistry", "PHError",
+           "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError",
+           "PermissionDeniedError", "TrainingError", "WeightsError"]
+
+
+def serv_actions():
+    """ASGI app of the remote action server (`uvicorn ph:serv_actions`, as JSORC runs it)."""
+    from .server import create_app
+    return create_app()
+
+
+if "jaseci" in sys.modules:  # loaded by Jaseci: register the actions
+    from . import actions as _actions
+
+    _actions.register()

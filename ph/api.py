@@ -1,0 +1,148 @@
+"""The ph actions as plain Python functions over one process-wide HeadRegistry.
+
+These are what `ph.actions` registers with Jaseci and what `ph.server` serves over
+HTTP: argument handling only (both call forms of the seed, JSON-able results).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import torch
+
+from .errors import BadInputError, ConfigError
+from .paths import PathPolicy
+from .registry import HeadRegistry, default_heads_dir
+
+_registry: HeadRegistry | None = None
+_registry_lock = threading.Lock()
+
+
+def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
+          policy: PathPolicy | None = None) -> HeadRegistry:
+    """(Re)create the process-wide registry; Jaseci calls this with a module's context.
+
+    Args:
+        heads_dir: folder of the heads (default: $PH_HEADS_DIR or ./heads).
+        memory_budget: bytes of loaded heads to keep in memory (default: $PH_MEMORY_BUDGET
+            or unlimited); accepts suffixes like "2GB".
+        policy: which paths and code callers may use (default: all; the server passes its own).
+    """
+    global _registry
+    with _registry_lock:
+        budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
+        _registry = HeadRegistry(heads_dir or default_heads_dir(), policy,
+                                 parse_bytes(budget) if budget not in (None, "") else None)
+        return _registry
+
+
+def get_registry() -> HeadRegistry:
+    """The process-wide registry, created from the environment on first use."""
+    with _registry_lock:
+        registry = _registry
+    return registry if registry is not None else setup()
+
+
+def create_head_list(config: dict | str | None = None, python: str | None = None,
+                     config_file: str | None = None) -> None:
+    """Set the default config (a dict or a YAML path) and user Python source for new heads."""
+    get_registry().create_head_list(_one_config(config, config_file), python)
+
+
+def create_head(uuid: str | None = None, config: dict | str | None = None,
+                config_file: str | None = None, replace: bool = False) -> str:
+    """Create a head (config merged onto the head list's); returns its uuid."""
+    return get_registry().create_head(uuid, _one_config(config, config_file), replace)
+
+
+def predict(uuid: str, data: Any) -> Any:
+    """The head's prediction for `data` (one input or a list), as plain JSON values."""
+    return to_plain(get_registry().predict(uuid, data))
+
+
+def train_head(uuid: str, config: dict | str | None = None, config_file: str | None = None,
+               auto_update: bool = True, background: bool = False) -> dict:
+    """Train a head; returns the summary, or `{"job_id": ...}` at once when `background`."""
+    registry = get_registry()
+    config = _one_config(config, config_file)
+    if background:
+        from .jobs import start_job
+        return start_job(registry, uuid, config, auto_update)
+    return to_plain(registry.train(uuid, config, auto_update))
+
+
+def train_status(job_id: str) -> dict:
+    """State, epoch, latest metrics and error of a background training job."""
+    from .jobs import job_status
+    return job_status(get_registry(), job_id)
+
+
+def load_weights(uuid: str, weights_file: str | None = None, path: str | None = None) -> dict:
+    """Switch a head to weights from a file (`weights_file`, or `path` as in the seed)."""
+    if weights_file and path and weights_file != path:
+        raise BadInputError("give the weights file once: weights_file or path, not both")
+    return get_registry().load_weights(uuid, weights_file or path)
+
+
+def get_config(uuid: str) -> dict:
+    return get_registry().get_config(uuid)
+
+
+def check_head(uuid: str) -> dict:
+    return to_plain(get_registry().check_head(uuid))
+
+
+def list_heads() -> list:
+    return get_registry().list_heads()
+
+
+def delete_head(uuid: str) -> bool:
+    return get_registry().delete_head(uuid)
+
+
+def head_stats() -> dict:
+    """Memory held by loaded heads and cache hits, misses and evictions."""
+    return get_registry().stats()
+
+
+ACTIONS = (create_head_list, create_head, predict, train_head, train_status, load_weights,
+           get_config, check_head, list_heads, delete_head, head_stats)
+
+
+def _one_config(config: Any, config_file: Any) -> Any:
+    if config is not None and config_file is not None:
+        raise ConfigError("give the config once: config (a dict or path) or config_file, not both")
+    return config_file if config_file is not None else config
+
+
+def to_plain(value: Any) -> Any:
+    """Tensors and numpy values -> lists and numbers (Jaseci and JSON cannot carry tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        return value.tolist()
+    return value
+
+
+def parse_bytes(value: int | str) -> int:
+    """Bytes from 123, '512MB', '2GB' or '1.5GiB'."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().replace("IB", "B")
+    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            text, scale = text[: -len(unit)], factor
+            break
+    else:
+        scale = 1
+    try:
+        return int(float(text) * scale)
+    except ValueError:
+        raise ConfigError(f"memory_budget: cannot read {value!r} as a size; use bytes or e.g. "
+                          "'512MB', '2GB'") from None

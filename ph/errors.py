@@ -1,0 +1,84 @@
+"""The errors ph raises on purpose.
+
+Every message says what was wrong, where (config key path, uuid or file) and how to
+fix it. `http_status` lets the server map a kind to a status code in one place.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class PHError(Exception):
+    """Base of all ph errors."""
+
+    kind = "error"
+    http_status = 500
+
+    def to_dict(self) -> dict:
+        return {"error": self.kind, "message": str(self)}
+
+
+class ConfigError(PHError):
+    """A config (or an argument that is part of one) is invalid; lists every problem."""
+
+    kind = "config"
+    http_status = 400
+
+    def __init__(self, problems: str | Iterable[str], source: str | None = None):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        where = f" in {source}" if source else ""
+        if len(self.problems) == 1:
+            message = f"Invalid config{where}: {self.problems[0]}"
+        else:
+            lines = "\n".join(f"  - {p}" for p in self.problems)
+            message = f"Invalid config{where}, {len(self.problems)} problems:\n{lines}"
+        super().__init__(message)
+
+
+class BadInputError(PHError):
+    """Data or an argument given to an action cannot be used."""
+
+    kind = "bad_input"
+    http_status = 400
+
+
+class WeightsError(PHError):
+    """A weights file is missing, unreadable or does not fit the head's model."""
+
+    kind = "weights"
+    http_status = 400
+
+
+class PermissionDeniedError(PHError):
+    """The operator has not allowed this (remote code, a path outside allowed folders)."""
+
+    kind = "forbidden"
+    http_status = 403
+
+
+class HeadNotFoundError(PHError):
+    """No head (or job) with this id."""
+
+    kind = "not_found"
+    http_status = 404
+
+
+class ConflictError(PHError):
+    """The request conflicts with existing state (a head exists, a training runs)."""
+
+    kind = "conflict"
+    http_status = 409
+
+
+class TrainingError(PHError):
+    """Training started but failed; the head's current weights are unchanged."""
+
+    kind = "training"
+    http_status = 500
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' hint for a misspelt name, or ''."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,133 @@
+"""Background training: each job runs in its own process, so serving stays responsive
+and a crash or kill cannot touch the serving process or the head's current weights.
+
+The job's state lives in `<heads>/_jobs/<id>.json`, so any worker can report it.
+Run as `python -m ph.jobs HEADS_DIR JOB_ID` (started by `start_job`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .errors import ConflictError, PHError
+from .paths import PathPolicy
+from .registry import HeadRegistry
+from .store import check_uuid, new_uuid
+
+log = logging.getLogger("ph.jobs")
+ACTIVE = ("queued", "running")
+_children: dict[str, subprocess.Popen] = {}
+
+
+def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True) -> dict:
+    """Validate the training config now, then train in a new process; returns the job id."""
+    record = registry.store.read(check_uuid(uuid))
+    full = registry.training_config(record, config)
+    if registry.check_head(uuid)["training"]:
+        raise ConflictError(f"head '{uuid}' is already training; wait for that run (train_status)")
+    policy = registry.policy
+    job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
+           "config": full, "auto_update": bool(auto_update), "epoch": 0,
+           "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
+           "summary": None, "pid": None,
+           "policy": {"roots": None if policy.allowed_roots is None else [str(r) for r in policy.allowed_roots],
+                      "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
+    registry.store.write_job(job)
+    _reap()
+    proc = subprocess.Popen([sys.executable, "-m", "ph.jobs", str(registry.store.root), job["id"]],
+                            cwd=os.getcwd(), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _children[job["id"]] = proc
+    return {"job_id": job["id"], "uuid": uuid, "state": "queued", "pid": proc.pid}
+
+
+def job_status(registry: HeadRegistry, job_id: str) -> dict:
+    """The job's state; a job whose process died without saying so is reported failed."""
+    job = registry.store.read_job(job_id)
+    proc = _children.get(job_id)
+    if proc is not None and proc.poll() is not None:
+        _children.pop(job_id, None)
+        job = registry.store.read_job(job_id)
+    if job["state"] in ACTIVE and not _alive(job.get("pid"), proc):
+        job = registry.store.read_job(job_id)  # it may have finished just now
+        if job["state"] in ACTIVE:
+            job.update(state="failed", ended=time.time(),
+                       error="the training process ended without finishing (killed or crashed); "
+                             "the head keeps its previous weights")
+            registry.store.write_job(job)
+    return {k: job.get(k) for k in ("id", "uuid", "state", "epoch", "epochs", "metrics",
+                                    "error", "summary", "created", "started", "ended")}
+
+
+def stop_job(registry: HeadRegistry, job_id: str) -> dict:
+    """Ask a running job to stop; the head keeps its previous weights."""
+    job = registry.store.read_job(job_id)
+    if job["state"] in ACTIVE and job.get("pid"):
+        try:
+            os.kill(job["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    return job_status(registry, job_id)
+
+
+def _alive(pid: int | None, proc: subprocess.Popen | None) -> bool:
+    if proc is not None:
+        return proc.poll() is None
+    if not pid:
+        return True  # queued: the process has not written its pid yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reap() -> None:
+    for job_id, proc in list(_children.items()):
+        if proc.poll() is not None:
+            _children.pop(job_id, None)
+
+
+def run_job(heads_dir: str, job_id: str) -> int:
+    """Body of the job process: train, record progress per epoch, record the outcome."""
+    from .store import HeadStore
+    store = HeadStore(heads_dir)
+    job = store.read_job(job_id)
+    spec = job["policy"]
+    policy = PathPolicy(None if spec["roots"] is None else tuple(Path(r) for r in spec["roots"]),
+                        spec["allow_code"], Path(spec["base_dir"]))
+    registry = HeadRegistry(heads_dir, policy)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    job.update(state="running", pid=os.getpid(), started=time.time())
+    store.write_job(job)
+
+    def on_epoch(record: dict) -> None:
+        job.update(epoch=record["epoch"], metrics=record)
+        store.write_job(job)
+
+    try:
+        summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
+                                          stop, on_epoch)
+        job.update(state="succeeded", summary=summary)
+    except PHError as exc:
+        job.update(state="stopped" if stop.is_set() else "failed", error=str(exc))
+    except Exception as exc:  # noqa: BLE001  (report anything; the head is untouched)
+        job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    job["ended"] = time.time()
+    store.write_job(job)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(run_job(sys.argv[1], sys.argv[2]))

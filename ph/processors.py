@@ -1,0 +1,226 @@
+"""Pre-processors (input -> model tensor), post-processors (model output -> plain
+Python values) and the offline text encoders behind the default pre-processor.
+
+Built-in processors follow the seed's protocol, `process(x)`, plus `is_single(data)`
+on pre-processors so one input gives one answer rather than a list of one.
+"""
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from numbers import Number
+from typing import Any, Sequence
+
+import torch
+
+from .components import POSTPROCESSORS, PREPROCESSORS, Registry
+from .errors import BadInputError, ConfigError
+
+ENCODERS = Registry("text encoder")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@ENCODERS.register("hashing")
+class HashingEncoder:
+    """Deterministic, offline text -> vector (signed feature hashing, L2-normalised).
+
+    Features: words, word bigrams and character n-grams of each word, so related
+    word forms share dimensions. No vocabulary, no download; the same text gives the
+    same vector on every machine.
+    """
+
+    def __init__(self, dim: int, char_ngrams: Sequence[int] = (3, 5), bigrams: bool = True):
+        self.dim = dim
+        self.ngram_sizes = range(char_ngrams[0], char_ngrams[1] + 1)
+        self.bigrams = bigrams
+
+    def features(self, text: str) -> list[str]:
+        words = _WORD.findall(text.lower())
+        feats = [f"w:{w}" for w in words]
+        if self.bigrams:
+            feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+        for word in words:
+            padded = f"<{word}>"
+            for n in self.ngram_sizes:
+                feats += [padded[i:i + n] for i in range(max(1, len(padded) - n + 1))]
+        return feats
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.dim)
+        for row, text in enumerate(texts):
+            counts: dict[int, float] = {}
+            for feat in self.features(text):
+                code = zlib.crc32(feat.encode("utf-8"))
+                index = code % self.dim
+                counts[index] = counts.get(index, 0.0) + (1.0 if code & 0x80000000 else -1.0)
+            if counts:
+                norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
+                out[row, list(counts)] = torch.tensor(list(counts.values())) / norm
+        return out
+
+
+@ENCODERS.register("sentence_transformers")
+class SentenceTransformersEncoder:
+    """A locally installed sentence-transformers model (never downloaded: offline mode)."""
+
+    def __init__(self, dim: int, model: str = "all-MiniLM-L6-v2", device: str = "cpu"):
+        import os
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            raise ConfigError("Inference.preprocess.args.encoder: 'sentence_transformers' needs the "
+                              "sentence-transformers package and a locally installed model; "
+                              "install them or use encoder: hashing") from None
+        try:
+            self.model = SentenceTransformer(model, device=device, local_files_only=True)
+        except Exception as exc:
+            raise ConfigError(f"Inference.preprocess.args.encoder_args.model: cannot load '{model}' "
+                              f"from local files ({exc}); give the path of an installed model") from None
+        got = self.model.get_sentence_embedding_dimension()
+        if got != dim:
+            raise ConfigError(f"Inference.preprocess.args: encoder '{model}' makes {got}-dim vectors "
+                              f"but embedding_length is {dim}; set Model.args.embedding_length: {got}")
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        return torch.as_tensor(self.model.encode(list(texts), convert_to_numpy=True))
+
+
+class VectorPreProcessor:
+    """Shared input handling: one vector or a list of vectors of a fixed length."""
+
+    dim: int
+
+    def is_single(self, data: Any) -> bool:
+        if isinstance(data, torch.Tensor):
+            return data.dim() == 1
+        return isinstance(data, str) or (_is_sequence(data) and len(data) > 0
+                                         and all(_is_number(v) for v in data))
+
+    def vectors(self, data: Any) -> torch.Tensor:
+        """[N, dim] float tensor from a vector, a list of vectors or a tensor."""
+        if isinstance(data, torch.Tensor):
+            tensor = data.detach().float()
+        elif _is_sequence(data) and data and all(_is_number(v) for v in data):
+            tensor = torch.tensor([float(v) for v in data])
+        elif _is_sequence(data) and data and all(_is_sequence(v) for v in data):
+            rows = [_flat_vector(v) for v in data]
+            if any(row is None for row in rows):
+                raise BadInputError(f"data: each vector must be a list of numbers ({self.expected})")
+            sizes = {len(r) for r in rows}
+            if len(sizes) > 1:
+                raise BadInputError(f"data: vectors have different lengths {sorted(sizes)}; "
+                                    f"each must have {self.dim} numbers")
+            tensor = torch.tensor(rows, dtype=torch.float32)
+        else:
+            raise BadInputError(f"data: expected {self.expected}; got {_describe(data)}")
+        if tensor.dim() == 1:
+            tensor = tensor.unsqueeze(0)
+        if tensor.dim() != 2 or tensor.shape[-1] != self.dim:
+            raise BadInputError(f"data: a vector of {tensor.shape[-1]} numbers cannot be used; "
+                                f"this head takes vectors of {self.dim} numbers ({self.expected})")
+        if not torch.isfinite(tensor).all():
+            raise BadInputError("data: vectors must hold finite numbers (found NaN or infinity)")
+        return tensor
+
+
+@PREPROCESSORS.register("PersonalizedHeadPreProcessor", "SnipsPreProcessor")
+class PersonalizedHeadPreProcessor(VectorPreProcessor):
+    """Text or embeddings -> [batch, 1, embedding_length] for PersonalizedHead.
+
+    Takes a string, a list of strings, a vector (list of floats) or a list of vectors.
+    `embedding_length` defaults to Model.args.embedding_length.
+    """
+
+    def __init__(self, embedding_length: int = 768, encoder: str = "hashing",
+                 encoder_args: dict | None = None):
+        self.dim = embedding_length
+        cls = ENCODERS.get(encoder, "Inference.preprocess.args.encoder")
+        self.encoder = cls(embedding_length, **(encoder_args or {}))
+        self.expected = (f"a string, a list of strings, a vector of {embedding_length} numbers, "
+                         "or a list of such vectors")
+
+    def process(self, data: Any) -> torch.Tensor:
+        if isinstance(data, str):
+            data = [data]
+        if _is_sequence(data) and data and all(isinstance(v, str) for v in data):
+            return self.encoder.encode(data).unsqueeze(1)
+        if _is_sequence(data) and not data:
+            raise BadInputError(f"data: got an empty list; expected {self.expected}")
+        return self.vectors(data).unsqueeze(1)
+
+
+@PREPROCESSORS.register("V2VPreProcessor")
+class V2VPreProcessor(VectorPreProcessor):
+    """A vector or a list of vectors -> [batch, input_dim] for PHVector2Vector."""
+
+    def __init__(self, input_dim: int = 768):
+        self.dim = input_dim
+        self.expected = f"a vector of {input_dim} numbers or a list of such vectors"
+
+    def process(self, data: Any) -> torch.Tensor:
+        return self.vectors(data)
+
+
+@POSTPROCESSORS.register("PersonalizedHeadPostProcessor", "SnipsPostProcessor")
+class PersonalizedHeadPostProcessor:
+    """Log-probabilities -> the predicted class per input.
+
+    to_list: plain Python values (Jaseci cannot carry tensors).
+    return_label: the label name from the training data instead of the class index.
+    return_scores: `{"prediction": ..., "scores": [probability per class]}` per input.
+    """
+
+    def __init__(self, to_list: bool = True, return_label: bool = False,
+                 return_scores: bool = False):
+        self.to_list, self.return_label, self.return_scores = to_list, return_label, return_scores
+        self.labels: list | None = None  # set by the engine from the head's label map
+
+    def process(self, output: torch.Tensor) -> Any:
+        classes = output.argmax(dim=-1)
+        if not (self.to_list or self.return_label or self.return_scores):
+            return classes
+        preds: list = classes.tolist()
+        if self.return_label and self.labels:
+            preds = [self.labels[i] if i < len(self.labels) else i for i in preds]
+        if self.return_scores:
+            scores = output.float().exp().tolist()
+            return [{"prediction": p, "scores": s} for p, s in zip(preds, scores)]
+        return preds
+
+
+@POSTPROCESSORS.register("V2VPostProcessor")
+class V2VPostProcessor:
+    """Output vectors -> lists of floats."""
+
+    def __init__(self, to_list: bool = True):
+        self.to_list = to_list
+
+    def process(self, output: torch.Tensor) -> Any:
+        return output.float().tolist() if self.to_list else output
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _flat_vector(value: Any) -> list | None:
+    """A vector from `[f, ...]` or `[[f, ...]]` (one-token sequences, as in pandas data)."""
+    if _is_sequence(value) and len(value) == 1 and _is_sequence(value[0]):
+        value = value[0]
+    if _is_sequence(value) and value and all(_is_number(v) for v in value):
+        return [float(v) for v in value]
+    return None
+
+
+def _describe(data: Any) -> str:
+    if _is_sequence(data):
+        kinds = sorted({type(v).__name__ for v in data})
+        return f"a list of {len(data)} items of type {', '.join(kinds) or 'nothing'}"
+    return f"a value of type {type(data).__name__}"

@@ -1,0 +1,315 @@
+"""HeadRegistry: uuid -> head, for one process, over a HeadStore shared with others.
+
+Every call checks the head's record on disk (one stat), so a head created, trained,
+reloaded or deleted by another process is seen on the next call. Loaded heads live in
+a memory-bounded cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from .cache import HeadCache, LoadedHead
+from .components import UserCode
+from .config import config_diff, deep_merge, load_config
+from .data import DataContext
+from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
+from .errors import ConfigError, ConflictError, HeadNotFoundError
+from .paths import PathPolicy
+from .store import HeadStore, check_uuid, new_uuid
+from .training import run_training
+from .validate import validate_config
+
+CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postprocess"),
+              ("Trainer", "dataloader"))
+
+
+class HeadRegistry:
+    """Creates, serves and trains the heads in one heads folder."""
+
+    def __init__(self, heads_dir: str | os.PathLike = "heads", policy: PathPolicy | None = None,
+                 memory_budget: int | None = None):
+        self.store = HeadStore(heads_dir)
+        self.policy = policy or PathPolicy()
+        self.cache = HeadCache(memory_budget)
+        self._load_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._locks_guard = threading.Lock()
+
+    # --- head list -------------------------------------------------------------------------
+    def create_head_list(self, config: Any = None, python: str | None = None) -> None:
+        """Set the default config (and user Python source) for heads created later."""
+        overrides = self._load(config, "config")
+        digest = None
+        if python is not None:
+            self.policy.check_code("python")
+            if not isinstance(python, str) or not python.strip():
+                raise ConfigError("python: must be the source text of your Python file")
+            digest = self.store.save_code(python)
+        code, _ = self._collect_code(overrides, digest)
+        validate_config(overrides, code, source="the head list")
+        self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time()})
+
+    def _head_list(self) -> tuple[dict, str | None]:
+        record = self.store.read_head_list()
+        return (record["config"], record.get("python")) if record else ({}, None)
+
+    # --- heads -----------------------------------------------------------------------------
+    def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False) -> str:
+        """Create a head from the head list's config with `config` merged in; returns its uuid.
+
+        Creating an existing uuid with the same config returns it unchanged (trained
+        weights kept); with another config it is a conflict unless `replace` is true.
+        """
+        uuid = new_uuid() if uuid is None else check_uuid(uuid)
+        base, python = self._head_list()
+        merged = deep_merge(base, self._load(config, "config"))
+        code, code_ids = self._collect_code(merged, python)
+        full = validate_config(merged, code, source=f"head '{uuid}'")
+        state = labels = None
+        if full["Inference"]["weights"]:
+            path = self.policy.resolve(full["Inference"]["weights"], "Inference.weights")
+            state, extras = read_weights(path)
+            labels = extras.get("labels")
+            make_model(full, code, state)  # raises a WeightsError if they do not fit
+        record = {"uuid": uuid, "config": full, "code": code_ids, "labels": labels, "revision": 0,
+                  "weights": None, "seed": random.randrange(2**31), "created": time.time(),
+                  "runs": []}
+        with self.store.lock(uuid):
+            if self.store.exists(uuid):
+                existing = self.store.read(uuid)
+                if existing["config"] == full and existing.get("code", {}) == code_ids:
+                    return uuid
+                if not replace:
+                    changes = config_diff(existing["config"], full) or ["its user Python code"]
+                    raise ConflictError(
+                        f"head '{uuid}' already exists with a different config ({'; '.join(changes[:5])}). "
+                        f"Use another uuid, call delete_head(uuid='{uuid}') first, or pass "
+                        "replace=True to create_head to start it over (its weights are lost)")
+                self.store.delete(uuid)
+                self.cache.drop(uuid)
+            self.store.create(uuid, record, state)
+        return uuid
+
+    def predict(self, uuid: str, data: Any) -> Any:
+        """The head's answer for one input or a batch."""
+        return self.loaded(uuid).engine.predict(data)
+
+    def load_weights(self, uuid: str, path: str) -> dict:
+        """Switch a head to the weights in a state-dict or checkpoint file."""
+        if not isinstance(path, str) or not path:
+            raise ConfigError("weights_file: give the path of a weights file (.pt)")
+        head = self.loaded(uuid)
+        state, extras = read_weights(self.policy.resolve(path, "weights_file"))
+        state = fit_state_dict(head.engine.model, state)  # checked before anything changes
+        model = head.engine.with_weights(state)
+        labels = extras.get("labels") or head.engine.labels
+        with self.store.lock(uuid):
+            record = self.store.write_weights(uuid, self.store.read(uuid), state, labels)
+            self._switch(uuid, record, model)
+        return {"uuid": uuid, "revision": record["revision"], "labels": labels}
+
+    def train(self, uuid: str, config: Any = None, auto_update: bool = True,
+              stop: threading.Event | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train a head on its Trainer config (with `config` merged in); returns a summary.
+
+        With `auto_update` the head switches to the best weights at the end, atomically.
+        """
+        record = self.store.read(check_uuid(uuid))
+        full = self.training_config(record, config)
+        return self.train_resolved(uuid, full, auto_update, stop, on_epoch)
+
+    def training_config(self, record: dict, config: Any = None) -> dict:
+        """The head's config with the Trainer section of `config` merged in, validated."""
+        head_config = record["config"]
+        if config is None:
+            return head_config
+        merged = deep_merge(head_config, self._load(config, "config"))
+        if merged["Model"] != head_config["Model"]:
+            changes = "; ".join(config_diff(head_config["Model"], merged["Model"], "Model")[:5])
+            raise ConfigError(f"train_head cannot change the model ({changes}): the head's "
+                              "weights would not fit. Create a new head for another model")
+        return validate_config({**head_config, "Trainer": merged["Trainer"]},
+                               self._code(record), source=f"training of head '{record['uuid']}'")
+
+    def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
+                       stop: threading.Event | None = None,
+                       on_epoch: Callable[[dict], None] | None = None) -> dict:
+        """Train with an already validated config (background jobs start here)."""
+        with self._training_guard(uuid):
+            record = self.store.read(uuid)
+            code = self._code(record)
+            model = make_model(config, code, self.store.read_weights(uuid, record), record["seed"])
+            context = DataContext(code, build_processors(config, code)[0], record.get("labels"),
+                                  config["Model"].get("args", {}).get("n_classes"),
+                                  config["Trainer"]["seed"], self.policy.resolve)
+            summary, best, labels = run_training(config, model, context, uuid, self.policy.resolve,
+                                                 stop, on_epoch)
+            summary.update(uuid=uuid, updated=False)
+            if auto_update:
+                with self.store.lock(uuid):
+                    current = self.store.read(uuid)
+                    if current["config"] != record["config"]:
+                        raise ConflictError(f"head '{uuid}' was replaced while it trained; "
+                                            f"the new weights stay in {summary['weights']}")
+                    run = {k: summary[k] for k in ("best_epoch", "best_value", "epochs_run",
+                                                   "monitor", "weights")}
+                    run["finished"] = time.time()
+                    new = self.store.write_weights(uuid, current, best, labels, run)
+                    self._switch(uuid, new, make_model(config, code, best))
+                summary.update(updated=True, revision=new["revision"], labels=labels)
+        return summary
+
+    def get_config(self, uuid: str) -> dict:
+        return self.store.read(check_uuid(uuid))["config"]
+
+    def check_head(self, uuid: str) -> dict:
+        """What is known about a head without loading it."""
+        record = self.store.read(check_uuid(uuid))
+        loaded = self.cache.peek(uuid)
+        return {"uuid": uuid, "exists": True, "model": record["config"]["Model"]["type"],
+                "revision": record["revision"], "trained": bool(record.get("weights")),
+                "labels": record.get("labels"), "runs": len(record.get("runs", [])),
+                "last_run": (record.get("runs") or [None])[-1],
+                "loaded": loaded is not None and loaded.revision == record["revision"],
+                "device": str(loaded.engine.device) if loaded else None,
+                "training": self._is_training(uuid)}
+
+    def list_heads(self) -> list[str]:
+        return self.store.list()
+
+    def delete_head(self, uuid: str) -> bool:
+        with self.store.lock(check_uuid(uuid)):
+            self.store.delete(uuid)
+        self.cache.drop(uuid)
+        return True
+
+    def stats(self) -> dict:
+        return {"heads_dir": str(self.store.root), **self.cache.stats()}
+
+    # --- loading ---------------------------------------------------------------------------
+    def loaded(self, uuid: str) -> LoadedHead:
+        """The head in memory, (re)loaded if its record on disk changed."""
+        signature = self.store.signature(check_uuid(uuid))
+        head = self.cache.get(uuid, signature)
+        if head is not None:
+            return head
+        with self._load_lock(uuid):
+            head = self.cache.get(uuid, signature)
+            if head is not None:
+                return head
+            for _ in range(3):  # the record may be switched to new weights while we read
+                signature = self.store.signature(uuid)
+                record = self.store.read(uuid)
+                try:
+                    head = self._load_head(record, signature)
+                    break
+                except FileNotFoundError:
+                    continue
+            else:
+                raise HeadNotFoundError(f"head '{uuid}' changed too often while loading; retry")
+            self.cache.put(head)
+            return head
+
+    def _load_head(self, record: dict, signature: tuple) -> LoadedHead:
+        uuid = record["uuid"]
+        engine = build_engine(record["config"], self._code(record),
+                              self.store.read_weights(uuid, record), record.get("labels"),
+                              record["seed"])
+        return LoadedHead(uuid, signature, record["revision"], record["config"], engine,
+                          engine.param_bytes())
+
+    def _switch(self, uuid: str, record: dict, model) -> None:
+        """Point the loaded head (if any) at the weights just written (call under the lock)."""
+        head = self.cache.peek(uuid)
+        if head is None:
+            return
+        engine = head.engine
+        engine.model = model.to(device=engine.device, dtype=engine.dtype).eval()
+        engine.labels = record.get("labels")
+        head.revision = record["revision"]
+        head.signature = self.store.signature(uuid)
+
+    def _load_lock(self, uuid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._load_locks[uuid]
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _load(self, config: Any, key: str) -> dict:
+        """A config from a dict or a file path (checked against the path policy)."""
+        if isinstance(config, (str, os.PathLike)):
+            return load_config(self.policy.resolve(config, key))
+        if config is not None and not isinstance(config, Mapping):
+            raise ConfigError(f"{key}: must be a config dict or the path of a YAML file, "
+                              f"got {type(config).__name__}")
+        return load_config(config)
+
+    def _collect_code(self, config: Mapping, python_digest: str | None) -> tuple[UserCode, dict]:
+        """User sources the config refers to, read once (policy checked) and stored by content."""
+        refs = {}
+        for path in CODE_SPECS:
+            spec = _dig(config, path)
+            if isinstance(spec, Mapping) and (str(spec.get("type", "")).startswith("Custom")
+                                              or "python_file" in (spec.get("args") or {})):
+                refs.setdefault((spec.get("args") or {}).get("python_file") or "", ".".join(path))
+        if not refs:
+            return UserCode(), {}
+        self.policy.check_code(f"{next(iter(refs.values()))}.type")
+        ids = {}
+        for python_file, where in refs.items():
+            if python_digest:
+                ids[python_file] = python_digest
+            elif python_file:
+                file = self.policy.resolve(python_file, f"{where}.args.python_file")
+                if not file.is_file():
+                    raise ConfigError(f"{where}.args.python_file: '{python_file}' not found "
+                                      f"(looked at {file})")
+                ids[python_file] = self.store.save_code(file.read_text(encoding="utf-8"))
+        return UserCode({k: self.store.load_code(v) for k, v in ids.items()}), ids
+
+    def _code(self, record: dict) -> UserCode:
+        return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})
+
+    @contextlib.contextmanager
+    def _training_guard(self, uuid: str) -> Iterator[None]:
+        """One training per head at a time, across threads and processes."""
+        path = self.store.train_lock_path(uuid)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConflictError(f"head '{uuid}' is already training; wait for that run to "
+                                    "finish (train_status) and try again") from None
+            yield
+        finally:
+            os.close(fd)
+
+    def _is_training(self, uuid: str) -> bool:
+        fd = os.open(self.store.train_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
+def _dig(mapping: Mapping, path: tuple) -> Any:
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def default_heads_dir() -> Path:
+    return Path(os.environ.get("PH_HEADS_DIR", "heads"))

@@ -1,0 +1,193 @@
+"""HeadStore: the heads folder on disk. Survives restarts; shared by processes.
+
+Layout (every write atomic; a head's writers hold its lock):
+    <root>/<uuid>/head.json          config, label map, revision, weights file, runs
+    <root>/<uuid>/weights-<rev>.pt   current weights (state dict)
+    <root>/_list.json                the head list: default config for new heads
+    <root>/_code/<sha>.py            user Python sources, by content
+    <root>/_jobs/<id>.json           background training jobs
+    <root>/_locks/                   lock files
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .errors import BadInputError, ConflictError, HeadNotFoundError
+from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
+
+UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RUNS_KEPT = 20
+
+
+def check_uuid(uuid: Any) -> str:
+    """The uuid if it is safe as a folder name (it can never name a path outside the store)."""
+    if not isinstance(uuid, str) or not UUID_PATTERN.match(uuid) or ".." in uuid:
+        shown = repr(uuid) if not isinstance(uuid, str) or len(uuid) <= 40 else repr(uuid[:40] + "...")
+        raise BadInputError(f"uuid {shown} is not valid: use 1 to 128 letters, digits, '_', '-' "
+                            "or '.', starting with a letter or digit (or omit it to get a new uuid4)")
+    return uuid
+
+
+def new_uuid() -> str:
+    return str(uuidlib.uuid4())
+
+
+class HeadStore:
+    """Files of every head under one root folder."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        for sub in ("_code", "_jobs", "_locks", "_tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    # --- heads -----------------------------------------------------------------------
+    def head_dir(self, uuid: str) -> Path:
+        return self.root / check_uuid(uuid)
+
+    def record_path(self, uuid: str) -> Path:
+        return self.head_dir(uuid) / "head.json"
+
+    def exists(self, uuid: str) -> bool:
+        return self.record_path(uuid).is_file()
+
+    def signature(self, uuid: str) -> tuple:
+        """Changes whenever the head's record is rewritten (cheap: one stat)."""
+        try:
+            st = os.stat(self.record_path(uuid))
+        except FileNotFoundError:
+            raise HeadNotFoundError(f"no head with uuid '{uuid}'; create it with "
+                                    "create_head(uuid=...) or list them with list_heads()") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def read(self, uuid: str) -> dict:
+        try:
+            return json.loads(self.record_path(uuid).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.signature(uuid)  # raises the not-found error
+            raise
+
+    def create(self, uuid: str, record: dict, state: dict | None = None) -> None:
+        """Publish a new head folder (with starting weights, if any) in one rename; fails
+        if the uuid exists."""
+        final = self.head_dir(uuid)
+        tmp = self.root / "_tmp" / f"{uuid}-{uuidlib.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            if state is not None:
+                record = {**record, "revision": 1, "weights": "weights-1.pt"}
+                atomic_torch_save(state, tmp / "weights-1.pt")
+            atomic_write_json(tmp / "head.json", record)
+            os.rename(tmp, final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists():
+                raise ConflictError(f"head '{uuid}' already exists") from None
+            raise
+
+    def write(self, uuid: str, record: dict) -> None:
+        atomic_write_json(self.record_path(uuid), record)
+
+    def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
+                      run: dict | None = None) -> dict:
+        """Save new weights and switch the record to them; returns the new record.
+
+        The weights file is written before the record points to it, so a reader sees
+        either the old weights or the new ones. Call with the head's lock held.
+        """
+        revision = record["revision"] + 1
+        name = f"weights-{revision}.pt"
+        atomic_torch_save(state, self.head_dir(uuid) / name)
+        old = record.get("weights")
+        record = {**record, "revision": revision, "weights": name, "labels": labels,
+                  "updated": time.time()}
+        if run is not None:
+            record["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
+        self.write(uuid, record)
+        if old and old != name:
+            with contextlib.suppress(FileNotFoundError):
+                (self.head_dir(uuid) / old).unlink()
+        return record
+
+    def read_weights(self, uuid: str, record: dict) -> dict | None:
+        """The head's current state dict, or None for a head that was never trained."""
+        if not record.get("weights"):
+            return None
+        return torch.load(self.head_dir(uuid) / record["weights"], map_location="cpu",
+                          weights_only=True)
+
+    def delete(self, uuid: str) -> None:
+        """Remove a head; it disappears for readers in one rename."""
+        src = self.head_dir(uuid)
+        trash = self.root / "_tmp" / f"deleted-{uuid}-{uuidlib.uuid4().hex[:8]}"
+        try:
+            os.rename(src, trash)
+        except FileNotFoundError:
+            raise HeadNotFoundError(f"no head with uuid '{uuid}' to delete") from None
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def list(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if not p.name.startswith(("_", ".")) and (p / "head.json").is_file())
+
+    @contextlib.contextmanager
+    def lock(self, uuid: str) -> Iterator[None]:
+        """Serialize writers of one head across threads and processes."""
+        with file_lock(self.root / "_locks" / f"{check_uuid(uuid)}.lock"):
+            yield
+
+    # --- head list and user code ---------------------------------------------------------
+    def write_head_list(self, record: dict) -> None:
+        with file_lock(self.root / "_locks" / "_list.lock"):
+            atomic_write_json(self.root / "_list.json", record)
+
+    def read_head_list(self) -> dict | None:
+        try:
+            return json.loads((self.root / "_list.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+
+    def head_list_signature(self) -> tuple | None:
+        try:
+            st = os.stat(self.root / "_list.json")
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def save_code(self, source: str) -> str:
+        """Store a user source by content; returns its digest."""
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+        path = self.root / "_code" / f"{digest}.py"
+        if not path.exists():
+            atomic_write_bytes(path, source.encode("utf-8"))
+        return digest
+
+    def load_code(self, digest: str) -> str:
+        return (self.root / "_code" / f"{digest}.py").read_text(encoding="utf-8")
+
+    # --- jobs ------------------------------------------------------------------------------
+    def job_path(self, job_id: str) -> Path:
+        return self.root / "_jobs" / f"{check_uuid(job_id)}.json"
+
+    def write_job(self, job: dict) -> None:
+        atomic_write_json(self.job_path(job["id"]), job)
+
+    def read_job(self, job_id: str) -> dict:
+        try:
+            return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise HeadNotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
+                                    "returns the job id") from None
+
+    def train_lock_path(self, uuid: str) -> Path:
+        return self.root / "_locks" / f"{check_uuid(uuid)}.train"

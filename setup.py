@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ph",
+    version="0.1.0",
+    description="Personalized heads for Jaseci: a small PyTorch model per user, "
+                "created from YAML, trained over time, queried from JAC walkers",
+    packages=find_packages(include=["ph", "ph.*"]),
+    package_data={"ph": ["*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "pyyaml",
+        "fastapi",
+        "uvicorn",
+        "jaseci",
+        "jaseci-serv",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow"],
+    },
+    entry_points={"console_scripts": ["ph=ph.cli:main"]},
+)

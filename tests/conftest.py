@@ -1,0 +1,72 @@
+"""Shared fixtures: a scratch working folder, intent data made offline, small configs."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from intent_data import as_label_lists, make_split  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures"
+torch.set_num_threads(1)  # tests run in parallel workers; one thread each is fastest
+
+
+def small_config(**trainer_loop) -> dict:
+    """A head small enough to train in a second, with the seed's structure."""
+    loop = {"epochs": 3, "save_period": 100, "tensorboard": False, "verbosity": 0,
+            "early_stop": 0, **trainer_loop}
+    return {
+        "Model": {"type": "PersonalizedHead",
+                  "args": {"embedding_length": 64, "n_classes": 8, "ph_ff_dim": 64,
+                           "ph_nhead": 2, "ph_nlayers": 1}},
+        "Trainer": {"n_gpu": 0, "trainer": loop,
+                    "dataloader": {"args": {"batch_size": 16, "num_workers": 0}}},
+    }
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """Run the test in an empty folder (heads/, saved/ and data land here)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PH_HEADS_DIR", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def intents():
+    """(train, held_out) intent records; held-out uses unseen templates and slot values."""
+    return make_split(seed=0)
+
+
+@pytest.fixture
+def train_json(workdir, intents):
+    """train.json in the working folder, {label: [utterances]} form."""
+    path = workdir / "train.json"
+    path.write_text(json.dumps(as_label_lists(intents[0])))
+    return path
+
+
+@pytest.fixture
+def registry(workdir):
+    from ph.registry import HeadRegistry
+    return HeadRegistry(workdir / "heads")
+
+
+@pytest.fixture
+def fresh_api(workdir):
+    """The process-wide registry of ph.api, pointed at this test's heads folder."""
+    import ph.api
+    registry = ph.api.setup(heads_dir=str(workdir / "heads"))
+    yield registry
+    ph.api._registry = None
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj))
+    return path
