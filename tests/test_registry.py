@@ -1,0 +1,211 @@
+"""HeadRegistry: create, predict, train, reload, delete; persistence and isolation."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+
+from conftest import ROOT, small_config, write_json
+from ph.config import load_config
+from ph.errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError,
+                       PermissionDeniedError, TrainingError, WeightsError)
+from ph.paths import PathPolicy
+from ph.registry import HeadRegistry
+
+TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
+
+
+@pytest.fixture
+def trained(registry, train_json):
+    registry.create_head_list(small_config())
+    uid = registry.create_head("alice")
+    registry.train(uid)
+    return uid
+
+
+def weight_files(registry, uid):
+    return sorted(p.name for p in registry.store.head_dir(uid).glob("weights-*.pt"))
+
+
+def test_create_without_uuid_returns_a_new_uuid4(registry):
+    uid = registry.create_head(config=small_config())
+    assert len(uid) == 36 and uid.count("-") == 4
+    assert registry.list_heads() == [uid]
+
+
+def test_training_switches_the_head_to_new_weights(registry, train_json):
+    registry.create_head_list(small_config(epochs=4))
+    uid = registry.create_head("alice")
+    summary = registry.train(uid)
+    assert summary["updated"] and summary["revision"] == 1
+    info = registry.check_head(uid)
+    assert info["trained"] and info["revision"] == 1 and info["runs"] == 1
+    assert info["labels"] == sorted(info["labels"]) and "order_food" in info["labels"]
+    after = registry.predict(uid, TEXTS)
+    assert [info["labels"][p] for p in after][:2] == ["order_food", "get_weather"]
+    assert registry.predict(uid, TEXTS[0]) == after[0]
+
+
+def test_train_without_auto_update_leaves_the_head_as_it_was(registry, train_json):
+    uid = registry.create_head("bob", small_config())
+    before = registry.predict(uid, TEXTS)
+    summary = registry.train(uid, auto_update=False)
+    assert not summary["updated"]
+    assert registry.check_head(uid)["revision"] == 0
+    assert registry.predict(uid, TEXTS) == before
+
+
+def test_create_again_with_the_same_config_keeps_trained_weights(registry, trained):
+    predictions = registry.predict(trained, TEXTS)
+    assert registry.create_head("alice") == "alice"
+    assert registry.check_head("alice")["revision"] == 1
+    assert registry.predict("alice", TEXTS) == predictions
+
+
+def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(registry, trained):
+    with pytest.raises(ConflictError) as err:
+        registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}})
+    message = str(err.value)
+    assert "Model.args.n_classes: 8 -> 9" in message and "delete_head" in message and "replace" in message
+    assert registry.check_head("alice")["revision"] == 1
+    registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}}, replace=True)
+    assert registry.check_head("alice")["revision"] == 0
+    assert registry.get_config("alice")["Model"]["args"]["n_classes"] == 9
+
+
+def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
+    untrained = registry.create_head("carol")
+    expected = {uid: registry.predict(uid, TEXTS) for uid in (trained, untrained)}
+    script = ("import json, sys; from ph.registry import HeadRegistry; r = HeadRegistry('heads'); "
+              f"print(json.dumps({{u: r.predict(u, {TEXTS!r}) for u in r.list_heads()}}))")
+    out = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True,
+                         text=True, check=True)
+    assert json.loads(out.stdout) == expected
+
+
+def test_overrides_never_leak_into_the_head_list_or_other_heads(registry, train_json):
+    registry.create_head_list(small_config())
+    registry.create_head("a", {"Model": {"args": {"n_classes": 6}}})
+    registry.create_head("b")
+    assert registry.get_config("b")["Model"]["args"]["n_classes"] == 8
+    assert registry.store.read_head_list()["config"]["Model"]["args"]["n_classes"] == 8
+    registry.train("a", {"Trainer": {"trainer": {"epochs": 1}}})
+    assert registry.get_config("a")["Trainer"]["trainer"]["epochs"] == 3
+    assert registry.get_config("b")["Trainer"]["trainer"]["epochs"] == 3
+
+
+def test_training_overrides_cannot_change_the_model(registry, trained):
+    with pytest.raises(ConfigError, match="cannot change the model"):
+        registry.train(trained, {"Model": {"args": {"ph_ff_dim": 32}}})
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    ({"Trainer": {"dataloader": {"args": {"train_json": "missing.json"}}}}, BadInputError, "not found"),
+    ({"Trainer": {"dataloader": {"args": {"train_json": "outside.json"}}}}, BadInputError, "outside 0..7"),
+    ({"Trainer": {"optimizer": {"type": "SGD", "args": {"lr": 1e38}}}}, TrainingError, "lower"),
+    ({"Trainer": {"trainer": {"epochs": "ten"}}}, ConfigError, "epochs"),
+])
+def test_failed_training_leaves_weights_and_files_untouched(registry, trained, workdir,
+                                                            overrides, error, match):
+    write_json(workdir / "outside.json", [{"text": "hello", "label": 8}])
+    predictions, files = registry.predict(trained, TEXTS), weight_files(registry, trained)
+    with pytest.raises(error, match=match):
+        registry.train(trained, overrides)
+    assert registry.check_head(trained)["revision"] == 1
+    assert weight_files(registry, trained) == files == ["weights-1.pt"]
+    assert registry.predict(trained, TEXTS) == predictions
+    assert registry.train(trained)["revision"] == 2  # and the next run works
+
+
+def test_load_weights_from_best_model_reproduces_the_trained_head(registry, trained, workdir):
+    best = workdir / "saved/models/PersonalizedHeadTrainer/alice/best_model.pt"
+    twin = registry.create_head("twin", small_config())
+    registry.load_weights(twin, str(best))
+    assert registry.predict(twin, TEXTS) == registry.predict(trained, TEXTS)
+    assert registry.check_head(twin)["labels"] == registry.check_head(trained)["labels"]
+
+
+def test_bad_weights_file_is_refused_and_the_head_keeps_its_weights(registry, trained, workdir):
+    torch.save({"fc.weight": torch.zeros(2, 2)}, workdir / "wrong.pt")
+    predictions = registry.predict(trained, TEXTS)
+    for path in ("wrong.pt", "nope.pt"):
+        with pytest.raises(WeightsError):
+            registry.load_weights(trained, path)
+    assert registry.predict(trained, TEXTS) == predictions
+    assert registry.check_head(trained)["revision"] == 1
+
+
+def test_starting_weights_from_the_config_are_loaded_at_create(registry, trained, workdir):
+    best = "saved/models/PersonalizedHeadTrainer/alice/best_model.pt"
+    uid = registry.create_head("warm", {**small_config(), "Inference": {"weights": best}})
+    assert registry.check_head(uid)["revision"] == 1
+    assert registry.predict(uid, TEXTS) == registry.predict(trained, TEXTS)
+
+
+def test_delete_removes_the_head_for_every_registry(registry, trained, workdir):
+    other = HeadRegistry(workdir / "heads")
+    assert other.predict(trained, TEXTS[0]) == registry.predict(trained, TEXTS[0])
+    assert registry.delete_head(trained)
+    assert registry.list_heads() == []
+    for r in (registry, other):
+        with pytest.raises(HeadNotFoundError, match="no head with uuid 'alice'"):
+            r.predict(trained, TEXTS[0])
+
+
+def test_two_registries_on_one_folder_see_each_others_changes(registry, train_json, workdir):
+    other = HeadRegistry(workdir / "heads")
+    uid = registry.create_head("shared", small_config(epochs=4))
+    before = other.predict(uid, TEXTS)
+    registry.train(uid)
+    assert other.check_head(uid)["revision"] == 1
+    assert other.predict(uid, TEXTS) == registry.predict(uid, TEXTS)
+    assert other.cache.peek(uid).revision == 1 and before is not None
+
+
+def test_a_second_training_of_the_same_head_is_refused_while_one_runs(registry, train_json):
+    uid = registry.create_head("busy", small_config(epochs=2))
+    started, release, errors = threading.Event(), threading.Event(), []
+
+    def first_epoch_blocks(record):
+        started.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=lambda: registry.train(uid, on_epoch=first_epoch_blocks))
+    thread.start()
+    try:
+        assert started.wait(30)
+        assert registry.check_head(uid)["training"]
+        with pytest.raises(ConflictError, match="already training"):
+            registry.train(uid)
+    finally:
+        release.set()
+        thread.join(60)
+    assert not registry.check_head(uid)["training"]
+    assert not errors
+
+
+def test_memory_budget_evicts_least_recently_used_heads_that_reload_unchanged(workdir):
+    probe = HeadRegistry(workdir / "probe")
+    one_head = probe.loaded(probe.create_head("p", small_config())).nbytes
+    registry = HeadRegistry(workdir / "heads", memory_budget=2 * one_head)
+    uids = [registry.create_head(f"u{i}", small_config()) for i in range(4)]
+    first = {uid: registry.predict(uid, TEXTS) for uid in uids}
+    stats = registry.stats()
+    assert stats["evictions"] >= 2 and stats["bytes_held"] <= 2 * one_head
+    assert {uid: registry.predict(uid, TEXTS) for uid in uids} == first
+
+
+def test_restricted_policy_refuses_paths_outside_allowed_folders_and_code(workdir):
+    (workdir / "allowed").mkdir()
+    registry = HeadRegistry(workdir / "heads", PathPolicy.restricted([workdir / "allowed"]))
+    with pytest.raises(PermissionDeniedError, match="outside the folders"):
+        registry.create_head("x", str(workdir / "config.yaml"))
+    with pytest.raises(PermissionDeniedError, match="--allow-code"):
+        registry.create_head_list({}, python="print('hi')")
+    custom = load_config(ROOT / "jac_examples/custom_model/config.yaml")
+    with pytest.raises(PermissionDeniedError, match="does not run user Python"):
+        registry.create_head("y", custom)
