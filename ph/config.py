@@ -168,7 +168,8 @@ def check_shape(config: Any) -> list[str]:
         if not isinstance(value, Mapping):
             problems.append(f"{section}: must be a mapping, got {value!r}")
             continue
-        problems += _unknown_keys(value, SECTION_KEYS[section], section)
+        if section != "Model":  # check_component reports the Model section's own keys
+            problems += _unknown_keys(value, SECTION_KEYS[section], section)
         problems += _SECTION_CHECKS[section](value)
     return problems
 
@@ -184,8 +185,8 @@ def _check_inference(inference: Mapping) -> list[str]:
     problems += _check(inference, "weights", "Inference", lambda v: v is None or isinstance(v, str),
                        "a weights file path or ''")
     problems += _check(inference, "device", "Inference",
-                       lambda v: isinstance(v, str) and bool(_DEVICE.match(v)),
-                       "one of auto, cpu, cuda, cuda:N")
+                       lambda v: isinstance(v, str) and bool(_DEVICE.fullmatch(v)),
+                       "one of auto, cpu, cuda, cuda:N, mps")
     problems += _check(inference, "dtype", "Inference", lambda v: v in DTYPES,
                        f"one of {', '.join(DTYPES)}")
     return problems
@@ -198,7 +199,7 @@ def _check_trainer(trainer: Mapping) -> list[str]:
     if trainer.get("lr_scheduler") not in (None, {}):
         problems += check_component(trainer["lr_scheduler"], "Trainer.lr_scheduler")
     problems += _check(trainer, "name", "Trainer",
-                       lambda v: isinstance(v, str) and bool(_SAFE_NAME.match(v)),
+                       lambda v: isinstance(v, str) and bool(_SAFE_NAME.fullmatch(v)),
                        "a name of letters, digits, '.', '_' or '-' (it becomes a folder name)")
     problems += _check(trainer, "n_gpu", "Trainer", _is_count, "a whole number >= 0")
     problems += _check(trainer, "seed", "Trainer", _is_int, "a whole number")

@@ -251,6 +251,10 @@ def encode_labels(labels: list, known: list | None, n_classes: int | None,
         index = {label: i for i, label in enumerate(names)}
         return torch.tensor([index[v] for v in labels], dtype=torch.long), names
     if all(isinstance(v, list) and all(isinstance(f, Number) for f in v) for v in labels):
+        sizes = sorted({len(v) for v in labels})
+        if len(sizes) > 1:
+            raise BadInputError(f"{ARGS}.train_json: '{name}' vector labels have different "
+                                f"lengths {sizes[:5]}; every target must have the same length")
         return torch.tensor(labels, dtype=torch.float32), known
     kinds = sorted({type(v).__name__ for v in labels})
     raise BadInputError(f"{ARGS}.train_json: '{name}' labels must be all class indices, all "

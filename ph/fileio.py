@@ -24,6 +24,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600 files; these are ordinary files
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -48,6 +49,22 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save through a temp file; the result loads with weights_only=True."""
     with atomic_open(path) as fh:
         torch.save(obj, fh)
+
+
+def atomic_link(src: Path, dst: Path) -> None:
+    """Make `dst` the same file as `src` (a hard link, so no copy), replacing `dst` atomically."""
+    tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here: copy instead
+        with atomic_open(dst) as out, open(src, "rb") as inp:
+            while chunk := inp.read(1 << 20):
+                out.write(chunk)
+        return
+    os.replace(tmp, dst)
+    fsync_dir(Path(dst).parent)
 
 
 def fsync_dir(path: Path) -> None:

