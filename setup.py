@@ -16,6 +16,7 @@ setup(
         "uvicorn",
         "jaseci",
         "jaseci-serv",
+        "django-allauth",  # jaseci-serv imports it without declaring it
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow"],

@@ -78,6 +78,12 @@ def train_status(job_id: str) -> dict:
     return job_status(get_registry(), job_id)
 
 
+def stop_training(job_id: str) -> dict:
+    """Ask a background training job to stop; the head keeps its previous weights."""
+    from .jobs import stop_job
+    return stop_job(get_registry(), job_id)
+
+
 def load_weights(uuid: str, weights_file: str | None = None, path: str | None = None) -> dict:
     """Switch a head to weights from a file (`weights_file`, or `path` as in the seed)."""
     if weights_file and path and weights_file != path:
@@ -106,8 +112,8 @@ def head_stats() -> dict:
     return get_registry().stats()
 
 
-ACTIONS = (create_head_list, create_head, predict, train_head, train_status, load_weights,
-           get_config, check_head, list_heads, delete_head, head_stats)
+ACTIONS = (create_head_list, create_head, predict, train_head, train_status, stop_training,
+           load_weights, get_config, check_head, list_heads, delete_head, head_stats)
 
 
 def _one_config(config: Any, config_file: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The ph actions through the real Jaseci runtime (`actions load module ph`)."""
+"""The ph actions through the real Jaseci runtime: loaded as a module (`actions load
+module ph`) and, with the same walkers, from a live `ph serve` (`actions load remote`)."""
 from __future__ import annotations
 
 import json
@@ -6,24 +7,34 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import yaml
+
 import ph.api
-from conftest import ROOT, small_config
+from conftest import small_config
 from intent_data import as_label_lists, make_split
 from jaseci_harness import JacCase, in_dir
+from servers import ph_server
+
+HELD_OUT = make_split(seed=0)[1]
+DICT_SOURCE = ("class Named:\n    def process(self, x):\n"
+               "        return ['intent-%d' % i for i in x.argmax(1).tolist()]\n")
 
 
-class ActionsCase(JacCase):
-    """Each test runs in a fresh folder holding the intent example's data."""
+def write_data(folder: Path) -> None:
+    """The seed program's files: train.json and a config.yaml sized to train in seconds."""
+    (folder / "train.json").write_text(json.dumps(as_label_lists(make_split(seed=0)[0])))
+    config = small_config(epochs=6, save_period=1)
+    config["Model"]["args"].update(embedding_length=256, ph_ff_dim=128)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+class LocalCase(JacCase):
+    """Each test runs in a fresh folder with `actions load module ph`."""
 
     def setUp(self):
         self.tmp = Path(tempfile.mkdtemp())
         self.old_cwd = in_dir(self.tmp)
-        train, self.held_out = make_split(seed=0)
-        (self.tmp / "train.json").write_text(json.dumps(as_label_lists(train)))
-        config = small_config(epochs=6, save_period=1)
-        config["Model"]["args"].update(embedding_length=256, ph_ff_dim=128)
-        import yaml
-        (self.tmp / "config.yaml").write_text(yaml.safe_dump(config))
+        write_data(self.tmp)
         ph.api.setup(heads_dir=str(self.tmp / "heads"))
         super().setUp()
 
@@ -33,34 +44,34 @@ class ActionsCase(JacCase):
         ph.api._registry = None
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def check(self, uuid: str) -> dict:
+        return self.ok("inspect", uuid=uuid)[1]
 
-class TestSeedProgram(ActionsCase):
+
+class ActionTests:
+    """Walker-level tests that must pass the same way locally and remotely."""
+
     def test_seed_program_runs_as_written_and_twice(self):
         for _ in range(2):  # the second run finds the head and trains it further
             before, after = self.ok("seed_program", input_text="I want to order a pizza")
             assert isinstance(before, int) and isinstance(after, int)
-        labels = ph.api.check_head("ph")["labels"]
-        assert labels[after] == "order_food"
-        assert ph.api.check_head("ph")["revision"] == 4  # two trainings, two load_weights
+        check = self.check("ph")
+        assert check["labels"][after] == "order_food"
+        assert check["revision"] == 4  # two trainings, two load_weights
 
     def test_trained_head_predicts_the_intent_of_held_out_utterances(self):
         self.ok("seed_program", input_text="hello")
-        texts = [r["text"] for r in self.held_out]
-        predictions = self.ok("predict", uuid="ph", data=texts)[0]
-        labels = ph.api.check_head("ph")["labels"]
-        hits = sum(labels[p] == r["label"] for p, r in zip(predictions, self.held_out))
-        assert hits / len(texts) >= 0.85
+        predictions = self.ok("predict", uuid="ph", data=[r["text"] for r in HELD_OUT])[0]
+        labels = self.check("ph")["labels"]
+        hits = sum(labels[p] == r["label"] for p, r in zip(predictions, HELD_OUT))
+        assert hits / len(HELD_OUT) >= 0.85
 
-
-class TestDictForm(ActionsCase):
     def test_positional_dict_form_with_overrides_and_user_python(self):
-        source = ("import torch\nclass Named:\n    labels = None\n"
-                  "    def process(self, x):\n        return ['intent-%d' % i for i in x.argmax(1).tolist()]\n")
         config = small_config()
         config["Inference"] = {"postprocess": {"type": "CustomProcessor",
                                                "args": {"module_name": "Named"}}}
         summary, config_out, check = self.ok(
-            "dict_form", config=config, python=source, uuid="u1",
+            "dict_form", config=config, python=DICT_SOURCE, uuid="u1",
             overrides={"Trainer": {"trainer": {"epochs": 2}}},
             train_overrides={"Trainer": {"optimizer": {"args": {"lr": 0.002}}}})
         assert summary["updated"] and summary["epochs_run"] == 2
@@ -78,25 +89,24 @@ class TestDictForm(ActionsCase):
         batch = self.ok("predict", uuid=uid, data=["a", "b"])[0]
         assert isinstance(batch, list) and len(batch) == 2 and all(isinstance(p, int) for p in batch)
         assert self.ok("predict", uuid=uid, data="a")[0] == batch[0]
-        assert ph.api.get_config(uid)["Model"]["type"] == "PHClassifier"
+        assert self.ok("inspect", uuid=uid)[2]["Model"]["type"] == "PHClassifier"
 
-
-class TestOtherActions(ActionsCase):
     def test_inspect_load_by_path_and_delete(self):
         self.ok("seed_program", input_text="hi")
         self.ok("create", uuid="twin", config=None)
         weights = "saved/models/PersonalizedHeadTrainer/ph/best_model.pt"
         result = self.ok("load_by_path", uuid="twin", path=weights)[0]
         assert result["revision"] == 1 and "order_food" in result["labels"]
-        texts = [r["text"] for r in self.held_out[:10]]
+        texts = [r["text"] for r in HELD_OUT[:10]]
         assert self.ok("predict", uuid="twin", data=texts) == self.ok("predict", uuid="ph", data=texts)
         heads, check, config = self.ok("inspect", uuid="twin")
-        assert heads == ["ph", "twin"] and check["trained"] and config["Model"]["type"] == "PersonalizedHead"
+        assert heads == ["ph", "twin"] and check["trained"]
+        assert config["Model"]["type"] == "PersonalizedHead"
         assert self.ok("delete", uuid="twin") == [True, ["ph"]]
 
 
-class TestErrors(ActionsCase):
-    def test_each_bad_call_gives_a_clear_error_and_the_next_call_works(self):
+class TestLocalActions(ActionTests, LocalCase):
+    def test_each_bad_call_fails_the_walker_with_a_clear_error_and_the_next_call_works(self):
         self.fails("predict", "no head with uuid 'ph'", uuid="ph", data="hi")  # before any head list
         self.ok("create_list", config_file="config.yaml")
         self.ok("create", uuid="ph", config=None)
@@ -113,3 +123,41 @@ class TestErrors(ActionsCase):
         assert isinstance(self.ok("predict", uuid="ph", data="hi")[0], int)
         assert self.ok("train", uuid="ph", overrides=None)[0]["updated"]
         assert ph.api.list_heads() == ["ph"]
+
+
+class TestRemoteActions(ActionTests, JacCase):
+    """The same walkers with the actions served by `ph serve` (paths and code allowed)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        write_data(cls.tmp)
+        cls.server = ph_server(cls.tmp, "--allow-code", "--allow-path", str(cls.tmp))
+        cls.remote_url = cls.server.__enter__()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        super().setUp()
+        for uuid in self.ok("inspect", uuid="-")[0]:  # start each test with no heads
+            self.ok("delete", uuid=uuid)
+        shutil.rmtree(self.tmp / "saved", ignore_errors=True)
+
+    def check(self, uuid: str) -> dict:
+        return self.ok("inspect", uuid=uuid)[1]
+
+    def test_errors_come_back_as_values_with_the_clear_message(self):
+        # Jaseci 1.4's remote client returns the response body whatever the status, so an
+        # error arrives as {"error", "message"} instead of failing the walker.
+        assert self.ok("create", uuid="fine", config=None) == ["fine"]
+        cases = [("predict", "no head with uuid 'nobody'", dict(uuid="nobody", data="hi")),
+                 ("create", "is not valid", dict(uuid="../x", config=None)),
+                 ("load_by_file", "not found", dict(uuid="fine", weights_file="nope.pt")),
+                 ("create_list", "outside the folders", dict(config_file="/etc/passwd"))]
+        for walker, match, ctx in cases:
+            value = self.ok(walker, **ctx)[0]
+            assert value["error"] and match in value["message"], value
+        assert isinstance(self.ok("predict", uuid="fine", data="hi")[0], int)

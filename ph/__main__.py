@@ -1,0 +1,6 @@
+"""`python -m ph serve ...`"""
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,52 @@
+"""`ph` command line: `ph serve` runs the remote action server."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .server import ServerSettings, is_loopback_bind
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ph", description="Personalized heads for Jaseci")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the remote action server "
+                                "(Jaseci: actions load remote http://HOST:PORT)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
+                       help="folder of the heads (shared by every worker)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes")
+    serve.add_argument("--token", default=os.environ.get("PH_TOKEN"),
+                       help="clients must send it (Bearer, or http://user:TOKEN@host:port); "
+                            "required to serve other hosts (default $PH_TOKEN)")
+    serve.add_argument("--allow-code", action="store_true",
+                       help="let clients run user Python (uploaded source or python_file)")
+    serve.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                       help="let clients name files under DIR (repeatable); none by default")
+    serve.add_argument("--memory-budget", default=os.environ.get("PH_MEMORY_BUDGET"),
+                       help="bytes of loaded heads kept in memory per worker, e.g. 2GB")
+    serve.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    return serve_command(args)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    if not is_loopback_bind(args.host) and not args.token:
+        print(f"ph serve: serving on {args.host} needs a token (--token or PH_TOKEN); "
+              "without one only 127.0.0.1 may be used", file=sys.stderr)
+        return 2
+    settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
+                              args.memory_budget)
+    os.environ.update(settings.to_env())  # every worker builds its app from these
+    logging.basicConfig(level=args.log_level.upper())
+    import uvicorn
+    uvicorn.run("ph.server:serv_actions", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The remote action server: Jaseci's remote action protocol over FastAPI.
+
+`GET /jaseci_actions_spec/` lists the actions and their parameters; `POST /<action>/`
+takes the arguments as a JSON object, so `actions load remote http://host:port` works.
+Errors map to status codes in one handler, with a JSON body and no stack trace.
+Without a token only loopback clients are served; paths and user code from clients
+are refused unless the operator allows them.
+"""
+from __future__ import annotations
+
+import base64
+import hmac
+import inspect
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from . import api
+from .errors import BadInputError, PHError
+from .paths import PathPolicy
+
+log = logging.getLogger("ph.server")
+SPEC_PATH = "/jaseci_actions_spec/"
+OPEN_PATHS = ("/healthz",)
+
+
+@dataclass
+class ServerSettings:
+    """What the operator decides; read from PH_* variables so every worker agrees."""
+
+    heads_dir: str = "heads"
+    token: str | None = None
+    allow_code: bool = False
+    allow_paths: list[str] = field(default_factory=list)
+    memory_budget: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "ServerSettings":
+        paths = os.environ.get("PH_ALLOW_PATHS", "")
+        return cls(heads_dir=os.environ.get("PH_HEADS_DIR", "heads"),
+                   token=os.environ.get("PH_TOKEN") or None,
+                   allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
+                   allow_paths=[p for p in paths.split(os.pathsep) if p],
+                   memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None)
+
+    def to_env(self) -> dict[str, str]:
+        return {"PH_HEADS_DIR": str(self.heads_dir), "PH_TOKEN": self.token or "",
+                "PH_ALLOW_CODE": "1" if self.allow_code else "",
+                "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
+                "PH_MEMORY_BUDGET": self.memory_budget or ""}
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    """The ASGI app; sets up this process's registry with the server's path policy."""
+    settings = settings or ServerSettings.from_env()
+    policy = PathPolicy.restricted(settings.allow_paths, settings.allow_code)
+    api.setup(settings.heads_dir, settings.memory_budget, policy)
+    app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if request.url.path not in OPEN_PATHS:
+            refusal = _refusal(request, settings.token)
+            if refusal is not None:
+                return refusal
+        return await call_next(request)
+
+    @app.exception_handler(PHError)
+    async def ph_error(request: Request, exc: PHError):
+        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("internal error in %s", request.url.path)
+        return JSONResponse({"error": "internal", "message": f"internal error ({type(exc).__name__}); "
+                             "the server log has the details"}, status_code=500)
+
+    @app.get("/healthz")
+    async def health():
+        return {"status": "ok", "pid": os.getpid(), **api.head_stats()}
+
+    @app.get(SPEC_PATH)
+    async def spec():
+        return {f"ph.{fn.__name__}": list(inspect.signature(fn).parameters) for fn in api.ACTIONS}
+
+    for fn in api.ACTIONS:
+        app.add_api_route(f"/{fn.__name__}/", _endpoint(fn), methods=["POST"], name=fn.__name__)
+    return app
+
+
+def _endpoint(fn):
+    params = inspect.signature(fn).parameters
+
+    async def endpoint(request: Request):
+        body = await request.body()
+        try:
+            args = await request.json() if body.strip() else {}
+        except ValueError:
+            raise BadInputError(f"{fn.__name__}: the request body must be a JSON object of "
+                                "arguments") from None
+        if not isinstance(args, dict):
+            raise BadInputError(f"{fn.__name__}: the request body must be a JSON object of "
+                                f"arguments, got {type(args).__name__}")
+        unknown = sorted(set(args) - set(params))
+        if unknown:
+            raise BadInputError(f"{fn.__name__}: unknown argument(s) {', '.join(unknown)}; "
+                                f"it takes: {', '.join(params)}")
+        try:
+            inspect.signature(fn).bind(**args)
+        except TypeError as exc:
+            raise BadInputError(f"{fn.__name__}: {exc}; it takes: {', '.join(params)}") from None
+        return await run_in_threadpool(fn, **args)
+
+    endpoint.__name__ = fn.__name__
+    return endpoint
+
+
+def _refusal(request: Request, token: str | None) -> JSONResponse | None:
+    """None when the request may go on, else the 401 response."""
+    if token is None:
+        if _is_loopback(request.client.host if request.client else ""):
+            return None
+        return _unauthorized("this server has no token, so it answers loopback clients only; "
+                             "its operator must set PH_TOKEN (ph serve --token)")
+    given = _credential(request.headers.get("authorization", ""))
+    if given is not None and hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    return _unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' (or use "
+                         "http://user:TOKEN@host:port as the remote action URL)")
+
+
+def _credential(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(value.strip()).decode("utf-8").partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return None
+
+
+def _unauthorized(message: str) -> JSONResponse:
+    return JSONResponse({"error": "unauthorized", "message": message}, status_code=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="ph", Basic realm="ph"'})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "testclient"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_bind(host: str) -> bool:
+    return host in ("localhost",) or _is_loopback(host)
+
+
+def serv_actions() -> FastAPI:
+    """Factory for `uvicorn ph.server:serv_actions` (settings from PH_* variables)."""
+    return create_app()

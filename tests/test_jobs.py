@@ -1,0 +1,127 @@
+"""Background training: a job per process; serving continues; failures change nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import small_config
+from ph.registry import HeadRegistry
+from servers import ph_server
+
+TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
+
+
+def wait_job(status, job_id, states=("succeeded", "failed", "stopped"), timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = status(job_id)
+        if job["state"] in states:
+            return job
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} still {job['state']}")
+
+
+def wait_epoch(status, job_id, epoch, timeout=120):
+    return wait_job(lambda j: {**status(j), "state": "ready" if status(j)["epoch"] >= epoch
+                               else status(j)["state"]}, job_id, ("ready", "succeeded", "failed"),
+                    timeout)
+
+
+def test_background_training_reports_progress_and_updates_the_head(fresh_api, train_json):
+    import ph
+    ph.create_head(uuid="bg", config=small_config(epochs=3))
+    job = ph.train_head("bg", background=True)
+    assert job["state"] == "queued" and job["uuid"] == "bg"
+    done = wait_job(ph.train_status, job["job_id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert done["epoch"] == 3 == done["epochs"] and "val_loss" in done["metrics"]
+    assert done["summary"]["updated"] and done["summary"]["revision"] == 1
+    assert ph.check_head("bg")["revision"] == 1
+    fresh = HeadRegistry(fresh_api.store.root)
+    assert ph.predict("bg", TEXTS) == fresh.predict("bg", TEXTS)
+
+
+def test_a_failing_job_reports_why_and_leaves_the_head_alone(fresh_api, workdir):
+    import ph
+    ph.create_head(uuid="bad", config=small_config())
+    before = ph.predict("bad", TEXTS)
+    (workdir / "train.json").write_text('[{"text": "hi", "label": 99}]')
+    done = wait_job(ph.train_status, ph.train_head("bad", background=True)["job_id"])
+    assert done["state"] == "failed" and "outside 0..7" in done["error"]
+    assert ph.check_head("bad")["revision"] == 0 and ph.predict("bad", TEXTS) == before
+
+
+def test_a_killed_job_is_reported_failed_and_the_head_keeps_its_weights(fresh_api, train_json):
+    import ph
+    ph.create_head(uuid="victim", config=small_config(epochs=400))
+    before = ph.predict("victim", TEXTS)
+    job_id = ph.train_head("victim", background=True)["job_id"]
+    wait_epoch(ph.train_status, job_id, 1)
+    pid = fresh_api.store.read_job(job_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    done = wait_job(ph.train_status, job_id)
+    assert done["state"] == "failed" and "killed or crashed" in done["error"]
+    assert ph.check_head("victim")["revision"] == 0 and not ph.check_head("victim")["training"]
+    assert ph.predict("victim", TEXTS) == before
+    assert ph.train_head("victim", {"Trainer": {"trainer": {"epochs": 1}}})["revision"] == 1
+
+
+def test_a_stopped_job_ends_as_stopped_without_new_weights(fresh_api, train_json):
+    import ph
+    ph.create_head(uuid="halt", config=small_config(epochs=400))
+    job_id = ph.train_head("halt", background=True)["job_id"]
+    wait_epoch(ph.train_status, job_id, 1)
+    ph.stop_training(job_id)
+    done = wait_job(ph.train_status, job_id)
+    assert done["state"] == "stopped" and "previous weights" in done["error"]
+    assert ph.check_head("halt")["revision"] == 0
+
+
+def test_a_second_job_for_a_training_head_is_a_conflict(fresh_api, train_json):
+    import ph
+    from ph.errors import ConflictError
+    ph.create_head(uuid="once", config=small_config(epochs=400))
+    job_id = ph.train_head("once", background=True)["job_id"]
+    wait_epoch(ph.train_status, job_id, 1)
+    with pytest.raises(ConflictError, match="already training"):
+        ph.train_head("once", background=True)
+    ph.stop_training(job_id)
+    wait_job(ph.train_status, job_id)
+
+
+def test_predictions_keep_answering_during_training_then_switch_to_new_weights(workdir, train_json):
+    with ph_server(workdir, "--allow-path", str(workdir)) as url:
+        def call(action, **args):
+            response = requests.post(f"{url}/{action}/", json=args, timeout=60)
+            assert response.status_code == 200, response.text
+            return response.json()
+
+        call("create_head", uuid="trainee", config=small_config(epochs=12))
+        call("create_head", uuid="bystander", config=small_config())
+        before, bystander = call("predict", uuid="trainee", data=TEXTS), call("predict", uuid="bystander", data=TEXTS)
+        job_id = call("train_head", uuid="trainee", background=True)["job_id"]
+        answers, stop = [], threading.Event()
+
+        def stream():
+            while not stop.is_set():
+                answers.append((call("predict", uuid="trainee", data=TEXTS),
+                                call("predict", uuid="bystander", data=TEXTS)))
+
+        thread = threading.Thread(target=stream)
+        thread.start()
+        done = wait_job(lambda j: call("train_status", job_id=j), job_id)
+        time.sleep(0.3)
+        stop.set()
+        thread.join(30)
+        assert done["state"] == "succeeded", done["error"]
+        after = HeadRegistry(workdir / "heads").predict("trainee", TEXTS)
+        assert len(answers) >= 20
+        assert all(a in (before, after) for a, _ in answers)  # old or new weights, never a mix
+        assert answers[-1][0] == after and call("predict", uuid="trainee", data=TEXTS) == after
+        assert all(b == bystander for _, b in answers)
+        assert call("check_head", uuid="trainee")["revision"] == 1

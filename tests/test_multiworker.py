@@ -1,0 +1,70 @@
+"""Several server processes on one heads folder see each other's changes."""
+from __future__ import annotations
+
+import threading
+
+import requests
+
+from conftest import small_config
+from servers import ph_server
+
+TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach"]
+
+
+def call(url, action, expect=200, **args):
+    response = requests.post(f"{url}/{action}/", json=args, timeout=120)
+    assert response.status_code == expect, response.text
+    return response.json()
+
+
+def test_two_servers_on_one_folder_see_heads_created_trained_reloaded_and_deleted(workdir, train_json):
+    allow = ("--allow-path", str(workdir))
+    with ph_server(workdir, *allow) as a, ph_server(workdir, *allow) as b:
+        call(a, "create_head_list", config=small_config())
+        call(b, "create_head", uuid="shared")  # b uses the head list a wrote
+        assert call(a, "predict", uuid="shared", data=TEXTS) == call(b, "predict", uuid="shared", data=TEXTS)
+        call(a, "train_head", uuid="shared")
+        assert call(b, "check_head", uuid="shared")["revision"] == 1
+        trained = call(a, "predict", uuid="shared", data=TEXTS)
+        assert call(b, "predict", uuid="shared", data=TEXTS) == trained
+        call(b, "create_head", uuid="other")
+        call(b, "load_weights", uuid="other",
+             weights_file="saved/models/PersonalizedHeadTrainer/shared/best_model.pt")
+        assert call(a, "predict", uuid="other", data=TEXTS) == trained
+        call(a, "delete_head", uuid="shared")
+        assert call(b, "predict", uuid="shared", data=TEXTS, expect=404)["error"] == "not_found"
+        assert call(b, "list_heads") == ["other"]
+
+
+def test_concurrent_creates_of_one_uuid_in_two_servers_leave_exactly_one_head(workdir):
+    with ph_server(workdir) as a, ph_server(workdir) as b:
+        results = {}
+
+        def create(url, n_classes):
+            config = small_config()
+            config["Model"]["args"]["n_classes"] = n_classes
+            results[url] = requests.post(f"{url}/create_head/", json={"uuid": "race", "config": config},
+                                         timeout=60)
+
+        threads = [threading.Thread(target=create, args=(u, n)) for u, n in ((a, 5), (b, 6))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        codes = sorted(r.status_code for r in results.values())
+        assert codes == [200, 409], [r.text for r in results.values()]
+        n_classes = call(a, "get_config", uuid="race")["Model"]["args"]["n_classes"]
+        assert call(b, "get_config", uuid="race")["Model"]["args"]["n_classes"] == n_classes
+        assert isinstance(call(b, "predict", uuid="race", data="hi"), int)
+
+
+def test_workers_of_one_server_share_the_heads(workdir, train_json):
+    with ph_server(workdir, "--workers", "2", "--allow-path", str(workdir)) as url:
+        pids = {requests.get(url + "/healthz", timeout=10).json()["pid"] for _ in range(200)}
+        assert len(pids) == 2
+        call(url, "create_head", uuid="w", config=small_config())
+        first = {str(call(url, "predict", uuid="w", data=TEXTS)) for _ in range(20)}
+        assert len(first) == 1
+        call(url, "train_head", uuid="w")
+        after = {str(call(url, "predict", uuid="w", data=TEXTS)) for _ in range(20)}
+        assert len(after) == 1 and call(url, "check_head", uuid="w")["revision"] == 1

@@ -1,0 +1,141 @@
+"""`ph serve` over real HTTP on 127.0.0.1: protocol, status codes, auth, policy, workers."""
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+from starlette.requests import Request
+
+from conftest import small_config
+from ph.server import _refusal
+from servers import BIN, ph_server
+
+SMALL = small_config()
+
+
+def post(url: str, action: str, **args):
+    return requests.post(f"{url}/{action}/", json=args, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the tests that only talk to it (each starts from its own head names)."""
+    with ph_server(tmp_path_factory.mktemp("server")) as url:
+        yield url
+
+
+def test_spec_lists_every_action_with_its_parameters(server):
+    spec = requests.get(server + "/jaseci_actions_spec/", timeout=10).json()
+    assert spec["ph.predict"] == ["uuid", "data"]
+    assert spec["ph.train_head"][:2] == ["uuid", "config"]
+    assert {"ph.create_head_list", "ph.create_head", "ph.load_weights", "ph.get_config",
+            "ph.check_head", "ph.list_heads", "ph.delete_head", "ph.train_status"} <= set(spec)
+
+
+def test_create_and_predict_over_http(server):
+    assert post(server, "create_head", uuid="http", config=SMALL).json() == "http"
+    answer = post(server, "predict", uuid="http", data=["hello", "order a pizza"])
+    assert answer.status_code == 200 and len(answer.json()) == 2
+    assert "http" in post(server, "list_heads").json()
+
+
+@pytest.mark.parametrize("action, args, status, kind, match", [
+    ("predict", {"uuid": "nobody", "data": "x"}, 404, "not_found", "no head with uuid 'nobody'"),
+    ("predict", {"uuid": "a", "dat": "x"}, 400, "bad_input", "unknown argument(s) dat"),
+    ("predict", {"uuid": "a", "data": [1.0, 2.0]}, 400, "bad_input", "vectors of 64 numbers"),
+    ("create_head", {"uuid": "../etc"}, 400, "bad_input", "is not valid"),
+    ("create_head", {"uuid": "a", "config": {"Model": {"args": {"n_classes": 3}}}}, 409,
+     "conflict", "already exists"),
+    ("create_head", {"uuid": "b", "config": {"Model": {"type": "Nope"}}}, 400, "config",
+     "unknown model 'Nope'"),
+    ("train_head", {"uuid": "a"}, 403, "forbidden", "does not read or write files"),
+    ("create_head_list", {"python": "import os"}, 403, "forbidden", "--allow-code"),
+    ("load_weights", {"uuid": "a", "weights_file": "/etc/passwd"}, 403, "forbidden", "--allow-path"),
+    ("train_status", {"job_id": "nope"}, 404, "not_found", "no training job"),
+])
+def test_errors_map_to_status_codes_with_a_clear_json_message(server, action, args, status, kind, match):
+    post(server, "create_head", uuid="a", config=SMALL)
+    response = post(server, action, **args)
+    body = response.json()
+    assert response.status_code == status, body
+    assert body["error"] == kind and match in body["message"]
+    assert "Traceback" not in response.text
+    assert post(server, "predict", uuid="a", data="still fine").status_code == 200
+
+
+def test_a_body_that_is_not_a_json_object_is_a_bad_request(server):
+    response = requests.post(server + "/predict/", data="not json", timeout=10)
+    assert response.status_code == 400 and "JSON object" in response.json()["message"]
+
+
+def test_health_answers_for_probes(server):
+    health = requests.get(server + "/healthz", timeout=10).json()
+    assert health["status"] == "ok" and health["heads_dir"].endswith("heads")
+
+
+def test_token_is_required_as_bearer_or_basic_auth(workdir):
+    with ph_server(workdir, "--token", "s3cret") as url:
+        assert post(url, "list_heads").status_code == 401
+        assert requests.post(url + "/list_heads/", json={}, timeout=10,
+                             headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = requests.post(url + "/list_heads/", json={}, timeout=10,
+                           headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200 and ok.json() == []
+        # Jaseci sends http://user:TOKEN@host:port as HTTP basic auth
+        basic = requests.post(url.replace("http://", "http://jaseci:s3cret@") + "/list_heads/",
+                              json={}, timeout=10)
+        assert basic.status_code == 200
+        spec = requests.get(url + "/jaseci_actions_spec/", timeout=10)
+        assert spec.status_code == 401
+        assert requests.get(url + "/healthz", timeout=10).status_code == 200
+
+
+def test_without_a_token_only_loopback_clients_are_served():
+    def request_from(host):
+        return Request({"type": "http", "client": (host, 4000), "headers": [], "path": "/x"})
+    assert _refusal(request_from("127.0.0.1"), None) is None
+    assert _refusal(request_from("::1"), None) is None
+    refused = _refusal(request_from("10.1.2.3"), None)
+    assert refused.status_code == 401 and b"PH_TOKEN" in refused.body
+    auth = [(b"authorization", b"Basic " + base64.b64encode(b"u:tok"))]
+    allowed = Request({"type": "http", "client": ("10.1.2.3", 1), "headers": auth, "path": "/x"})
+    assert _refusal(allowed, "tok") is None
+
+
+def test_serving_another_address_without_a_token_refuses_to_start(workdir):
+    out = subprocess.run([str(BIN / "ph"), "serve", "--host", "0.0.0.0", "--port", "1"],
+                         capture_output=True, text=True, timeout=60, cwd=workdir,
+                         env={k: v for k, v in os.environ.items() if k != "PH_TOKEN"})
+    assert out.returncode == 2 and "needs a token" in out.stderr
+
+
+def test_allowed_paths_and_code_are_honoured(workdir, train_json):
+    (workdir / "user.py").write_text("class Post:\n    def process(self, x):\n        return 'custom'\n")
+    with ph_server(workdir, "--allow-path", str(workdir), "--allow-code") as url:
+        config = {**small_config(), "Inference": {"postprocess": {
+            "type": "CustomProcessor", "args": {"python_file": "user.py", "module_name": "Post"}}}}
+        assert post(url, "create_head", uuid="c", config=config).status_code == 200
+        assert post(url, "predict", uuid="c", data="hi").json() == "custom"
+        summary = post(url, "train_head", uuid="c").json()
+        assert summary["updated"] and summary["weights"].startswith(str(workdir))
+
+
+def test_module_level_app_factory_runs_under_uvicorn_as_jsorc_starts_it(workdir):
+    from servers import free_port, stop, wait_for
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "ph:serv_actions", "--factory",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=workdir,
+                            env={**os.environ, "PH_HEADS_DIR": str(workdir / "k8s-heads")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(url + "/healthz", proc)
+        assert post(url, "create_head", uuid="k", config=SMALL).json() == "k"
+        assert (workdir / "k8s-heads" / "k" / "head.json").is_file()
+    finally:
+        stop(proc)
