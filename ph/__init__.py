@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 
 from .api import (check_head, create_head, create_head_list, delete_head, get_config,
-                  get_registry, head_stats, list_heads, load_weights, predict, setup,
+                  get_registry, head_stats, list_heads, load_weights, predict, predict_many,
+                  setup,
                   stop_training, train_head, train_status)
 from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, PHError,
                      PermissionDeniedError, TrainingError, WeightsError)
@@ -23,7 +24,7 @@ from .registry import HeadRegistry
 
 __version__ = "0.1.0"
 __all__ = ["check_head", "create_head", "create_head_list", "delete_head", "get_config",
-           "get_registry", "head_stats", "list_heads", "load_weights", "predict", "setup",
+           "get_registry", "head_stats", "list_heads", "load_weights", "predict", "predict_many", "setup",
            "stop_training", "train_head", "train_status", "serv_actions", "HeadRegistry", "PHError",
            "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError",
            "PermissionDeniedError", "TrainingError", "WeightsError"]

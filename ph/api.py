@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .errors import BadInputError, ConfigError
+from .errors import BadInputError, ConfigError, PHError
 from .paths import PathPolicy
 from .registry import HeadRegistry, default_heads_dir
 
@@ -59,6 +59,15 @@ def create_head(uuid: str | None = None, config: dict | str | None = None,
 def predict(uuid: str, data: Any) -> Any:
     """The head's prediction for `data` (one input or a list), as plain JSON values."""
     return to_plain(get_registry().predict(uuid, data))
+
+
+def predict_many(requests: list) -> list:
+    """Answers for many heads at once: `requests` is a list of [uuid, data] pairs (or
+    {"uuid", "data"} objects). Heads of one architecture answer in one stacked pass. A
+    request that fails gets {"error", "message"} in its place; the others still answer."""
+    pairs = [_request_pair(r, i) for i, r in enumerate(_as_list(requests, "requests"))]
+    return [r.to_dict() if isinstance(r, PHError) else to_plain(r)
+            for r in get_registry().predict_many(pairs)]
 
 
 def train_head(uuid: str, config: dict | str | None = None, config_file: str | None = None,
@@ -112,8 +121,23 @@ def head_stats() -> dict:
     return get_registry().stats()
 
 
-ACTIONS = (create_head_list, create_head, predict, train_head, train_status, stop_training,
+ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, train_status, stop_training,
            load_weights, get_config, check_head, list_heads, delete_head, head_stats)
+
+
+def _as_list(value: Any, name: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise BadInputError(f"{name}: must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _request_pair(request: Any, index: int) -> tuple[str, Any]:
+    if isinstance(request, dict) and set(request) == {"uuid", "data"}:
+        return request["uuid"], request["data"]
+    if isinstance(request, (list, tuple)) and len(request) == 2:
+        return request[0], request[1]
+    raise BadInputError(f"requests[{index}]: must be [uuid, data] or {{\"uuid\": ..., \"data\": ...}}, "
+                        f"got {request!r:.80}")
 
 
 def _one_config(config: Any, config_file: Any) -> Any:

@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="let clients name files under DIR (repeatable); none by default")
     serve.add_argument("--memory-budget", default=os.environ.get("PH_MEMORY_BUDGET"),
                        help="bytes of loaded heads kept in memory per worker, e.g. 2GB")
+    serve.add_argument("--batch-window-ms", type=float,
+                       default=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
+                       help="wait this long to gather concurrent predict calls into one pass "
+                            "(default 0: batch only calls that arrive while a pass runs)")
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     return serve_command(args)
@@ -39,7 +43,7 @@ def serve_command(args: argparse.Namespace) -> int:
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2
     settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
-                              args.memory_budget)
+                              args.memory_budget, args.batch_window_ms)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
     import uvicorn

@@ -5,18 +5,20 @@ use, so a prediction always runs on one complete set of weights.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
 import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import torch
 from torch import nn
 
 from . import models, processors  # noqa: F401  (register the built-in components)
-from .components import MODELS, POSTPROCESSORS, PREPROCESSORS, UserCode, bind, construct, resolve
+from .components import (MODELS, POSTPROCESSORS, PREPROCESSORS, UserCode, UserComponent, bind,
+                         construct, resolve)
 from .config import component_args
 from .errors import BadInputError, PHError, WeightsError
 
@@ -71,11 +73,17 @@ class InferenceEngine:
 
     def __init__(self, model: nn.Module, preprocessor: Any, postprocessor: Any,
                  device: torch.device, dtype: torch.dtype = torch.float32,
-                 labels: list | None = None):
+                 labels: list | None = None, factory: Callable[[], nn.Module] | None = None):
         self.preprocessor, self.postprocessor = preprocessor, postprocessor
         self.device, self.dtype = device, dtype
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = self.place(model)
         self.labels = labels
+        self.factory = factory  # builds a fresh model of this architecture (CPU, float32)
+        self.guard: Callable[[], ContextManager] = contextlib.nullcontext  # set by a HeadBank
+
+    def place(self, model: nn.Module) -> nn.Module:
+        """A model moved to this engine's device and dtype, in eval mode."""
+        return model.to(device=self.device, dtype=self.dtype).eval()
 
     @property
     def labels(self) -> list | None:
@@ -111,7 +119,7 @@ class InferenceEngine:
         if isinstance(x, torch.Tensor):
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
         try:
-            with torch.inference_mode():
+            with self.guard(), torch.inference_mode():
                 out = model(x)
         except Exception as exc:
             raise BadInputError(f"data: the model {type(model).__name__} cannot run on this input "
@@ -133,9 +141,12 @@ class InferenceEngine:
 
     def with_weights(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         """A new model like the current one holding `state` (checked and fitted)."""
-        model = copy.deepcopy(self.model)
+        if self.factory is not None:  # never deepcopy: weights may be views of a bank
+            model = self.factory()
+        else:
+            model = copy.deepcopy(self.model)
         model.load_state_dict(fit_state_dict(model, state))
-        return model.eval()
+        return self.place(model)
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Switch to new weights atomically (predictions see old or new, never a mix)."""
@@ -149,6 +160,12 @@ def make_model(config: Mapping, code: UserCode, state: Mapping | None = None,
                seed: int | None = None) -> nn.Module:
     """The head's model on the CPU in float32: `state` loaded, or freshly initialised from
     `seed` (so every process builds the same untrained head)."""
+    builtin = not isinstance(MODELS.get(config["Model"]["type"], "Model.type"), UserComponent)
+    if state is not None and builtin:  # no random init just to overwrite it: build on meta
+        with torch.device("meta"):
+            model = build_model(config, code)
+        model.load_state_dict(fit_state_dict(model, state), assign=True)
+        return model
     if seed is None:
         model = build_model(config, code)
     else:
@@ -166,7 +183,8 @@ def build_engine(config: Mapping, code: UserCode, state: Mapping | None = None,
     pre, post = build_processors(config, code)
     inference = config["Inference"]
     return InferenceEngine(make_model(config, code, state, seed), pre, post,
-                           resolve_device(inference["device"]), DTYPES[inference["dtype"]], labels)
+                           resolve_device(inference["device"]), DTYPES[inference["dtype"]], labels,
+                           factory=lambda: build_model(config, code))
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -16,12 +16,15 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import torch
+
+from .batching import HeadBank
 from .cache import HeadCache, LoadedHead
 from .components import UserCode
 from .config import config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import ConfigError, ConflictError, HeadNotFoundError
+from .errors import ConfigError, ConflictError, HeadNotFoundError, PHError
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -38,7 +41,9 @@ class HeadRegistry:
                  memory_budget: int | None = None):
         self.store = HeadStore(heads_dir)
         self.policy = policy or PathPolicy()
-        self.cache = HeadCache(memory_budget)
+        self.cache = HeadCache(memory_budget, on_evict=self._unload)
+        self.banks: dict[tuple, HeadBank] = {}
+        self._banks_lock = threading.Lock()
         self._load_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
 
@@ -101,14 +106,47 @@ class HeadRegistry:
         """The head's answer for one input or a batch."""
         return self.loaded(uuid).engine.predict(data)
 
+    def predict_many(self, requests: list[tuple[str, Any]]) -> list[Any]:
+        """Answers for many (uuid, data) requests; heads of one architecture answer together
+        in one stacked pass. A request that fails gets its PHError in its place."""
+        results: list[Any] = [None] * len(requests)
+        groups: dict[int, list] = {}
+        for i, (uuid, data) in enumerate(requests):
+            try:
+                head = self.loaded(uuid)
+                x = head.engine.preprocess(data)
+                bank = head.extra.get("bank")
+                if bank is None or not isinstance(x, torch.Tensor):
+                    results[i] = head.engine.postprocess(head.engine.forward(x),
+                                                         head.engine.is_single(data))
+                    continue
+                groups.setdefault(id(bank), []).append((i, head, x, head.engine.is_single(data)))
+            except PHError as exc:
+                results[i] = exc
+        for items in groups.values():
+            self._predict_stacked(items, results)
+        return results
+
+    def _predict_stacked(self, items: list, results: list) -> None:
+        bank = items[0][1].extra["bank"]
+        with bank.reading():  # slots read in here stay valid until the pass ends
+            live = [(i, h, x, single, h.extra["slot"]) for i, h, x, single in items]
+            for i, head, x, single, slot in [it for it in live if not it[4].valid]:
+                results[i] = head.engine.postprocess(head.engine.forward(x), single)  # evicted meanwhile
+            live = [it for it in live if it[4].valid]
+            if live:
+                outs = bank.forward([it[4] for it in live], [it[2] for it in live])
+                for (i, head, _, single, _), out in zip(live, outs):
+                    results[i] = head.engine.postprocess(out, single)
+
     def load_weights(self, uuid: str, path: str) -> dict:
         """Switch a head to the weights in a state-dict or checkpoint file."""
         if not isinstance(path, str) or not path:
             raise ConfigError("weights_file: give the path of a weights file (.pt)")
         head = self.loaded(uuid)
         state, extras = read_weights(self.policy.resolve(path, "weights_file"))
-        state = fit_state_dict(head.engine.model, state)  # checked before anything changes
-        model = head.engine.with_weights(state)
+        model = head.engine.with_weights(state)  # checked before anything changes
+        state = fit_state_dict(model, state)
         labels = extras.get("labels") or head.engine.labels
         with self.store.lock(uuid):
             record = self.store.write_weights(uuid, self.store.read(uuid), state, labels)
@@ -223,16 +261,44 @@ class HeadRegistry:
         engine = build_engine(record["config"], self._code(record),
                               self.store.read_weights(uuid, record), record.get("labels"),
                               record["seed"])
-        return LoadedHead(uuid, signature, record["revision"], record["config"], engine,
+        head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
                           engine.param_bytes())
+        bank = self._bank_for(engine, record["config"])
+        if bank is not None:
+            head.extra.update(bank=bank, slot=bank.attach(engine.model))
+            engine.guard = bank.reading
+        return head
+
+    def _bank_for(self, engine, config: dict) -> HeadBank | None:
+        args = config["Model"].get("args") or {}
+        key = HeadBank.key(engine.model, args, engine.device, engine.dtype)
+        if key is None:
+            return None
+        with self._banks_lock:
+            if key not in self.banks:
+                self.banks[key] = HeadBank(engine.model, args, engine.device, engine.dtype)
+            return self.banks[key]
+
+    def _unload(self, head: LoadedHead) -> None:
+        """A head left the cache: give its bank slot back."""
+        if "slot" in head.extra:
+            head.extra["bank"].release(head.extra["slot"], head.engine.model)
 
     def _switch(self, uuid: str, record: dict, model) -> None:
         """Point the loaded head (if any) at the weights just written (call under the lock)."""
         head = self.cache.peek(uuid)
         if head is None:
             return
-        engine = head.engine
-        engine.model = model.to(device=engine.device, dtype=engine.dtype).eval()
+        engine, old_model = head.engine, head.engine.model
+        model = engine.place(model)
+        bank = head.extra.get("bank")
+        if bank is not None:
+            old_slot = head.extra["slot"]
+            head.extra["slot"] = bank.attach(model)
+            engine.model = model
+            bank.release(old_slot, old_model)
+        else:
+            engine.model = model
         engine.labels = record.get("labels")
         head.revision = record["revision"]
         head.signature = self.store.signature(uuid)

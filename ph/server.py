@@ -8,6 +8,7 @@ are refused unless the operator allows them.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import inspect
@@ -40,6 +41,7 @@ class ServerSettings:
     allow_code: bool = False
     allow_paths: list[str] = field(default_factory=list)
     memory_budget: str | None = None
+    batch_window_ms: float = 0.0
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -48,13 +50,55 @@ class ServerSettings:
                    token=os.environ.get("PH_TOKEN") or None,
                    allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
                    allow_paths=[p for p in paths.split(os.pathsep) if p],
-                   memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None)
+                   memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None,
+                   batch_window_ms=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0))
 
     def to_env(self) -> dict[str, str]:
         return {"PH_HEADS_DIR": str(self.heads_dir), "PH_TOKEN": self.token or "",
                 "PH_ALLOW_CODE": "1" if self.allow_code else "",
                 "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
-                "PH_MEMORY_BUDGET": self.memory_budget or ""}
+                "PH_MEMORY_BUDGET": self.memory_budget or "",
+                "PH_BATCH_WINDOW_MS": str(self.batch_window_ms)}
+
+
+class PredictBatcher:
+    """Answers concurrent predict calls together: calls that arrive while a pass runs (or
+    within `window_ms` of the first) go into one `predict_many`, so many users' heads of
+    one architecture share a stacked forward. A lone call is answered at once."""
+
+    def __init__(self, window_ms: float = 0.0, max_batch: int = 1024):
+        self.window, self.max_batch = window_ms / 1000.0, max_batch
+        self.queue: asyncio.Queue | None = None
+        self.batches = self.requests = 0
+
+    async def predict(self, uuid: Any, data: Any) -> Any:
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((uuid, data, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            if self.window:
+                await asyncio.sleep(self.window)
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self.batches, self.requests = self.batches + 1, self.requests + len(batch)
+            try:
+                results = await run_in_threadpool(api.get_registry().predict_many,
+                                                  [(u, d) for u, d, _ in batch])
+            except Exception as exc:  # noqa: BLE001  (every waiting call gets the error)
+                results = [exc] * len(batch)
+            for (_, _, future), result in zip(batch, results):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(api.to_plain(result))
 
 
 def create_app(settings: ServerSettings | None = None) -> FastAPI:
@@ -65,6 +109,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
+    batcher = PredictBatcher(settings.batch_window_ms)
 
     @app.middleware("http")
     async def authenticate(request: Request, call_next):
@@ -86,18 +131,22 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     @app.get("/healthz")
     async def health():
-        return {"status": "ok", "pid": os.getpid(), **api.head_stats()}
+        return {"status": "ok", "pid": os.getpid(), "predict_batches": batcher.batches,
+                "predict_requests": batcher.requests, **api.head_stats()}
 
     @app.get(SPEC_PATH)
     async def spec():
         return {f"ph.{fn.__name__}": list(inspect.signature(fn).parameters) for fn in api.ACTIONS}
 
     for fn in api.ACTIONS:
-        app.add_api_route(f"/{fn.__name__}/", _endpoint(fn), methods=["POST"], name=fn.__name__)
+        run = batcher.predict if fn is api.predict else None
+        app.add_api_route(f"/{fn.__name__}/", _endpoint(fn, run), methods=["POST"], name=fn.__name__)
     return app
 
 
-def _endpoint(fn):
+def _endpoint(fn, run=None):
+    """POST handler: check the JSON arguments against `fn`, then call it in a worker
+    thread (or `run`, a coroutine taking the same arguments)."""
     params = inspect.signature(fn).parameters
 
     async def endpoint(request: Request):
@@ -118,6 +167,8 @@ def _endpoint(fn):
             inspect.signature(fn).bind(**args)
         except TypeError as exc:
             raise BadInputError(f"{fn.__name__}: {exc}; it takes: {', '.join(params)}") from None
+        if run is not None:
+            return await run(**args)
         return await run_in_threadpool(fn, **args)
 
     endpoint.__name__ = fn.__name__

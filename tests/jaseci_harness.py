@@ -7,7 +7,7 @@ import os
 from jaseci.jsorc.live_actions import live_actions, load_module_actions, load_remote_actions
 from jaseci.utils.test_core import CoreTest
 
-ACTION_NAMES = {"ph.create_head_list", "ph.create_head", "ph.predict", "ph.train_head",
+ACTION_NAMES = {"ph.create_head_list", "ph.create_head", "ph.predict", "ph.predict_many", "ph.train_head",
                 "ph.train_status", "ph.stop_training", "ph.load_weights", "ph.get_config", "ph.check_head",
                 "ph.list_heads", "ph.delete_head", "ph.head_stats"}
 

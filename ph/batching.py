@@ -1,0 +1,170 @@
+"""One forward pass for many users' heads.
+
+Heads of one architecture (model class and args, device, dtype) keep their weights in a
+HeadBank: every parameter is stacked across heads in chunks, and each head's own module
+holds views into its slot, so a weight is stored once. `HeadBank.forward` answers the
+requests of many heads with one `stacked_forward` per chunk (batched matrix products
+across heads): each head's weights are read once, with no per-head Python or kernel
+launches. The idea of multi-adapter LLM servers, applied to whole small heads.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+MAX_CHUNK = 256  # heads per chunk; chunks grow 8, 16, 32, ... up to this
+
+
+@dataclass(eq=False)
+class Slot:
+    """A head's place in a bank; `valid` turns False once the head gives it back."""
+
+    chunk: "Chunk"
+    index: int
+    valid: bool = True
+
+
+class Chunk:
+    """Storage for `capacity` heads: one [capacity, *shape] tensor per parameter."""
+
+    def __init__(self, shapes: dict[str, torch.Size], capacity: int, device, dtype):
+        self.params = {n: torch.empty((capacity, *s), device=device, dtype=dtype)
+                       for n, s in shapes.items()}
+        self.capacity = capacity
+        self.free = list(range(capacity - 1, -1, -1))  # pop() hands out the lowest index
+
+    @property
+    def used(self) -> int:
+        return self.capacity - len(self.free)
+
+
+class HeadBank:
+    """Stacked weights of the loaded heads of one architecture."""
+
+    def __init__(self, model: nn.Module, args: dict, device: torch.device, dtype: torch.dtype):
+        self.stacked_forward = type(model).stacked_forward
+        self.args, self.device, self.dtype = args, device, dtype
+        self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        self.chunks: list[Chunk] = []
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._deferred: list[Slot] = []
+
+    @staticmethod
+    def key(model: nn.Module, args: dict, device, dtype) -> tuple | None:
+        """Bank key for a model that can run stacked (pure-parameter, with stacked_forward)."""
+        if not hasattr(type(model), "stacked_forward") or any(True for _ in model.buffers()):
+            return None
+        return (type(model), json.dumps(args, sort_keys=True, default=str), str(device), str(dtype))
+
+    def attach(self, model: nn.Module) -> Slot:
+        """Move a head's weights into a free slot; its module then uses views of it."""
+        with self._lock:
+            slot = self._take()
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                view = slot.chunk.params[name][slot.index]
+                view.copy_(param.detach())
+                param.data = view
+        return slot
+
+    def release(self, slot: Slot, model: nn.Module) -> None:
+        """Give a slot back. The module gets private copies first, so anyone still holding
+        it keeps answering correctly; the slot is reused once no pass is reading."""
+        with torch.no_grad():
+            for param in model.parameters():
+                param.data = param.data.clone()
+        with self._lock:
+            slot.valid = False
+            if self._readers:
+                self._deferred.append(slot)
+            else:
+                self._free(slot)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Hold while computing with slots: no slot is reused during it."""
+        with self._lock:
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if not self._readers:
+                    for slot in self._deferred:
+                        self._free(slot)
+                    self._deferred.clear()
+
+    def forward(self, slots: list[Slot], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Outputs for inputs[i] ([n_i, ...] on the bank's device) through the head in
+        slots[i]. Call inside `reading()`, with slots read inside it."""
+        outputs: list = [None] * len(slots)
+        by_chunk: dict[int, list[int]] = {}
+        for i, slot in enumerate(slots):
+            by_chunk.setdefault(id(slot.chunk), []).append(i)
+        for items in by_chunk.values():
+            chunk = slots[items[0]].chunk
+            for i, out in zip(items, self._forward_chunk(chunk, [slots[i].index for i in items],
+                                                         [inputs[i] for i in items])):
+                outputs[i] = out
+        return outputs
+
+    def _forward_chunk(self, chunk: Chunk, indices: list[int], inputs: list[torch.Tensor]):
+        heads = sorted(set(indices))
+        lo, hi = heads[0], heads[-1]
+        if len(heads) * 2 >= hi - lo + 1:  # dense enough: compute on a view of the range
+            params = {n: t[lo:hi + 1] for n, t in chunk.params.items()}
+            position = {h: h - lo for h in heads}
+        else:  # sparse: gather just these heads' weights
+            index = torch.tensor(heads, device=self.device)
+            params = {n: t.index_select(0, index) for n, t in chunk.params.items()}
+            position = {h: k for k, h in enumerate(heads)}
+        n_heads = len(next(iter(params.values())))
+        counts = [len(x) for x in inputs]
+        fill: dict[int, int] = {}
+        targets = []
+        for h, n in zip(indices, counts):
+            start = fill.get(h, 0)
+            fill[h] = start + n
+            targets.append((position[h], start, n))
+        batch = max(fill.values())
+        rows = torch.cat(inputs).to(self.device, self.dtype)
+        order = [p * batch + s + k for p, s, n in targets for k in range(n)]
+        identity = order == list(range(n_heads * batch))  # one row per head, in slot order
+        if identity:
+            x = rows.view(n_heads, batch, *rows.shape[1:])
+        else:
+            flat = torch.tensor(order, device=self.device)
+            x = rows.new_zeros((n_heads * batch, *rows.shape[1:]))
+            x.index_copy_(0, flat, rows)
+            x = x.view(n_heads, batch, *rows.shape[1:])
+        with torch.inference_mode():
+            out = self.stacked_forward(params, x, self.args)
+        out = out.reshape(n_heads * batch, *out.shape[2:])
+        out = (out if identity else out.index_select(0, flat)).float()
+        return list(torch.split(out, counts))
+
+    def bytes_allocated(self) -> int:
+        return sum(t.numel() * t.element_size() for c in self.chunks for t in c.params.values())
+
+    def _take(self) -> Slot:
+        for chunk in self.chunks:
+            if chunk.free:
+                return Slot(chunk, chunk.free.pop())
+        capacity = min(MAX_CHUNK, max(8, sum(c.capacity for c in self.chunks)))
+        chunk = Chunk(self.shapes, capacity, self.device, self.dtype)
+        self.chunks.append(chunk)
+        return Slot(chunk, chunk.free.pop())
+
+    def _free(self, slot: Slot) -> None:
+        slot.chunk.free.append(slot.index)
+        slot.chunk.free.sort(reverse=True)
+        if not slot.chunk.used and slot.chunk in self.chunks:
+            self.chunks.remove(slot.chunk)  # its memory goes once no module views it
