@@ -49,8 +49,12 @@ class HeadBank:
 
     def __init__(self, model: nn.Module, args: dict, device: torch.device, dtype: torch.dtype):
         self.stacked_forward = type(model).stacked_forward
+        self.derive = getattr(type(model), "stacked_derived", None)
         self.args, self.device, self.dtype = args, device, dtype
+        self.param_names = [n for n, _ in model.named_parameters()]
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        with torch.device("meta"):
+            self.shapes.update({n: t.shape[1:] for n, t in self._derived(model).items()})
         self.chunks: list[Chunk] = []
         self._lock = threading.Lock()
         self._readers = 0
@@ -68,11 +72,25 @@ class HeadBank:
         with self._lock:
             slot = self._take()
         with torch.no_grad():
+            for name, tensor in self._derived(model).items():
+                slot.chunk.params[name][slot.index].copy_(tensor[0])
             for name, param in model.named_parameters():
                 view = slot.chunk.params[name][slot.index]
                 view.copy_(param.detach())
                 param.data = view
         return slot
+
+    def _derived(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        if self.derive is None:
+            return {}
+        with torch.no_grad():
+            return self.derive({n: p.detach().unsqueeze(0) for n, p in model.named_parameters()},
+                               self.args)
+
+    def slot_bytes(self) -> int:
+        """Memory one head takes in this bank (its weights and derived weights)."""
+        return sum(torch.Size(s).numel() for s in self.shapes.values()) * \
+            torch.empty((), dtype=self.dtype).element_size()
 
     def release(self, slot: Slot, model: nn.Module) -> None:
         """Give a slot back. The module gets private copies first, so anyone still holding

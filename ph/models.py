@@ -48,8 +48,25 @@ class PersonalizedHead(nn.Module):
         return F.log_softmax(self.fc(x.mean(dim=1)), dim=-1)
 
     @staticmethod
+    def stacked_derived(p: dict[str, torch.Tensor], args: dict) -> dict[str, torch.Tensor]:
+        """Per-head weights derived once when a head enters a bank. For a sequence of one,
+        attention is out_proj(V(x)), so W_o @ W_v is one matrix: the stacked pass reads
+        768x768 weights there instead of twice that."""
+        derived = {}
+        emb = p["fc.weight"].shape[-1]
+        for i in range(args.get("ph_nlayers", 1)):
+            pre = f"transformer_encoder.layers.{i}.self_attn."
+            w_v, b_v = p[pre + "in_proj_weight"][:, 2 * emb:], p[pre + "in_proj_bias"][:, 2 * emb:]
+            w_o, b_o = p[pre + "out_proj.weight"], p[pre + "out_proj.bias"]
+            derived[pre + "fused_vo.weight"] = torch.bmm(w_o, w_v)
+            derived[pre + "fused_vo.bias"] = torch.baddbmm(b_o.unsqueeze(2), w_o, b_v.unsqueeze(2)).squeeze(2)
+        return derived
+
+    @staticmethod
     def stacked_forward(p: dict[str, torch.Tensor], x: torch.Tensor, args: dict) -> torch.Tensor:
-        """x: [H, B, L, E] -> log-probabilities [H, B, n_classes] (eval mode, ReLU, post-norm)."""
+        """x: [H, B, L, E] -> log-probabilities [H, B, n_classes] (eval mode, ReLU, post-norm).
+
+        `p` holds the stacked parameters and, optionally, `stacked_derived` weights."""
         if x.dim() == 3:
             x = x.unsqueeze(2)
         heads, batch, seq, emb = x.shape
@@ -58,14 +75,18 @@ class PersonalizedHead(nn.Module):
         for i in range(args.get("ph_nlayers", 1)):
             pre = f"transformer_encoder.layers.{i}."
             w_in, b_in = p[pre + "self_attn.in_proj_weight"], p[pre + "self_attn.in_proj_bias"]
-            if seq == 1:  # softmax over a single key is 1: attention returns V, skip Q and K
+            fused = pre + "self_attn.fused_vo.weight"
+            if seq == 1 and fused in p:  # a single key: attention is out_proj(V(x)), fused
+                attn = _linear(h, p[fused], p[pre + "self_attn.fused_vo.bias"])
+            elif seq == 1:  # softmax over a single key is 1: attention returns V, skip Q and K
                 attn = _linear(h, w_in[:, 2 * emb:], b_in[:, 2 * emb:])
+                attn = _linear(attn, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"])
             else:
                 qkv = _linear(h, w_in, b_in).view(heads * batch, seq, 3, nhead, emb // nhead)
                 q, k, v = qkv.permute(2, 0, 3, 1, 4)
                 attn = F.scaled_dot_product_attention(q, k, v)
                 attn = attn.permute(0, 2, 1, 3).reshape(heads, batch * seq, emb)
-            attn = _linear(attn, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"])
+                attn = _linear(attn, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"])
             h = _layer_norm(h + attn, p[pre + "norm1.weight"], p[pre + "norm1.bias"])
             ff = _linear(h, p[pre + "linear1.weight"], p[pre + "linear1.bias"]).relu_()
             ff = _linear(ff, p[pre + "linear2.weight"], p[pre + "linear2.bias"])

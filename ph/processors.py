@@ -97,23 +97,17 @@ class VectorPreProcessor:
         if isinstance(data, torch.Tensor):
             return data.dim() == 1
         return isinstance(data, str) or (_is_sequence(data) and len(data) > 0
-                                         and all(_is_number(v) for v in data))
+                                         and _is_number(data[0]))
 
     def vectors(self, data: Any) -> torch.Tensor:
         """[N, dim] float tensor from a vector, a list of vectors or a tensor."""
         if isinstance(data, torch.Tensor):
             tensor = data.detach().float()
-        elif _is_sequence(data) and data and all(_is_number(v) for v in data):
-            tensor = torch.tensor([float(v) for v in data])
-        elif _is_sequence(data) and data and all(_is_sequence(v) for v in data):
-            rows = [_flat_vector(v) for v in data]
-            if any(row is None for row in rows):
-                raise BadInputError(f"data: each vector must be a list of numbers ({self.expected})")
-            sizes = {len(r) for r in rows}
-            if len(sizes) > 1:
-                raise BadInputError(f"data: vectors have different lengths {sorted(sizes)}; "
-                                    f"each must have {self.dim} numbers")
-            tensor = torch.tensor(rows, dtype=torch.float32)
+        elif _is_sequence(data) and data and not isinstance(data[0], str):
+            try:  # the fast path: torch reads nested lists of numbers in C
+                tensor = torch.tensor(data, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise BadInputError(self._explain(data)) from None
         else:
             raise BadInputError(f"data: expected {self.expected}; got {_describe(data)}")
         if tensor.dim() == 3 and tensor.shape[1] == 1:  # already [N, 1, dim]
@@ -129,6 +123,18 @@ class VectorPreProcessor:
         if not torch.isfinite(tensor).all():
             raise BadInputError("data: vectors must hold finite numbers (found NaN or infinity)")
         return tensor
+
+    def _explain(self, data: list) -> str:
+        """Why a list could not be read as vectors."""
+        if all(_is_sequence(v) for v in data):
+            rows = [_flat_vector(v) for v in data]
+            if any(row is None for row in rows):
+                return f"data: each vector must be a list of numbers ({self.expected})"
+            sizes = sorted({len(r) for r in rows})
+            if len(sizes) == 1:
+                return "data: some vectors are nested ([[...]]) and some are not; write them alike"
+            return f"data: vectors have different lengths {sizes}; each must have {self.dim} numbers"
+        return f"data: expected {self.expected}; got {_describe(data)}"
 
 
 @PREPROCESSORS.register("PersonalizedHeadPreProcessor", "SnipsPreProcessor")

@@ -240,9 +240,9 @@ class HeadRegistry:
         if head is not None:
             return head
         with self._load_lock(uuid):
-            head = self.cache.get(uuid, signature)
-            if head is not None:
-                return head
+            head = self.cache.peek(uuid)
+            if head is not None and head.signature == signature:
+                return head  # another thread loaded it while we waited
             for _ in range(3):  # the record may be switched to new weights while we read
                 signature = self.store.signature(uuid)
                 record = self.store.read(uuid)
@@ -266,6 +266,7 @@ class HeadRegistry:
         bank = self._bank_for(engine, record["config"])
         if bank is not None:
             head.extra.update(bank=bank, slot=bank.attach(engine.model))
+            head.nbytes = bank.slot_bytes()
             engine.guard = bank.reading
         return head
 

@@ -6,6 +6,7 @@ caller takes the returned best weights, so a failed or stopped run changes nothi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -24,7 +25,7 @@ from .components import DATALOADERS, LOSSES, METRICS, Registry, build
 from .config import parse_monitor
 from .data import DataContext, TrainingData
 from .errors import PHError, TrainingError
-from .fileio import atomic_link, atomic_torch_save
+from .checkpoints import CheckpointWriter, snapshot
 
 log = logging.getLogger("ph.training")
 OPTIMIZERS = Registry("optimizer")
@@ -87,6 +88,7 @@ class Trainer:
         self.best_value = math.inf if mode == "min" else -math.inf
         self.best_state: dict | None = None
         self.start_epoch = 1
+        self.writer = CheckpointWriter(checkpoint_dir, settings.keep_checkpoints)
 
     def fit(self) -> dict:
         """Run the epochs; returns a JSON-able summary (best epoch and value, final metrics)."""
@@ -116,9 +118,12 @@ class Trainer:
                     log.info("no improvement of %s for %d epochs: stopping early",
                              self.monitor_metric, not_improved)
                     break
+            self.writer.wait()  # every file is on disk when fit returns
         finally:
             if writer is not None:
                 writer.close()
+            with contextlib.suppress(TrainingError):
+                self.writer.wait()
         final = history[-1] if history else {}
         return {"epochs_run": len(history), "last_epoch": epoch, "best_epoch": best_epoch,
                 "monitor": self.settings.monitor if self.mode != "off" else "off",
@@ -198,34 +203,15 @@ class Trainer:
         return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
-        """best_model.pt when improved, checkpoint-epochN.pt every save_period epochs;
-        written once and hard-linked when both are due."""
-        best = self.checkpoint_dir / "best_model.pt"
-        if epoch % self.settings.save_period == 0:
-            periodic = self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt"
-            self._save(epoch, periodic)
-            if improved:
-                atomic_link(periodic, best)
-            self._prune_checkpoints()
-        elif improved:
-            self._save(epoch, best)
-
-    def _save(self, epoch: int, path: Path) -> None:
-        state = {"epoch": epoch, "state_dict": self._state_dict(),
-                 "optimizer": self.optimizer.state_dict(),
-                 "lr_scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                 "monitor_best": self.best_value, **self.extra}
-        atomic_torch_save(state, path)
-
-    def _prune_checkpoints(self) -> None:
-        """Keep the newest `keep_checkpoints` periodic checkpoints (0 keeps all)."""
-        keep = self.settings.keep_checkpoints
-        if keep <= 0:
+        """best_model.pt when improved, checkpoint-epochN.pt every save_period epochs."""
+        periodic = epoch % self.settings.save_period == 0
+        if not (periodic or improved):
             return
-        epochs = sorted(int(n) for p in self.checkpoint_dir.glob("checkpoint-epoch*.pt")
-                        if (n := p.stem.removeprefix("checkpoint-epoch")).isdigit())
-        for epoch in epochs[:-keep]:
-            (self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt").unlink(missing_ok=True)
+        state = {"epoch": epoch, "state_dict": self.best_state if improved else self._state_dict(),
+                 "optimizer": snapshot(self.optimizer.state_dict()),
+                 "lr_scheduler": snapshot(self.scheduler.state_dict()) if self.scheduler else None,
+                 "monitor_best": self.best_value, **self.extra}
+        self.writer.submit(state, epoch, periodic, improved)
 
     def _resume(self, path: Path) -> None:
         try:

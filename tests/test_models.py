@@ -149,3 +149,18 @@ def test_vector2vector_stacked_forward_equals_each_heads_forward(n_layers):
         assert stacked.shape == (4, 5, 3)
         for i, head in enumerate(heads):
             torch.testing.assert_close(stacked[i], head(x[i]), atol=1e-5, rtol=0)
+
+
+def test_fused_attention_weights_give_the_same_stacked_answer():
+    """stacked_derived (W_o @ W_v for a sequence of one) changes no answer beyond 1e-5."""
+    heads = [PersonalizedHead(embedding_length=32, n_classes=5, ph_ff_dim=16, ph_nhead=4,
+                              ph_nlayers=2).eval() for _ in range(3)]
+    params = {n: torch.stack([dict(h.named_parameters())[n].detach() for h in heads])
+              for n, _ in heads[0].named_parameters()}
+    args = {"ph_nhead": 4, "ph_nlayers": 2}
+    x = torch.randn(3, 2, 1, 32)
+    with torch.no_grad():
+        plain = PersonalizedHead.stacked_forward(params, x, args)
+        fused = PersonalizedHead.stacked_forward({**params, **PersonalizedHead.stacked_derived(params, args)}, x, args)
+        own = torch.stack([h(x[i]) for i, h in enumerate(heads)])
+    assert (fused - plain).abs().max() <= 1e-5 and (fused - own).abs().max() <= 1e-5

@@ -1,0 +1,77 @@
+"""Checkpoint files of a training run, written in the background.
+
+The trainer hands over a snapshot (tensors copied, so training can go on changing its
+own) and keeps training while a thread writes it atomically; at most one write is in
+flight, so memory stays bounded and a slow disk slows training instead of piling up.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import TrainingError
+from .fileio import atomic_link, atomic_torch_save
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of nested dicts/lists whose tensors no longer share memory with training."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Writes `best_model.pt` and `checkpoint-epochN.pt` files off the training thread."""
+
+    def __init__(self, directory: Path, keep: int):
+        self.directory, self.keep = directory, keep
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, state: dict, epoch: int, periodic: bool, best: bool) -> None:
+        """Queue one epoch's files (waits for the previous write first)."""
+        self.wait()
+        self._thread = threading.Thread(target=self._write, args=(state, epoch, periodic, best),
+                                        name="ph-checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until written; raise if a write failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise TrainingError(f"could not write a checkpoint in {self.directory} "
+                                f"({type(error).__name__}: {error}); check free disk space and "
+                                "permissions") from error
+
+    def _write(self, state: dict, epoch: int, periodic: bool, best: bool) -> None:
+        try:
+            best_path = self.directory / "best_model.pt"
+            if periodic:
+                path = self.directory / f"checkpoint-epoch{epoch}.pt"
+                atomic_torch_save(state, path)
+                if best:
+                    atomic_link(path, best_path)  # same bytes: a hard link, not a second write
+                self._prune()
+            elif best:
+                atomic_torch_save(state, best_path)
+        except BaseException as exc:  # noqa: BLE001  (reported by wait())
+            self._error = exc
+
+    def _prune(self) -> None:
+        """Keep the newest `keep` periodic checkpoints (0 keeps all)."""
+        if self.keep <= 0:
+            return
+        epochs = sorted(int(n) for p in self.directory.glob("checkpoint-epoch*.pt")
+                        if (n := p.stem.removeprefix("checkpoint-epoch")).isdigit())
+        for epoch in epochs[:-self.keep]:
+            (self.directory / f"checkpoint-epoch{epoch}.pt").unlink(missing_ok=True)
