@@ -15,7 +15,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	cd jac_examples/intent_head && PATH="$(CURDIR)/$(VENV)/bin:$$PATH" ./run.sh
+	cd jac_examples/intent_head && $(CURDIR)/$(VENV)/bin/jsctl -m script run.jsctl
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests

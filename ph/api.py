@@ -5,6 +5,7 @@ HTTP: argument handling only (both call forms of the seed, JSON-able results).
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from typing import Any
@@ -55,7 +56,8 @@ def create_head_list(config: dict | str | None = None, python: str | None = None
 def create_head(uuid: str | None = None, config: dict | str | None = None,
                 config_file: str | None = None, replace: bool = False) -> str:
     """Create a head (config merged onto the head list's); returns its uuid."""
-    return get_registry().create_head(uuid, _one_config(config, config_file), replace)
+    return get_registry().create_head(uuid, _one_config(config, config_file),
+                                      _flag(replace, "replace"))
 
 
 def predict(uuid: str, data: Any) -> Any:
@@ -77,7 +79,8 @@ def train_head(uuid: str, config: dict | str | None = None, config_file: str | N
     """Train a head; returns the summary, or `{"job_id": ...}` at once when `background`."""
     registry = get_registry()
     config = _one_config(config, config_file)
-    if background:
+    auto_update = _flag(auto_update, "auto_update")
+    if _flag(background, "background"):
         from .jobs import start_job
         return start_job(registry, uuid, config, auto_update)
     return to_plain(registry.train(uuid, config, auto_update))
@@ -127,6 +130,12 @@ ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, tra
            load_weights, get_config, check_head, list_heads, delete_head, head_stats)
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadInputError(f"{name}: must be true or false, got {value!r}")
+    return value
+
+
 def _as_list(value: Any, name: str) -> list:
     if not isinstance(value, (list, tuple)):
         raise BadInputError(f"{name}: must be a list, got {type(value).__name__}")
@@ -157,7 +166,9 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     if hasattr(value, "tolist") and hasattr(value, "dtype"):
-        return value.tolist()
+        return to_plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
     return value
 
 

@@ -95,11 +95,14 @@ class HeadBank:
     def release(self, slot: Slot, model: nn.Module) -> None:
         """Give a slot back. The module gets private copies first, so anyone still holding
         it keeps answering correctly; the slot is reused once no pass is reading."""
+        with self._lock:
+            if not slot.valid:
+                return  # given back already
+            slot.valid = False
         with torch.no_grad():
             for param in model.parameters():
                 param.data = param.data.clone()
         with self._lock:
-            slot.valid = False
             if self._readers:
                 self._deferred.append(slot)
             else:

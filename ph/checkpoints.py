@@ -32,6 +32,7 @@ class CheckpointWriter:
 
     def __init__(self, directory: Path, keep: int):
         self.directory, self.keep = directory, keep
+        self.written: list[Path] = []  # this run's periodic checkpoints, oldest first
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -59,6 +60,7 @@ class CheckpointWriter:
             if periodic:
                 path = self.directory / f"checkpoint-epoch{epoch}.pt"
                 atomic_torch_save(state, path)
+                self.written.append(path)
                 if best:
                     atomic_link(path, best_path)  # same bytes: a hard link, not a second write
                 self._prune()
@@ -68,10 +70,7 @@ class CheckpointWriter:
             self._error = exc
 
     def _prune(self) -> None:
-        """Keep the newest `keep` periodic checkpoints (0 keeps all)."""
-        if self.keep <= 0:
-            return
-        epochs = sorted(int(n) for p in self.directory.glob("checkpoint-epoch*.pt")
-                        if (n := p.stem.removeprefix("checkpoint-epoch")).isdigit())
-        for epoch in epochs[:-self.keep]:
-            (self.directory / f"checkpoint-epoch{epoch}.pt").unlink(missing_ok=True)
+        """Keep this run's newest `keep` periodic checkpoints (0 keeps all); files of
+        earlier runs are not touched."""
+        while self.keep > 0 and len(self.written) > self.keep:
+            self.written.pop(0).unlink(missing_ok=True)

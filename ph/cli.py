@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from .server import ServerSettings, is_loopback_bind
+from .server import ServerSettings, is_loopback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    if not is_loopback_bind(args.host) and not args.token:
+    if not is_loopback(args.host) and not args.token:
         print(f"ph serve: serving on {args.host} needs a token (--token or PH_TOKEN); "
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2

@@ -96,10 +96,10 @@ class UserCode:
             raise ConfigError(f"{path}.args.module_name: name the class to use from "
                               f"'{python_file}', got {module_name!r}")
         module = load_source_module(self.sources[key], str(python_file or "user_code.py"))
+        classes = sorted(n for n, v in vars(module).items()
+                         if isinstance(v, type) and v.__module__ == module.__name__)
         cls = module.__dict__.get(module_name)
-        if not isinstance(cls, type):
-            classes = sorted(n for n, v in vars(module).items()
-                             if isinstance(v, type) and v.__module__ == module.__name__)
+        if module_name not in classes:  # only classes the file defines, not ones it imports
             raise ConfigError(f"{path}.args.module_name: '{python_file}' has no class "
                               f"'{module_name}'{did_you_mean(module_name, classes)}; "
                               f"classes there: {', '.join(classes) or 'none'}")

@@ -129,7 +129,13 @@ class InferenceEngine:
         return out
 
     def postprocess(self, out: Any, single: bool) -> Any:
-        result = self.postprocessor.process(out)
+        try:
+            result = self.postprocessor.process(out)
+        except PHError:
+            raise
+        except Exception as exc:
+            raise PHError(f"the post-processor {type(self.postprocessor).__name__} failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
         if single and isinstance(result, list) and len(result) == 1:
             return result[0]
         return result
@@ -207,11 +213,19 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise WeightsError(f"weights file '{path}' cannot be read as torch weights "
                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        return obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, {}
-    raise WeightsError(f"weights file '{path}' holds neither a state dict nor a checkpoint "
-                       "with a 'state_dict' entry")
+        state, extras = obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
+    elif isinstance(obj, dict):
+        state, extras = obj, {}
+    else:
+        state, extras = {}, {}
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"weights file '{path}' holds neither a state dict (names -> tensors) "
+                           "nor a checkpoint with one under 'state_dict'")
+    labels = extras.get("labels")
+    if labels is not None and not (isinstance(labels, list)
+                                   and all(isinstance(v, (str, int)) for v in labels)):
+        raise WeightsError(f"weights file '{path}': 'labels' must be a list of label names")
+    return state, extras
 
 
 def fit_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict:

@@ -14,6 +14,9 @@ from typing import Any, BinaryIO, Iterator
 
 import torch
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting it)
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
@@ -24,7 +27,7 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp makes 0600 files; these are ordinary files
+            os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; honour the umask
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

@@ -15,13 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import ConflictError, PHError
+from .errors import ConflictError, PHError, TrainingError
 from .paths import PathPolicy
 from .registry import HeadRegistry
 from .store import check_uuid, new_uuid
+from .training import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
 ACTIVE = ("queued", "running")
+STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 _children: dict[str, subprocess.Popen] = {}
 
 
@@ -40,10 +42,15 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
                       "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
     registry.store.write_job(job)
     _reap()
-    proc = subprocess.Popen([sys.executable, "-m", "ph.jobs", str(registry.store.root), job["id"]],
-                            cwd=os.getcwd(), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ph.jobs", str(registry.store.root), job["id"]],
+                                cwd=os.getcwd(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError as exc:
+        job.update(state="failed", error=f"could not start the training process: {exc}")
+        registry.store.write_job(job)
+        raise TrainingError(job["error"]) from None
     _children[job["id"]] = proc
     return {"job_id": job["id"], "uuid": uuid, "state": "queued", "pid": proc.pid}
 
@@ -55,7 +62,8 @@ def job_status(registry: HeadRegistry, job_id: str) -> dict:
     if proc is not None and proc.poll() is not None:
         _children.pop(job_id, None)
         job = registry.store.read_job(job_id)
-    if job["state"] in ACTIVE and not _alive(job.get("pid"), proc):
+    pid = job.get("pid") or (proc.pid if proc is not None else None)
+    if job["state"] in ACTIVE and not _alive(pid, proc, job):
         job = registry.store.read_job(job_id)  # it may have finished just now
         if job["state"] in ACTIVE:
             job.update(state="failed", ended=time.time(),
@@ -67,21 +75,25 @@ def job_status(registry: HeadRegistry, job_id: str) -> dict:
 
 
 def stop_job(registry: HeadRegistry, job_id: str) -> dict:
-    """Ask a running job to stop; the head keeps its previous weights."""
+    """Ask a job to stop (queued or running); the head keeps its previous weights.
+
+    A flag file, not a signal: the job checks it twice a second, so no process id (which
+    the system may have reused) is ever signalled."""
     job = registry.store.read_job(job_id)
-    if job["state"] in ACTIVE and job.get("pid"):
-        try:
-            os.kill(job["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    if job["state"] in ACTIVE:
+        _stop_flag(registry.store, job_id).touch()
     return job_status(registry, job_id)
 
 
-def _alive(pid: int | None, proc: subprocess.Popen | None) -> bool:
+def _stop_flag(store, job_id: str) -> Path:
+    return store.job_path(job_id).with_suffix(".stop")
+
+
+def _alive(pid: int | None, proc: subprocess.Popen | None, job: dict) -> bool:
     if proc is not None:
         return proc.poll() is None
-    if not pid:
-        return True  # queued: the process has not written its pid yet
+    if not pid:  # queued: give the process time to start and write its pid
+        return time.time() - job.get("created", 0) < STARTUP_GRACE_S
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -108,6 +120,8 @@ def run_job(heads_dir: str, job_id: str) -> int:
     registry = HeadRegistry(heads_dir, policy)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    flag = _stop_flag(store, job_id)
+    threading.Thread(target=_watch, args=(flag, stop), daemon=True).start()
     job.update(state="running", pid=os.getpid(), started=time.time())
     store.write_job(job)
 
@@ -116,16 +130,27 @@ def run_job(heads_dir: str, job_id: str) -> int:
         store.write_job(job)
 
     try:
+        if flag.exists():
+            raise TrainingStopped("the job was stopped before it started; the head keeps its "
+                                  "previous weights")
         summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
                                           stop, on_epoch)
         job.update(state="succeeded", summary=summary)
     except PHError as exc:
-        job.update(state="stopped" if stop.is_set() else "failed", error=str(exc))
+        job.update(state="stopped" if stop.is_set() or isinstance(exc, TrainingStopped)
+                   else "failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001  (report anything; the head is untouched)
         job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     job["ended"] = time.time()
     store.write_job(job)
+    flag.unlink(missing_ok=True)
     return 0 if job["state"] == "succeeded" else 1
+
+
+def _watch(flag: Path, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        if flag.exists():
+            stop.set()
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PermissionDeniedError
+from .errors import BadInputError, PermissionDeniedError
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,20 @@ class PathPolicy:
         Raises:
             PermissionDeniedError: the policy does not allow this path.
         """
-        raw = Path(os.path.expanduser(str(path)))
-        full = (raw if raw.is_absolute() else (self.base_dir or Path.cwd()) / raw).resolve()
+        try:
+            raw = Path(os.path.expanduser(str(path)))
+            full = (raw if raw.is_absolute() else (self.base_dir or Path.cwd()) / raw).resolve()
+            full.exists()  # a NUL byte or an over-long name fails here, not later
+        except (ValueError, OSError) as exc:
+            raise BadInputError(f"{key}: '{str(path)[:80]}' is not a usable path ({exc})") from None
         if self.allowed_roots is None:
             return full
         if any(full == root or root in full.parents for root in self.allowed_roots):
             return full
         if not self.allowed_roots:
             raise PermissionDeniedError(f"{key}: this server does not read or write files named "
-                                        f"by clients ('{path}'); its operator can allow folders "
-                                        "with `ph serve --allow-path DIR`")
+                                        f"in requests or their configs ('{path}'); its operator "
+                                        "can allow folders with `ph serve --allow-path DIR`")
         roots = ", ".join(str(r) for r in self.allowed_roots)
         raise PermissionDeniedError(f"{key}: '{path}' is outside the folders this server allows "
                                     f"({roots}); use a path inside them")

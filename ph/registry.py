@@ -7,12 +7,12 @@ a memory-bounded cache.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import os
 import random
 import threading
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -21,10 +21,10 @@ import torch
 from .batching import HeadBank
 from .cache import HeadCache, LoadedHead
 from .components import UserCode
-from .config import config_diff, deep_merge, load_config
+from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import ConfigError, ConflictError, HeadNotFoundError, PHError
+from .errors import ConfigError, ConflictError, PHError, did_you_mean
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -44,8 +44,7 @@ class HeadRegistry:
         self.cache = HeadCache(memory_budget, on_evict=self._unload)
         self.banks: dict[tuple, HeadBank] = {}
         self._banks_lock = threading.Lock()
-        self._load_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
+        self._load_locks = [threading.RLock() for _ in range(64)]  # striped by uuid
 
     # --- head list -------------------------------------------------------------------------
     def create_head_list(self, config: Any = None, python: str | None = None) -> None:
@@ -70,7 +69,8 @@ class HeadRegistry:
         """Create a head from the head list's config with `config` merged in; returns its uuid.
 
         Creating an existing uuid with the same config returns it unchanged (trained
-        weights kept); with another config it is a conflict unless `replace` is true.
+        weights kept); with another config it is a conflict. `replace` starts the head over
+        (new weights) whatever its config.
         """
         uuid = new_uuid() if uuid is None else check_uuid(uuid)
         base, python = self._head_list()
@@ -89,7 +89,8 @@ class HeadRegistry:
         with self.store.lock(uuid):
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
-                if existing["config"] == full and existing.get("code", {}) == code_ids:
+                same = existing["config"] == full and existing.get("code", {}) == code_ids
+                if same and not replace:
                     return uuid
                 if not replace:
                     changes = config_diff(existing["config"], full) or ["its user Python code"]
@@ -108,23 +109,31 @@ class HeadRegistry:
 
     def predict_many(self, requests: list[tuple[str, Any]]) -> list[Any]:
         """Answers for many (uuid, data) requests; heads of one architecture answer together
-        in one stacked pass. A request that fails gets its PHError in its place."""
+        in one stacked pass. A request that fails gets its PHError in its place; the others
+        still answer."""
         results: list[Any] = [None] * len(requests)
-        groups: dict[int, list] = {}
+        groups: dict[tuple, list] = {}
         for i, (uuid, data) in enumerate(requests):
             try:
                 head = self.loaded(uuid)
-                x = head.engine.preprocess(data)
+                engine = head.engine
+                x, single = engine.preprocess(data), engine.is_single(data)
                 bank = head.extra.get("bank")
                 if bank is None or not isinstance(x, torch.Tensor):
-                    results[i] = head.engine.postprocess(head.engine.forward(x),
-                                                         head.engine.is_single(data))
-                    continue
-                groups.setdefault(id(bank), []).append((i, head, x, head.engine.is_single(data)))
-            except PHError as exc:
-                results[i] = exc
+                    results[i] = engine.postprocess(engine.forward(x), single)
+                else:
+                    groups.setdefault((id(bank), tuple(x.shape[1:])), []).append((i, head, x, single))
+            except Exception as exc:  # noqa: BLE001  (one request's failure is its own)
+                results[i] = as_ph_error(exc, uuid)
         for items in groups.values():
-            self._predict_stacked(items, results)
+            try:
+                self._predict_stacked(items, results)
+            except Exception:  # noqa: BLE001  (answer this group one head at a time)
+                for i, head, x, single in items:
+                    try:
+                        results[i] = head.engine.postprocess(head.engine.forward(x), single)
+                    except Exception as exc:  # noqa: BLE001
+                        results[i] = as_ph_error(exc, head.uuid)
         return results
 
     def _predict_stacked(self, items: list, results: list) -> None:
@@ -137,7 +146,10 @@ class HeadRegistry:
             if live:
                 outs = bank.forward([it[4] for it in live], [it[2] for it in live])
                 for (i, head, _, single, _), out in zip(live, outs):
-                    results[i] = head.engine.postprocess(out, single)
+                    try:
+                        results[i] = head.engine.postprocess(out, single)
+                    except Exception as exc:  # noqa: BLE001
+                        results[i] = as_ph_error(exc, head.uuid)
 
     def load_weights(self, uuid: str, path: str) -> dict:
         """Switch a head to the weights in a state-dict or checkpoint file."""
@@ -149,7 +161,11 @@ class HeadRegistry:
         state = fit_state_dict(model, state)
         labels = extras.get("labels") or head.engine.labels
         with self.store.lock(uuid):
-            record = self.store.write_weights(uuid, self.store.read(uuid), state, labels)
+            current = self.store.read(uuid)
+            if current["config"] != head.config:
+                raise ConflictError(f"head '{uuid}' was replaced while its weights were being "
+                                    "checked; try load_weights again")
+            record = self.store.write_weights(uuid, current, state, labels)
             self._switch(uuid, record, model)
         return {"uuid": uuid, "revision": record["revision"], "labels": labels}
 
@@ -169,11 +185,22 @@ class HeadRegistry:
         head_config = record["config"]
         if config is None:
             return head_config
-        merged = deep_merge(head_config, self._load(config, "config"))
-        if merged["Model"] != head_config["Model"]:
-            changes = "; ".join(config_diff(head_config["Model"], merged["Model"], "Model")[:5])
-            raise ConfigError(f"train_head cannot change the model ({changes}): the head's "
-                              "weights would not fit. Create a new head for another model")
+        overrides = self._load(config, "config")
+        unknown = [k for k in overrides if k not in SECTION_KEYS]
+        if unknown:
+            raise ConfigError([f"{k}: unknown key{did_you_mean(k, SECTION_KEYS)}; a training "
+                               "config has Trainer (and Model and Inference as the head has them)"
+                               for k in unknown])
+        merged = deep_merge(head_config, overrides)
+        for section in ("Model", "Inference"):
+            if merged[section] != head_config[section]:
+                changes = "; ".join(config_diff(head_config[section], merged[section], section)[:5])
+                raise ConfigError(f"train_head cannot change {section} ({changes}): it belongs to "
+                                  "the head. Create the head again (create_head(..., replace=True)) "
+                                  "or use another uuid")
+        dataloader = merged["Trainer"]["dataloader"]
+        if dataloader != head_config["Trainer"]["dataloader"] and _uses_code(dataloader):
+            self.policy.check_code("Trainer.dataloader")
         return validate_config({**head_config, "Trainer": merged["Trainer"]},
                                self._code(record), source=f"training of head '{record['uuid']}'")
 
@@ -182,21 +209,24 @@ class HeadRegistry:
                        on_epoch: Callable[[dict], None] | None = None) -> dict:
         """Train with an already validated config (background jobs start here)."""
         with self._training_guard(uuid):
-            record = self.store.read(uuid)
+            record, state = self.store.read_current(uuid)
             code = self._code(record)
-            model = make_model(config, code, self.store.read_weights(uuid, record), record["seed"])
+            model = make_model(config, code, state, record["seed"])
             context = DataContext(code, build_processors(config, code)[0], record.get("labels"),
                                   config["Model"].get("args", {}).get("n_classes"),
                                   config["Trainer"]["seed"], self.policy.resolve)
             summary, best, labels = run_training(config, model, context, uuid, self.policy.resolve,
                                                  stop, on_epoch)
             summary.update(uuid=uuid, updated=False)
-            if auto_update:
+            if best is None:
+                summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
+                                   "the head keeps its weights")
+            elif auto_update:
                 with self.store.lock(uuid):
                     current = self.store.read(uuid)
-                    if current["config"] != record["config"]:
-                        raise ConflictError(f"head '{uuid}' was replaced while it trained; "
-                                            f"the new weights stay in {summary['weights']}")
+                    if current["config"] != record["config"] or current["created"] != record["created"]:
+                        raise ConflictError(f"head '{uuid}' was replaced while it trained; the "
+                                            f"new weights stay in {summary['weights']}")
                     run = {k: summary[k] for k in ("best_epoch", "best_value", "epochs_run",
                                                    "monitor", "weights")}
                     run["finished"] = time.time()
@@ -243,23 +273,15 @@ class HeadRegistry:
             head = self.cache.peek(uuid)
             if head is not None and head.signature == signature:
                 return head  # another thread loaded it while we waited
-            for _ in range(3):  # the record may be switched to new weights while we read
-                signature = self.store.signature(uuid)
-                record = self.store.read(uuid)
-                try:
-                    head = self._load_head(record, signature)
-                    break
-                except FileNotFoundError:
-                    continue
-            else:
-                raise HeadNotFoundError(f"head '{uuid}' changed too often while loading; retry")
+            signature = self.store.signature(uuid)
+            record, state = self.store.read_current(uuid)
+            head = self._load_head(record, state, signature)
             self.cache.put(head)
             return head
 
-    def _load_head(self, record: dict, signature: tuple) -> LoadedHead:
+    def _load_head(self, record: dict, state: dict | None, signature: tuple) -> LoadedHead:
         uuid = record["uuid"]
-        engine = build_engine(record["config"], self._code(record),
-                              self.store.read_weights(uuid, record), record.get("labels"),
+        engine = build_engine(record["config"], self._code(record), state, record.get("labels"),
                               record["seed"])
         head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
                           engine.param_bytes())
@@ -286,27 +308,29 @@ class HeadRegistry:
             head.extra["bank"].release(head.extra["slot"], head.engine.model)
 
     def _switch(self, uuid: str, record: dict, model) -> None:
-        """Point the loaded head (if any) at the weights just written (call under the lock)."""
-        head = self.cache.peek(uuid)
-        if head is None:
-            return
-        engine, old_model = head.engine, head.engine.model
-        model = engine.place(model)
-        bank = head.extra.get("bank")
-        if bank is not None:
-            old_slot = head.extra["slot"]
-            head.extra["slot"] = bank.attach(model)
-            engine.model = model
-            bank.release(old_slot, old_model)
-        else:
-            engine.model = model
-        engine.labels = record.get("labels")
-        head.revision = record["revision"]
-        head.signature = self.store.signature(uuid)
+        """Point the loaded head (if any) at the weights just written (call under the lock).
 
-    def _load_lock(self, uuid: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._load_locks[uuid]
+        A new LoadedHead replaces the cached one, so the old one's bank slot is given back
+        exactly once (by the cache), never while this head is being evicted elsewhere."""
+        with self._load_lock(uuid):
+            head = self.cache.peek(uuid)
+            if head is None:
+                return
+            if head.config != record["config"]:  # replaced elsewhere: load afresh next call
+                self.cache.drop(uuid)
+                return
+            engine = copy.copy(head.engine)  # same processors and device, new weights
+            engine.model = engine.place(model)
+            engine.labels = record.get("labels")
+            new = LoadedHead(uuid, self.store.signature(uuid), record["revision"], record["config"],
+                             engine, head.nbytes)
+            bank = head.extra.get("bank")
+            if bank is not None:
+                new.extra.update(bank=bank, slot=bank.attach(engine.model))
+            self.cache.put(new)
+
+    def _load_lock(self, uuid: str) -> threading.RLock:
+        return self._load_locks[hash(uuid) % len(self._load_locks)]
 
     # --- helpers ---------------------------------------------------------------------------
     def _load(self, config: Any, key: str) -> dict:
@@ -323,8 +347,7 @@ class HeadRegistry:
         refs = {}
         for path in CODE_SPECS:
             spec = _dig(config, path)
-            if isinstance(spec, Mapping) and (str(spec.get("type", "")).startswith("Custom")
-                                              or "python_file" in (spec.get("args") or {})):
+            if _uses_code(spec):
                 refs.setdefault((spec.get("args") or {}).get("python_file") or "", ".".join(path))
         if not refs:
             return UserCode(), {}
@@ -350,11 +373,15 @@ class HeadRegistry:
         path = self.store.train_lock_path(uuid)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ConflictError(f"head '{uuid}' is already training; wait for that run to "
-                                    "finish (train_status) and try again") from None
+            for attempt in range(20):  # a status probe may hold it for a moment
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        raise ConflictError(f"head '{uuid}' is already training; wait for that run "
+                                            "to finish (train_status) and try again") from None
+                    time.sleep(0.01)
             yield
         finally:
             os.close(fd)
@@ -362,12 +389,24 @@ class HeadRegistry:
     def _is_training(self, uuid: str) -> bool:
         fd = os.open(self.store.train_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return False
         except BlockingIOError:
             return True
         finally:
             os.close(fd)
+
+
+def _uses_code(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and (str(spec.get("type", "")).startswith("Custom")
+                                          or "python_file" in (spec.get("args") or {}))
+
+
+def as_ph_error(exc: Exception, uuid: Any) -> PHError:
+    """A request's failure as a PHError (unexpected ones keep their type in the message)."""
+    if isinstance(exc, PHError):
+        return exc
+    return PHError(f"predicting with head '{uuid}' failed: {type(exc).__name__}: {exc}")
 
 
 def _dig(mapping: Mapping, path: tuple) -> Any:

@@ -130,9 +130,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                              "the server log has the details"}, status_code=500)
 
     @app.get("/healthz")
-    async def health():
+    async def health():  # open to probes: says nothing about heads or paths
         return {"status": "ok", "pid": os.getpid(), "predict_batches": batcher.batches,
-                "predict_requests": batcher.requests, **api.head_stats()}
+                "predict_requests": batcher.requests}
 
     @app.get(SPEC_PATH)
     async def spec():
@@ -177,11 +177,18 @@ def _endpoint(fn, run=None):
 
 def _refusal(request: Request, token: str | None) -> JSONResponse | None:
     """None when the request may go on, else the 401 response."""
+    if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] \
+            != "application/json":
+        # a browser page cannot send this without a CORS preflight, which this server refuses
+        return JSONResponse({"error": "bad_input", "message": "send the arguments as JSON "
+                             "with Content-Type: application/json"}, status_code=415)
     if token is None:
-        if _is_loopback(request.client.host if request.client else ""):
-            return None
-        return _unauthorized("this server has no token, so it answers loopback clients only; "
-                             "its operator must set PH_TOKEN (ph serve --token)")
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
+        if (is_loopback(request.client.host if request.client else "")
+                and is_loopback(host) and "origin" not in request.headers):
+            return None  # loopback, not a web page, not a rebound DNS name
+        return _unauthorized("this server has no token, so it answers programs on this machine "
+                             "only; its operator must set PH_TOKEN (ph serve --token)")
     given = _credential(request.headers.get("authorization", ""))
     if given is not None and hmac.compare_digest(given.encode(), token.encode()):
         return None
@@ -206,17 +213,13 @@ def _unauthorized(message: str) -> JSONResponse:
                         headers={"WWW-Authenticate": 'Bearer realm="ph", Basic realm="ph"'})
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "testclient"):
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def is_loopback_bind(host: str) -> bool:
-    return host in ("localhost",) or _is_loopback(host)
 
 
 def serv_actions() -> FastAPI:

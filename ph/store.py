@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import BadInputError, ConflictError, HeadNotFoundError
+from .errors import BadInputError, ConflictError, HeadNotFoundError, WeightsError
 from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
 
 UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -50,6 +50,14 @@ class HeadStore:
         self.root = Path(root).resolve()
         for sub in ("_code", "_jobs", "_locks", "_tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._clean_tmp()
+
+    def _clean_tmp(self, older_than_s: float = 3600) -> None:
+        """Remove what crashed creates and deletes left in _tmp (old enough to be dead)."""
+        for entry in (self.root / "_tmp").iterdir():
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > older_than_s:
+                    shutil.rmtree(entry, ignore_errors=True)
 
     # --- heads -----------------------------------------------------------------------
     def head_dir(self, uuid: str) -> Path:
@@ -118,6 +126,17 @@ class HeadStore:
             with contextlib.suppress(FileNotFoundError):
                 (self.head_dir(uuid) / old).unlink()
         return record
+
+    def read_current(self, uuid: str) -> tuple[dict, dict | None]:
+        """(record, its weights), read together even while a writer switches them."""
+        for _ in range(5):
+            record = self.read(uuid)
+            try:
+                return record, self.read_weights(uuid, record)
+            except FileNotFoundError:
+                continue  # switched to newer weights between the two reads: read again
+        raise WeightsError(f"head '{uuid}': its weights file {record.get('weights')} is missing "
+                           f"from {self.head_dir(uuid)}; load weights again with load_weights")
 
     def read_weights(self, uuid: str, record: dict) -> dict | None:
         """The head's current state dict, or None for a head that was never trained."""

@@ -299,12 +299,15 @@ def run_training(config: Mapping, model: nn.Module, context: DataContext, run_na
     """Train a copy of `model` with the config's Trainer section.
 
     Returns:
-        (summary, best weights as a CPU state dict, label map of the data).
+        (summary, best weights as a CPU state dict, label map of the data). The weights are
+        None when a resumed run never beat the checkpoint's best value.
     Raises:
         PHError: bad data or config (before any epoch), TrainingError during training.
     """
     trainer_cfg = config["Trainer"]
     loop = LoopSettings.from_config(trainer_cfg["trainer"])
+    if loop.resume:  # a path like any other: the caller's policy decides if it may be read
+        loop.resume = str(resolve_path(loop.resume, "Trainer.trainer.resume"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(trainer_cfg["seed"])
         data = build_loader(trainer_cfg["dataloader"], context).load()
@@ -331,8 +334,5 @@ def run_training(config: Mapping, model: nn.Module, context: DataContext, run_na
         except Exception as exc:
             raise TrainingError(f"training failed: {type(exc).__name__}: {str(exc)[:300]}; the "
                                 "head keeps its previous weights") from exc
-    if trainer.best_state is None:
-        raise TrainingError("training ran no epoch, so there are no new weights; check "
-                            "Trainer.trainer.epochs and resume")
-    return summary, trainer.best_state, data.labels
+    return summary, trainer.best_state, data.labels  # best_state None: no epoch improved
 

@@ -29,7 +29,11 @@ def validate_config(config: Any, code: UserCode | None = None, source: str | Non
         raise ConfigError(f"a config must be a mapping with sections Inference, Model, Trainer; "
                           f"got {type(config).__name__}", source)
     full = with_defaults(config)
-    key = _digest(full, code)
+    try:
+        key = _digest(full, code)
+    except (TypeError, ValueError):
+        raise ConfigError("values must be plain YAML/JSON types (text, numbers, true/false, "
+                          "lists, mappings); quote dates and other special values", source) from None
     if key in _validated:
         return json.loads(json.dumps(_validated[key]))
     problems = check_shape(full)
@@ -42,6 +46,8 @@ def validate_config(config: Any, code: UserCode | None = None, source: str | Non
         problems += _trainer_problems(full["Trainer"], code, broken)
     if problems:
         raise ConfigError(problems, source)
+    if len(_validated) >= 512:
+        _validated.pop(next(iter(_validated)))
     _validated[key] = full
     return json.loads(json.dumps(full))
 
@@ -92,5 +98,5 @@ def _trainer_problems(trainer: Mapping, code: UserCode, broken: _Broken) -> list
 
 
 def _digest(config: Mapping, code: UserCode) -> str:
-    blob = json.dumps([config, code.sources], sort_keys=True, default=str)
+    blob = json.dumps([config, code.sources], sort_keys=True, allow_nan=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

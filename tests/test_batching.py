@@ -129,3 +129,15 @@ def test_server_batches_concurrent_predict_calls(workdir):
         many = requests.post(f"{url}/predict_many/", json={"requests": [[u, TEXTS] for u in uids]},
                              timeout=60).json()
         assert all((scores(a) - scores(expected[u])).abs().max() <= 1e-5 for a, u in zip(many, uids))
+
+
+def test_inputs_of_other_shapes_and_failures_do_not_spoil_a_batch(registry, heads):
+    vectors = registry.create_head("vectors", {**scores_config(), "Inference": {
+        "preprocess": {"type": "V2VPreProcessor", "args": {"input_dim": 64}},
+        "postprocess": {"args": {"return_scores": True}}}})
+    requests_ = [(heads[0], TEXTS[0]), (vectors, [0.1] * 64), ("nobody", "x"), (heads[1], TEXTS[1])]
+    results = registry.predict_many(requests_)
+    assert isinstance(results[2], HeadNotFoundError)
+    for i in (0, 1, 3):
+        uid, data = requests_[i]
+        assert (scores(results[i]) - scores(registry.predict(uid, data))).abs().max() <= 1e-5

@@ -125,3 +125,12 @@ def test_predictions_keep_answering_during_training_then_switch_to_new_weights(w
         assert answers[-1][0] == after and call("predict", uuid="trainee", data=TEXTS) == after
         assert all(b == bystander for _, b in answers)
         assert call("check_head", uuid="trainee")["revision"] == 1
+
+
+def test_stopping_a_job_before_it_starts_leaves_the_head_alone(fresh_api, train_json):
+    import ph
+    ph.create_head(uuid="early", config=small_config(epochs=400))
+    job_id = ph.train_head("early", background=True)["job_id"]
+    assert ph.stop_training(job_id)["state"] == "queued"  # its process is still starting
+    done = wait_job(ph.train_status, job_id)
+    assert done["state"] == "stopped" and ph.check_head("early")["revision"] == 0

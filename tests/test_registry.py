@@ -77,6 +77,11 @@ def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(reg
     assert registry.get_config("alice")["Model"]["args"]["n_classes"] == 9
 
 
+def test_replace_starts_a_head_over_even_with_the_same_config(registry, trained):
+    assert registry.create_head("alice", replace=True) == "alice"
+    assert registry.check_head("alice")["revision"] == 0 and not registry.check_head("alice")["trained"]
+
+
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
     untrained = registry.create_head("carol")
     expected = {uid: registry.predict(uid, TEXTS) for uid in (trained, untrained)}
@@ -98,9 +103,15 @@ def test_overrides_never_leak_into_the_head_list_or_other_heads(registry, train_
     assert registry.get_config("b")["Trainer"]["trainer"]["epochs"] == 3
 
 
-def test_training_overrides_cannot_change_the_model(registry, trained):
-    with pytest.raises(ConfigError, match="cannot change the model"):
-        registry.train(trained, {"Model": {"args": {"ph_ff_dim": 32}}})
+@pytest.mark.parametrize("overrides, match", [
+    ({"Model": {"args": {"ph_ff_dim": 32}}}, "cannot change Model"),
+    ({"Inference": {"dtype": "bfloat16"}}, "cannot change Inference"),
+    ({"Trainr": {"trainer": {"epochs": 1}}}, "did you mean 'Trainer'"),
+])
+def test_training_overrides_may_only_change_the_trainer(registry, trained, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        registry.train(trained, overrides)
+    assert registry.check_head(trained)["revision"] == 1
 
 
 @pytest.mark.parametrize("overrides, error, match", [
@@ -209,3 +220,24 @@ def test_restricted_policy_refuses_paths_outside_allowed_folders_and_code(workdi
     custom = load_config(ROOT / "jac_examples/custom_model/config.yaml")
     with pytest.raises(PermissionDeniedError, match="does not run user Python"):
         registry.create_head("y", custom)
+
+
+def test_a_failed_create_leaves_nothing_behind(registry):
+    for bad, error in (({"Model": {"type": "Nope"}}, ConfigError),
+                       ({"Inference": {"weights": "missing.pt"}}, WeightsError)):
+        with pytest.raises(error):
+            registry.create_head("x", {**small_config(), **bad})
+        assert registry.list_heads() == [] and not (registry.store.root / "x").exists()
+    assert list((registry.store.root / "_tmp").iterdir()) == []
+    assert registry.create_head("x", small_config()) == "x"
+
+
+def test_restricted_policy_covers_every_path_in_a_training_config(workdir, train_json):
+    registry = HeadRegistry(workdir / "heads", PathPolicy.restricted([workdir]))
+    uid = registry.create_head("r", small_config())
+    for overrides in ({"Trainer": {"trainer": {"resume": "/etc/passwd"}}},
+                      {"Trainer": {"trainer": {"save_dir": "/tmp/elsewhere"}}},
+                      {"Trainer": {"dataloader": {"args": {"train_json": "/etc/hosts"}}}}):
+        with pytest.raises(PermissionDeniedError, match="outside the folders"):
+            registry.train(uid, overrides)
+    assert registry.train(uid)["updated"]  # paths inside the allowed folder are fine

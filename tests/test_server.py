@@ -68,13 +68,27 @@ def test_errors_map_to_status_codes_with_a_clear_json_message(server, action, ar
 
 
 def test_a_body_that_is_not_a_json_object_is_a_bad_request(server):
-    response = requests.post(server + "/predict/", data="not json", timeout=10)
+    response = requests.post(server + "/predict/", data="not json", timeout=10,
+                             headers={"Content-Type": "application/json"})
     assert response.status_code == 400 and "JSON object" in response.json()["message"]
 
 
-def test_health_answers_for_probes(server):
+def test_health_answers_for_probes_without_telling_secrets(server):
     health = requests.get(server + "/healthz", timeout=10).json()
-    assert health["status"] == "ok" and health["heads_dir"].endswith("heads")
+    assert health["status"] == "ok" and "heads_dir" not in health
+
+
+def test_web_pages_cannot_drive_a_server_without_token(server):
+    plain = requests.post(server + "/list_heads/", data="{}", timeout=10,
+                          headers={"Content-Type": "text/plain"})
+    assert plain.status_code == 415  # a no-cors browser POST
+    from_page = requests.post(server + "/list_heads/", json={}, timeout=10,
+                              headers={"Origin": "http://evil.example"})
+    assert from_page.status_code == 401
+    rebound = requests.post(server + "/list_heads/", json={}, timeout=10,
+                            headers={"Host": "evil.example"})
+    assert rebound.status_code == 401
+    assert requests.post(server + "/list_heads/", json={}, timeout=10).status_code == 200
 
 
 def test_token_is_required_as_bearer_or_basic_auth(workdir):
@@ -96,13 +110,15 @@ def test_token_is_required_as_bearer_or_basic_auth(workdir):
 
 def test_without_a_token_only_loopback_clients_are_served():
     def request_from(host):
-        return Request({"type": "http", "client": (host, 4000), "headers": [], "path": "/x"})
+        return Request({"type": "http", "method": "GET", "client": (host, 4000),
+                        "headers": [(b"host", b"127.0.0.1:8000")], "path": "/x"})
     assert _refusal(request_from("127.0.0.1"), None) is None
     assert _refusal(request_from("::1"), None) is None
     refused = _refusal(request_from("10.1.2.3"), None)
     assert refused.status_code == 401 and b"PH_TOKEN" in refused.body
     auth = [(b"authorization", b"Basic " + base64.b64encode(b"u:tok"))]
-    allowed = Request({"type": "http", "client": ("10.1.2.3", 1), "headers": auth, "path": "/x"})
+    allowed = Request({"type": "http", "method": "GET", "client": ("10.1.2.3", 1), "headers": auth,
+                       "path": "/x"})
     assert _refusal(allowed, "tok") is None
 
 
@@ -139,3 +155,15 @@ def test_module_level_app_factory_runs_under_uvicorn_as_jsorc_starts_it(workdir)
         assert (workdir / "k8s-heads" / "k" / "head.json").is_file()
     finally:
         stop(proc)
+
+
+def test_jsorc_action_config_loads_and_starts_the_served_app():
+    from jaseci.jsorc.live_actions import action_configs, load_action_config
+    assert load_action_config("ph.deploy", "ph")
+    config = action_configs["ph"]
+    assert config["module"] == "ph" and config["local_mem_requirement"] > 0
+    container = config["remote"]["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["uvicorn", "ph:serv_actions"]  # as the uvicorn test runs it
+    assert {"name": "PH_HEADS_DIR", "value": "/data/heads"} in container["env"]
+    assert any(e["name"] == "PH_TOKEN" for e in container["env"])  # served beyond loopback: token
+    assert config["remote"]["Service"]["spec"]["ports"][0]["targetPort"] == 80

@@ -159,3 +159,12 @@ def test_vector_labels_train_a_vector_to_vector_head(workdir):
     assert labels is None
     baseline = float((2 * x).pow(2).mean())  # mse of always answering zeros
     assert summary["final"]["val_mse"] < 0.1 * baseline
+
+
+def test_a_new_run_prunes_only_its_own_checkpoints(train_json, workdir):
+    train(workdir, epochs=5, save_period=1, keep_checkpoints=2)
+    train(workdir, epochs=3, save_period=1, keep_checkpoints=2)
+    names = sorted(p.name for p in run_dir(workdir).glob("checkpoint-*"))
+    assert names == ["checkpoint-epoch2.pt", "checkpoint-epoch3.pt",  # this run's newest two
+                     "checkpoint-epoch4.pt", "checkpoint-epoch5.pt"]  # the earlier run's, untouched
+    assert torch.load(run_dir(workdir) / "best_model.pt", weights_only=True)["epoch"] <= 3

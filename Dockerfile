@@ -1,0 +1,9 @@
+# The ph remote action server image (used by ph/k8s.yaml). Heads live on /data.
+FROM python:3.11-slim
+WORKDIR /app
+COPY setup.py constraints.txt README.md ./
+COPY ph ./ph
+RUN pip install --no-cache-dir -c constraints.txt .
+ENV PH_HEADS_DIR=/data/heads
+EXPOSE 80
+CMD ["uvicorn", "ph:serv_actions", "--factory", "--host", "0.0.0.0", "--port", "80"]

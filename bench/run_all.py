@@ -1,0 +1,94 @@
+"""Run every benchmark (each in its own process) and print one summary table.
+
+    python bench/run_all.py [--device cpu|cuda] [--quick] [--skip-jaseci]
+
+JSON results land in bench/results/<device>/; --quick uses small sizes (a smoke run
+that checks the benchmarks work, not a measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
+        "many_heads": ["--heads", "10000", "--budget", "2GB"]}
+QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
+         "predict_latency": ["--repeat", "30"],
+         "many_users": ["--heads", "4", "--seconds", "0.2"],
+         "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"]}
+
+
+def summary(results: dict) -> str:
+    rows = []
+    if "train_throughput" in results:
+        for batch, r in results["train_throughput"]["results"].items():
+            rows.append((f"training, {batch.replace('_', ' ')}: ph / hand loop "
+                         "(loop only; both saving every epoch; ph saving vs hand not saving)",
+                         f"{r['ratio_ph_epoch_loop_vs_hand_loop']}x; "
+                         f"{r['ratio_ph_fit_vs_hand_loop_with_checkpoints']}x; "
+                         f"{r['ratio_ph_fit_vs_hand_loop']}x", ">= 0.9x"))
+    if "predict_latency" in results:
+        layers = results["predict_latency"]["layers"]
+        checks = results["predict_latency"]["checks"]
+        rows.append(("predict p50: bare forward", f"{layers['bare_forward']['p50_ms']} ms", ""))
+        rows.append(("predict p50: Python API (text) / bare forward",
+                     f"{results['predict_latency']['overhead']['python_api_text']['p50_x_bare_forward']}x", "<= 1.5x"))
+        rows.append(("predict p50: Python API (vector) / bare forward",
+                     f"{checks['python_api_vector_p50_vs_bare_forward']}x", "<= 1.5x"))
+        if "jaseci_action_function" in layers:
+            rows.append(("predict p50: Jaseci action / walker run",
+                         f"{layers['jaseci_action_function']['p50_ms']} / {layers['jaseci_walker_run']['p50_ms']} ms", ""))
+        rows.append(("predict p50 / p99: HTTP (text)",
+                     f"{layers['http_text']['p50_ms']} / {layers['http_text']['p99_ms']} ms", "p50 <= 5 ms"))
+    if "many_users" in results:
+        for r in results["many_users"]["results"]:
+            rows.append((f"{r['heads']} heads, one request each: stacked / loop (model; end to end)",
+                         f"{r['model']['speedup']}x, {r['model']['stacked_rps']} req/s; "
+                         f"{r['end_to_end']['speedup']}x", ">= 2.5x at 100 (CPU)"))
+    if "many_heads" in results:
+        m = results["many_heads"]
+        b = m["budget_float32"]
+        rows.append(("memory per head (bank, float32 / bfloat16)",
+                     f"{m['per_head']['bank_bytes_per_head'] / 2**20:.1f} / "
+                     f"{m['half_precision']['bfloat16']['bytes_per_head'] / 2**20:.1f} MiB", ""))
+        rows.append((f"{b['heads']} heads through {b['budget_bytes'] / 2**30:.1f} GiB: cold load p50 / p99",
+                     f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
+                     f"max held {b['max_heads_held']}, within budget: {b['within_budget']}", ""))
+    width = max(len(r[0]) for r in rows) if rows else 10
+    lines = [f"| {'measure'.ljust(width)} | result | target |", f"|{'-' * (width + 2)}|---|---|"]
+    lines += [f"| {name.ljust(width)} | {value} | {target} |" for name, value, target in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--skip-jaseci", action="store_true")
+    p.add_argument("--only", default="", help="comma-separated benchmark names")
+    p.add_argument("--results", default="", help="folder for the JSON files "
+                   "(default bench/results/[quick-]DEVICE)")
+    args = p.parse_args()
+    plan = QUICK if args.quick else FULL
+    out_dir = Path(args.results) if args.results else \
+        HERE / "results" / (("quick-" if args.quick else "") + args.device.replace(":", ""))
+    results = {}
+    for name, extra in plan.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        cmd = [sys.executable, str(HERE / f"{name}.py"), "--device", args.device,
+               "--out", str(out_dir / f"{name}.json"), *extra]
+        if args.skip_jaseci and name == "predict_latency":
+            cmd.append("--skip-jaseci")
+        print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        subprocess.run(cmd, check=True, cwd=HERE, stdout=subprocess.DEVNULL)
+        results[name] = json.loads((out_dir / f"{name}.json").read_text())
+    print(summary(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""The benchmarks run (small sizes) and their built-in correctness checks hold.
+Speed targets are not asserted here: they live in the benchmark output (BENCHMARKS.md)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_benchmarks_run_and_check_their_answers(tmp_path):
+    results = tmp_path / "results"
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
+                          "--results", str(results)],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| measure" in out.stdout and "heads, one request each" in out.stdout
+    users = json.loads((results / "many_users.json").read_text())["results"][0]
+    assert users["max_abs_diff"] <= 1e-5 and users["same_predictions_end_to_end"]
+    heads = json.loads((results / "many_heads.json").read_text())
+    assert heads["budget_float32"]["within_budget"] and heads["budget_float32"]["stats"]["evictions"] > 0
+    assert heads["per_head"]["parameters"] == 3160842
+    latency = json.loads((results / "predict_latency.json").read_text())
+    assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
+    training = json.loads((results / "train_throughput.json").read_text())
+    assert set(training["results"]) == {"batch_32", "batch_256"}
