@@ -6,7 +6,11 @@ stay the same class as float32 for a trained head.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +69,6 @@ def create_and_cold_load(registry, device, n: int, trained_file: Path) -> dict:
 
 def through_budget(root: Path, device, n: int, budget: int, dtype: str) -> dict:
     from ph.registry import HeadRegistry
-    rss_before = rss_bytes()
     registry = HeadRegistry(root / f"budget-{dtype}", memory_budget=budget)
     start = time.perf_counter()
     for i in range(n):
@@ -90,11 +93,12 @@ def through_budget(root: Path, device, n: int, budget: int, dtype: str) -> dict:
         registry.predict(uid, TEXT)
         hot_times.append(time.perf_counter() - t)
     return {"heads": n, "dtype": dtype, "budget_bytes": budget, "create_seconds": round(created, 2),
+            "peak_rss_gb": round(peak_rss_bytes() / 2**30, 2),
             "query_all_once_seconds": round(first_pass, 2),
             "cold_load_predict": latency_ms(cold), "hot_set_predict": latency_ms(hot_times),
             "max_bytes_held": max_bytes, "max_heads_held": max_heads,
             "within_budget": max_bytes <= budget, "stats": registry.stats(),
-            "rss_growth_gb": round((rss_bytes() - rss_before) / 2**30, 2)}
+            "bank_bytes_allocated": sum(b.bytes_allocated() for b in registry.banks.values())}
 
 
 def half_precision_agreement(root: Path, device, trained_file: Path, texts: list[str]) -> dict:
@@ -134,21 +138,27 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=10000, help="heads created and queried through the budget")
     p.add_argument("--budget", default="2GB")
     p.add_argument("--sample", type=int, default=300, help="heads for create/cold-load timings")
+    p.add_argument("--budget-phase", default="", help=argparse.SUPPRESS)  # dtype: run only that
     args = p.parse_args()
     device = setup(args)
-    from ph.api import parse_bytes
+    if args.budget_phase:  # its own process, so peak memory is this phase's alone
+        from ph.api import parse_bytes
+        print(json.dumps(through_budget(Path(tempfile.mkdtemp()), device, args.heads,
+                                        parse_bytes(args.budget), args.budget_phase)))
+        return
     from ph.registry import HeadRegistry
     root = Path(tempfile.mkdtemp())
     weights, held_out = trained_weights(root, device)
     registry = HeadRegistry(root / "heads")
-    budget = parse_bytes(args.budget)
     results = {"per_head": per_head(registry, device),
                "create_and_load": create_and_cold_load(registry, device, args.sample, weights),
                "half_precision": half_precision_agreement(root, device, weights, held_out * 3 + intent_texts(300)[0])}
     del registry
-    results["budget_float32"] = through_budget(root, device, args.heads, budget, "float32")
-    results["budget_bfloat16"] = through_budget(root, device, min(args.heads, 2000), budget, "bfloat16")
-    results["peak_rss_gb"] = round(peak_rss_bytes() / 2**30, 2)
+    for dtype, n in (("float32", args.heads), ("bfloat16", min(args.heads, 2000))):
+        out = subprocess.run([sys.executable, __file__, "--device", args.device, "--heads", str(n),
+                              "--budget", args.budget, "--budget-phase", dtype],
+                             check=True, capture_output=True, text=True)
+        results[f"budget_{dtype}"] = json.loads(out.stdout.strip().splitlines()[-1])
     emit("many_heads", args, device, results)
 
 

@@ -57,7 +57,8 @@ def summary(results: dict) -> str:
                      f"{m['half_precision']['bfloat16']['bytes_per_head'] / 2**20:.1f} MiB", ""))
         rows.append((f"{b['heads']} heads through {b['budget_bytes'] / 2**30:.1f} GiB: cold load p50 / p99",
                      f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
-                     f"max held {b['max_heads_held']}, within budget: {b['within_budget']}", ""))
+                     f"max held {b['max_heads_held']}, within budget: {b['within_budget']}, "
+                     f"peak RSS {b['peak_rss_gb']} GiB", ""))
     width = max(len(r[0]) for r in rows) if rows else 10
     lines = [f"| {'measure'.ljust(width)} | result | target |", f"|{'-' * (width + 2)}|---|---|"]
     lines += [f"| {name.ljust(width)} | {value} | {target} |" for name, value, target in rows]

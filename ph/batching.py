@@ -47,7 +47,8 @@ class Chunk:
 class HeadBank:
     """Stacked weights of the loaded heads of one architecture."""
 
-    def __init__(self, model: nn.Module, args: dict, device: torch.device, dtype: torch.dtype):
+    def __init__(self, model: nn.Module, args: dict, device: torch.device, dtype: torch.dtype,
+                 budget_bytes: int | None = None):
         self.stacked_forward = type(model).stacked_forward
         self.derive = getattr(type(model), "stacked_derived", None)
         self.args, self.device, self.dtype = args, device, dtype
@@ -55,6 +56,9 @@ class HeadBank:
         self.shapes = {n: p.shape for n, p in model.named_parameters()}
         with torch.device("meta"):
             self.shapes.update({n: t.shape[1:] for n, t in self._derived(model).items()})
+        # never allocate (much) more than the memory budget can hold: one head over it
+        # may be loaded while the least recently used one is being dropped
+        self.max_slots = budget_bytes // self.slot_bytes() + 2 if budget_bytes else None
         self.chunks: list[Chunk] = []
         self._lock = threading.Lock()
         self._readers = 0
@@ -179,7 +183,10 @@ class HeadBank:
         for chunk in self.chunks:
             if chunk.free:
                 return Slot(chunk, chunk.free.pop())
-        capacity = min(MAX_CHUNK, max(8, sum(c.capacity for c in self.chunks)))
+        total = sum(c.capacity for c in self.chunks)
+        capacity = min(MAX_CHUNK, max(8, total))
+        if self.max_slots is not None:
+            capacity = max(1, min(capacity, self.max_slots - total))
         chunk = Chunk(self.shapes, capacity, self.device, self.dtype)
         self.chunks.append(chunk)
         return Slot(chunk, chunk.free.pop())

@@ -299,7 +299,8 @@ class HeadRegistry:
             return None
         with self._banks_lock:
             if key not in self.banks:
-                self.banks[key] = HeadBank(engine.model, args, engine.device, engine.dtype)
+                self.banks[key] = HeadBank(engine.model, args, engine.device, engine.dtype,
+                                           self.cache.budget_bytes)
             return self.banks[key]
 
     def _unload(self, head: LoadedHead) -> None:

@@ -86,6 +86,8 @@ def test_evicted_heads_reload_and_a_held_engine_keeps_its_weights(workdir):
     assert (scores(held.predict(TEXTS)) - first[0]).abs().max() <= 1e-5  # detached, not overwritten
     again = [scores(a) for a in registry.predict_many([(u, TEXTS) for u in uids])]
     assert all((a - b).abs().max() <= 1e-5 for a, b in zip(first, again))
+    bank = next(iter(registry.banks.values()))  # storage stays near the budget too
+    assert sum(c.capacity for c in bank.chunks) * bank.slot_bytes() <= 5 * one
 
 
 def test_custom_heads_without_a_stacked_forward_answer_one_by_one(registry):
