@@ -18,7 +18,7 @@ demo: $(STAMP)
 	cd jac_examples/intent_head && $(CURDIR)/$(VENV)/bin/jsctl -m script run.jsctl
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 
+from . import api  # noqa: F401  (ph.api stays reachable when Jaseci re-imports ph)
 from .api import (check_head, create_head, create_head_list, delete_head, get_config,
                   get_registry, head_stats, list_heads, load_weights, predict, predict_many,
                   setup,

@@ -7,14 +7,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tests run in 2 parallel workers on 2 cores and start servers and jsctl processes: one
+# compute thread per process avoids oversubscription (torch threads spin while waiting).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from intent_data import as_label_lists, make_split  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
-torch.set_num_threads(1)  # tests run in parallel workers; one thread each is fastest
+torch.set_num_threads(1)
 
 
 def small_config(**trainer_loop) -> dict:
