@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from common import emit, intent_texts, latency_ms, parser, peak_rss_bytes, rss_bytes, setup
 

@@ -7,16 +7,13 @@ overhead over the bare forward.
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from common import ROOT, emit, latency_ms, parser, pct, setup, timed
+from common import ROOT, emit, latency_ms, parser, setup, timed
 
 TEXT = "I want to order a pizza"
 

@@ -13,10 +13,12 @@ import contextlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
+
+from .errors import as_ph_error
 
 MAX_CHUNK = 256  # heads per chunk; chunks grow 8, 16, 32, ... up to this
 
@@ -196,3 +198,56 @@ class HeadBank:
         slot.chunk.free.sort(reverse=True)
         if not slot.chunk.used and slot.chunk in self.chunks:
             self.chunks.remove(slot.chunk)  # its memory goes once no module views it
+
+
+def answer_many(items: list[tuple[Any, Any]]) -> list[Any]:
+    """Answers for (LoadedHead or the error loading it, data) pairs: heads of one bank and
+    input shape answer in one stacked pass, others one by one. Every failure stays with
+    its own request, as a PHError."""
+    results: list[Any] = [None] * len(items)
+    groups: dict[tuple, list] = {}
+    for i, (head, data) in enumerate(items):
+        if isinstance(head, Exception):
+            results[i] = head
+            continue
+        try:
+            engine = head.engine
+            x, single = engine.preprocess(data), engine.is_single(data)
+            bank = head.extra.get("bank")
+            if bank is None or not isinstance(x, torch.Tensor):
+                results[i] = engine.postprocess(engine.forward(x), single)
+            else:
+                groups.setdefault((id(bank), tuple(x.shape[1:])), []).append((i, head, x, single))
+        except Exception as exc:  # noqa: BLE001
+            results[i] = as_ph_error(exc, f"predicting with head '{head.uuid}'")
+    for group in groups.values():
+        try:
+            _answer_stacked(group, results)
+        except Exception:  # noqa: BLE001  (answer this group one head at a time)
+            for i, head, x, single in group:
+                results[i] = _answer_alone(head, x, single)
+    return results
+
+
+def _answer_stacked(group: list, results: list) -> None:
+    bank = group[0][1].extra["bank"]
+    with bank.reading():  # slots read in here stay valid until the pass ends
+        live = [(i, head, x, single, head.extra["slot"]) for i, head, x, single in group]
+        for i, head, x, single, slot in live:
+            if not slot.valid:  # evicted meanwhile: its module holds its own weights
+                results[i] = _answer_alone(head, x, single)
+        live = [item for item in live if item[4].valid]
+        if live:
+            outs = bank.forward([item[4] for item in live], [item[2] for item in live])
+            for (i, head, _, single, _), out in zip(live, outs):
+                try:
+                    results[i] = head.engine.postprocess(out, single)
+                except Exception as exc:  # noqa: BLE001
+                    results[i] = as_ph_error(exc, f"predicting with head '{head.uuid}'")
+
+
+def _answer_alone(head: Any, x: Any, single: bool) -> Any:
+    try:
+        return head.engine.postprocess(head.engine.forward(x), single)
+    except Exception as exc:  # noqa: BLE001
+        return as_ph_error(exc, f"predicting with head '{head.uuid}'")

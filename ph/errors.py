@@ -82,3 +82,10 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' hint for a misspelt name, or ''."""
     close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def as_ph_error(exc: Exception, where: str) -> PHError:
+    """An exception as a PHError (an unexpected one keeps its type in the message)."""
+    if isinstance(exc, PHError):
+        return exc
+    return PHError(f"{where} failed: {type(exc).__name__}: {exc}")

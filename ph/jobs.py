@@ -38,7 +38,8 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
            "config": full, "auto_update": bool(auto_update), "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
            "summary": None, "pid": None,
-           "policy": {"roots": None if policy.allowed_roots is None else [str(r) for r in policy.allowed_roots],
+           "policy": {"roots": (None if policy.allowed_roots is None
+                                else [str(r) for r in policy.allowed_roots]),
                       "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
     registry.store.write_job(job)
     _reap()

@@ -6,25 +6,21 @@ a memory-bounded cache.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import fcntl
 import os
 import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
-import torch
-
-from .batching import HeadBank
+from .batching import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
 from .components import UserCode
 from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import ConfigError, ConflictError, PHError, did_you_mean
+from .errors import ConfigError, ConflictError, as_ph_error, did_you_mean
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -111,45 +107,13 @@ class HeadRegistry:
         """Answers for many (uuid, data) requests; heads of one architecture answer together
         in one stacked pass. A request that fails gets its PHError in its place; the others
         still answer."""
-        results: list[Any] = [None] * len(requests)
-        groups: dict[tuple, list] = {}
-        for i, (uuid, data) in enumerate(requests):
+        items = []
+        for uuid, data in requests:
             try:
-                head = self.loaded(uuid)
-                engine = head.engine
-                x, single = engine.preprocess(data), engine.is_single(data)
-                bank = head.extra.get("bank")
-                if bank is None or not isinstance(x, torch.Tensor):
-                    results[i] = engine.postprocess(engine.forward(x), single)
-                else:
-                    groups.setdefault((id(bank), tuple(x.shape[1:])), []).append((i, head, x, single))
+                items.append((self.loaded(uuid), data))
             except Exception as exc:  # noqa: BLE001  (one request's failure is its own)
-                results[i] = as_ph_error(exc, uuid)
-        for items in groups.values():
-            try:
-                self._predict_stacked(items, results)
-            except Exception:  # noqa: BLE001  (answer this group one head at a time)
-                for i, head, x, single in items:
-                    try:
-                        results[i] = head.engine.postprocess(head.engine.forward(x), single)
-                    except Exception as exc:  # noqa: BLE001
-                        results[i] = as_ph_error(exc, head.uuid)
-        return results
-
-    def _predict_stacked(self, items: list, results: list) -> None:
-        bank = items[0][1].extra["bank"]
-        with bank.reading():  # slots read in here stay valid until the pass ends
-            live = [(i, h, x, single, h.extra["slot"]) for i, h, x, single in items]
-            for i, head, x, single, slot in [it for it in live if not it[4].valid]:
-                results[i] = head.engine.postprocess(head.engine.forward(x), single)  # evicted meanwhile
-            live = [it for it in live if it[4].valid]
-            if live:
-                outs = bank.forward([it[4] for it in live], [it[2] for it in live])
-                for (i, head, _, single, _), out in zip(live, outs):
-                    try:
-                        results[i] = head.engine.postprocess(out, single)
-                    except Exception as exc:  # noqa: BLE001
-                        results[i] = as_ph_error(exc, head.uuid)
+                items.append((as_ph_error(exc, f"head '{uuid}'"), data))
+        return answer_many(items)
 
     def load_weights(self, uuid: str, path: str) -> dict:
         """Switch a head to the weights in a state-dict or checkpoint file."""
@@ -208,7 +172,7 @@ class HeadRegistry:
                        stop: threading.Event | None = None,
                        on_epoch: Callable[[dict], None] | None = None) -> dict:
         """Train with an already validated config (background jobs start here)."""
-        with self._training_guard(uuid):
+        with self.store.training(uuid):
             record, state = self.store.read_current(uuid)
             code = self._code(record)
             model = make_model(config, code, state, record["seed"])
@@ -248,7 +212,7 @@ class HeadRegistry:
                 "last_run": (record.get("runs") or [None])[-1],
                 "loaded": loaded is not None and loaded.revision == record["revision"],
                 "device": str(loaded.engine.device) if loaded else None,
-                "training": self._is_training(uuid)}
+                "training": self.store.is_training(uuid)}
 
     def list_heads(self) -> list[str]:
         return self.store.list()
@@ -368,46 +332,10 @@ class HeadRegistry:
     def _code(self, record: dict) -> UserCode:
         return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})
 
-    @contextlib.contextmanager
-    def _training_guard(self, uuid: str) -> Iterator[None]:
-        """One training per head at a time, across threads and processes."""
-        path = self.store.train_lock_path(uuid)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            for attempt in range(20):  # a status probe may hold it for a moment
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if attempt == 19:
-                        raise ConflictError(f"head '{uuid}' is already training; wait for that run "
-                                            "to finish (train_status) and try again") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)
-
-    def _is_training(self, uuid: str) -> bool:
-        fd = os.open(self.store.train_lock_path(uuid), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-
 
 def _uses_code(spec: Any) -> bool:
     return isinstance(spec, Mapping) and (str(spec.get("type", "")).startswith("Custom")
                                           or "python_file" in (spec.get("args") or {}))
-
-
-def as_ph_error(exc: Exception, uuid: Any) -> PHError:
-    """A request's failure as a PHError (unexpected ones keep their type in the message)."""
-    if isinstance(exc, PHError):
-        return exc
-    return PHError(f"predicting with head '{uuid}' failed: {type(exc).__name__}: {exc}")
 
 
 def _dig(mapping: Mapping, path: tuple) -> Any:

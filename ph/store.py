@@ -11,6 +11,7 @@ Layout (every write atomic; a head's writers hold its lock):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -208,5 +209,33 @@ class HeadStore:
             raise HeadNotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
                                     "returns the job id") from None
 
-    def train_lock_path(self, uuid: str) -> Path:
+    @contextlib.contextmanager
+    def training(self, uuid: str) -> Iterator[None]:
+        """Held while a head trains: one training per head, across threads and processes."""
+        fd = os.open(self._train_lock(uuid), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            for attempt in range(20):  # a status probe may hold it for a moment
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        raise ConflictError(f"head '{uuid}' is already training; wait for that run "
+                                            "to finish (train_status) and try again") from None
+                    time.sleep(0.01)
+            yield
+        finally:
+            os.close(fd)
+
+    def is_training(self, uuid: str) -> bool:
+        fd = os.open(self._train_lock(uuid), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _train_lock(self, uuid: str) -> Path:
         return self.root / "_locks" / f"{check_uuid(uuid)}.train"

@@ -31,7 +31,8 @@ log = logging.getLogger("ph.training")
 OPTIMIZERS = Registry("optimizer")
 SCHEDULERS = Registry("LR scheduler")
 for _name, _cls in sorted(vars(torch.optim).items()):
-    if isinstance(_cls, type) and issubclass(_cls, torch.optim.Optimizer) and _cls is not torch.optim.Optimizer:
+    if (isinstance(_cls, type) and issubclass(_cls, torch.optim.Optimizer)
+            and _cls is not torch.optim.Optimizer):
         OPTIMIZERS.add(_name, _cls)
 for _name, _cls in sorted(vars(torch.optim.lr_scheduler).items()):
     if (isinstance(_cls, type) and issubclass(_cls, (torch.optim.lr_scheduler.LRScheduler,
@@ -313,9 +314,9 @@ def run_training(config: Mapping, model: nn.Module, context: DataContext, run_na
         data = build_loader(trainer_cfg["dataloader"], context).load()
         device = training_device(trainer_cfg["n_gpu"])
         net = copy.deepcopy(model).to(device=device, dtype=torch.float32)
-        if trainer_cfg["n_gpu"] > 1 and torch.cuda.device_count() > 1:
-            net = nn.DataParallel(net, device_ids=list(range(min(trainer_cfg["n_gpu"],
-                                                               torch.cuda.device_count()))))
+        gpus = min(trainer_cfg["n_gpu"], torch.cuda.device_count())
+        if gpus > 1:
+            net = nn.DataParallel(net, device_ids=list(range(gpus)))
         optimizer = build_optimizer(trainer_cfg["optimizer"], net.parameters())
         scheduler = build_scheduler(trainer_cfg["lr_scheduler"], optimizer)
         save_dir = resolve_path(trainer_cfg["trainer"]["save_dir"], "Trainer.trainer.save_dir")
@@ -335,4 +336,3 @@ def run_training(config: Mapping, model: nn.Module, context: DataContext, run_na
             raise TrainingError(f"training failed: {type(exc).__name__}: {str(exc)[:300]}; the "
                                 "head keeps its previous weights") from exc
     return summary, trainer.best_state, data.labels  # best_state None: no epoch improved
-
