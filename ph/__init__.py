@@ -37,7 +37,7 @@ def serv_actions():
     return create_app()
 
 
-if "jaseci" in sys.modules:  # loaded by Jaseci: register the actions
+if sys.modules.get("jaseci") is not None:  # loaded by Jaseci: register the actions
     from . import actions as _actions
 
     _actions.register()
