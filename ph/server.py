@@ -126,6 +126,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("internal error in %s", request.url.path)
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # from middleware tasks
+            exc = exc.exceptions[0]
         return JSONResponse({"error": "internal", "message": f"internal error ({type(exc).__name__}); "
                              "the server log has the details"}, status_code=500)
 

@@ -69,6 +69,8 @@ def fresh_api(workdir):
     registry = ph.api.setup(heads_dir=str(workdir / "heads"))
     yield registry
     ph.api._registry = None
+    for job in (workdir / "heads" / "_jobs").glob("*.json"):
+        job.with_suffix(".stop").touch()  # a job a failed test left running stops itself
 
 
 def write_json(path: Path, obj) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import tempfile
 from pathlib import Path
 
@@ -103,6 +104,25 @@ class ActionTests:
         assert heads == ["ph", "twin"] and check["trained"]
         assert config["Model"]["type"] == "PersonalizedHead"
         assert self.ok("delete", uuid="twin") == [True, ["ph"]]
+
+
+    def test_many_heads_at_once_background_training_and_stats(self):
+        self.ok("create_list", config_file="config.yaml")
+        for uid in ("a", "b"):
+            self.ok("create", uuid=uid, config=None)
+        many = self.ok("many", requests=[["a", "hi"], ["b", ["x", "y"]], ["nobody", "hi"]])[0]
+        assert many[0] == self.ok("predict", uuid="a", data="hi")[0]
+        assert many[1] == self.ok("predict", uuid="b", data=["x", "y"])[0]
+        assert many[2]["error"] == "not_found"
+        job, stats = self.ok("background", uuid="a")
+        assert job["state"] == "queued" and stats["heads_loaded"] >= 2
+        deadline = time.time() + 120
+        while (status := self.ok("status", job_id=job["job_id"])[0])["state"] in ("queued", "running"):
+            assert time.time() < deadline, status
+            time.sleep(0.2)
+        assert status["state"] == "succeeded" and status["epoch"] == 6, status
+        assert self.ok("stop", job_id=job["job_id"])[0]["state"] == "succeeded"  # nothing to stop
+        assert self.check("a")["revision"] == 1
 
 
 class TestLocalActions(ActionTests, LocalCase):

@@ -63,3 +63,21 @@ def test_memory_budget_sizes_are_read_with_units():
     assert ph.api.parse_bytes(1000) == 1000
     with pytest.raises(ConfigError, match="memory_budget"):
         ph.api.parse_bytes("lots")
+
+
+def test_seed_aliases_build_the_same_head_as_the_canonical_names(fresh_api, workdir):
+    from ph.config import with_defaults
+    from ph.engine import make_model
+    canonical = small_config()
+    alias = small_config()
+    alias["Model"]["type"] = "PHClassifier"
+    alias["Inference"] = {"preprocess": {"type": "SnipsPreProcessor"},
+                          "postprocess": {"type": "SnipsPostProcessor"}}
+    weights = workdir / "start.pt"
+    torch.save(make_model(with_defaults(canonical), None, seed=3).state_dict(), weights)
+    for uid, config in (("canonical", canonical), ("alias", alias)):
+        config.setdefault("Inference", {})["weights"] = str(weights)
+        ph.create_head(uuid=uid, config=config)
+    texts = ["order a pizza", "will it rain", "play Bach", "wake me at 6", "book a table"]
+    assert ph.predict("alias", texts) == ph.predict("canonical", texts)
+    assert ph.get_config("alias")["Model"]["type"] == "PHClassifier"

@@ -127,7 +127,7 @@ def test_server_batches_concurrent_predict_calls(workdir):
                 assert (scores(answer) - scores(expected[uid])).abs().max() <= 1e-5
         health = requests.get(url + "/healthz", timeout=10).json()
         assert health["predict_requests"] == 16 + 160
-        assert health["predict_batches"] < health["predict_requests"]  # calls were answered together
+        assert health["predict_batches"] <= 0.8 * health["predict_requests"]  # answered together
         many = requests.post(f"{url}/predict_many/", json={"requests": [[u, TEXTS] for u in uids]},
                              timeout=60).json()
         assert all((scores(a) - scores(expected[u])).abs().max() <= 1e-5 for a, u in zip(many, uids))

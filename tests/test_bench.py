@@ -21,6 +21,10 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     heads = json.loads((results / "many_heads.json").read_text())
     assert heads["budget_float32"]["within_budget"] and heads["budget_float32"]["stats"]["evictions"] > 0
     assert heads["per_head"]["parameters"] == 3160842
+    half = heads["half_precision"]
+    assert half["bfloat16"]["same_class_as_float32"] >= 0.95
+    assert half["bfloat16"]["bytes_per_head"] * 2 == half["float32"]["bytes_per_head"]
+    assert heads["budget_bfloat16"]["within_budget"]
     latency = json.loads((results / "predict_latency.json").read_text())
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
     training = json.loads((results / "train_throughput.json").read_text())

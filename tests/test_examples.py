@@ -70,6 +70,13 @@ def test_intent_head_example_runs_as_written_and_a_new_process_finds_the_head(tm
 def test_custom_model_example_trains_user_code_and_reads_the_digit_image(tmp_path):
     folder = copy_example("custom_model", tmp_path)
     assert run_example(folder)["report"] == [[7]]
+    # and it learned digits: images it never saw (another seed) are mostly right
+    subprocess.run([sys.executable, "make_data.py", "unseen", "3", "123"], cwd=folder, check=True)
+    from ph.registry import HeadRegistry
+    images = sorted((folder / "unseen").glob("*/*.png"))
+    predictions = HeadRegistry(folder / "heads").predict("mnist", [str(p) for p in images])
+    right = sum(p == int(image.parent.name) for p, image in zip(predictions, images))
+    assert right / len(images) >= 0.8, f"{right} of {len(images)} unseen digits right"
     (folder / "user_input.py").unlink()  # the head keeps the code it was created with
     ctx = json.dumps({"uuid": "mnist", "input_text": "digit7.png"})
     result = jsctl_script(folder, "actions load module ph",

@@ -120,8 +120,9 @@ def test_predictions_keep_answering_during_training_then_switch_to_new_weights(w
         thread.join(30)
         assert done["state"] == "succeeded", done["error"]
         after = HeadRegistry(workdir / "heads").predict("trainee", TEXTS)
-        assert len(answers) >= 20
+        assert len(answers) >= 20 and before != after
         assert all(a in (before, after) for a, _ in answers)  # old or new weights, never a mix
+        assert any(a == before for a, _ in answers)  # it answered while the job ran
         assert answers[-1][0] == after and call("predict", uuid="trainee", data=TEXTS) == after
         assert all(b == bystander for _, b in answers)
         assert call("check_head", uuid="trainee")["revision"] == 1
@@ -131,6 +132,6 @@ def test_stopping_a_job_before_it_starts_leaves_the_head_alone(fresh_api, train_
     import ph
     ph.create_head(uuid="early", config=small_config(epochs=400))
     job_id = ph.train_head("early", background=True)["job_id"]
-    assert ph.stop_training(job_id)["state"] == "queued"  # its process is still starting
+    assert ph.stop_training(job_id)["state"] in ("queued", "running")
     done = wait_job(ph.train_status, job_id)
     assert done["state"] == "stopped" and ph.check_head("early")["revision"] == 0

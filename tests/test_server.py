@@ -167,3 +167,19 @@ def test_jsorc_action_config_loads_and_starts_the_served_app():
     assert {"name": "PH_HEADS_DIR", "value": "/data/heads"} in container["env"]
     assert any(e["name"] == "PH_TOKEN" for e in container["env"])  # served beyond loopback: token
     assert config["remote"]["Service"]["spec"]["ports"][0]["targetPort"] == 80
+
+
+def test_an_unexpected_failure_is_a_500_without_a_stack_trace(server, tmp_path_factory):
+    health = requests.get(server + "/healthz", timeout=10).json()
+    heads = _server_heads_dir(health["pid"])
+    (heads / "_jobs" / "garbled.json").write_text("{not json")
+    response = post(server, "train_status", job_id="garbled")
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "message": response.json()["message"]}
+    assert "JSONDecodeError" in response.json()["message"] and "Traceback" not in response.text
+
+
+def _server_heads_dir(pid: int):
+    """The heads folder of a `ph serve` process (its working folder holds it)."""
+    from pathlib import Path
+    return Path(os.readlink(f"/proc/{pid}/cwd")) / "heads"

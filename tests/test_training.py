@@ -65,9 +65,26 @@ def test_keep_checkpoints_prunes_older_periodic_checkpoints(train_json, workdir)
 
 
 def test_early_stop_ends_training_after_epochs_without_improvement(train_json, workdir):
-    summary, _, _ = train(workdir, epochs=60, early_stop=2, monitor="max val_accuracy")
+    records = []
+    summary, _, _ = train(workdir, on_epoch=records.append, epochs=60, early_stop=2,
+                          monitor="max val_accuracy")
     assert summary["stopped_early"]
     assert summary["epochs_run"] == summary["best_epoch"] + 2 < 60
+    best = max(records, key=lambda r: r["val_accuracy"])  # the first epoch at the maximum
+    assert summary["best_epoch"] == best["epoch"] and summary["best_value"] == best["val_accuracy"]
+
+
+def test_min_monitor_picks_the_epoch_with_the_lowest_value(train_json, workdir):
+    records = []
+    summary, _, _ = train(workdir, on_epoch=records.append, epochs=6, monitor="min val_loss")
+    best = min(records, key=lambda r: r["val_loss"])
+    assert summary["best_epoch"] == best["epoch"] and summary["best_value"] == best["val_loss"]
+
+
+def test_save_period_writes_a_checkpoint_every_nth_epoch_only(train_json, workdir):
+    train(workdir, epochs=5, save_period=2, keep_checkpoints=0)
+    names = sorted(p.name for p in run_dir(workdir).glob("checkpoint-*"))
+    assert names == ["checkpoint-epoch2.pt", "checkpoint-epoch4.pt"]
 
 
 def test_monitor_off_keeps_the_last_epoch_as_best(train_json, workdir):
@@ -103,11 +120,16 @@ def test_scheduler_steps_once_per_epoch(train_json, workdir):
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.001)
 
 
-def test_resume_continues_after_the_checkpoint_epoch(train_json, workdir):
-    train(workdir, epochs=2, save_period=1)
+def test_resume_continues_after_the_checkpoint_epoch_from_its_weights(train_json, workdir):
+    first = []
+    train(workdir, on_epoch=first.append, epochs=2, save_period=1)
     resume = str(run_dir(workdir) / "checkpoint-epoch2.pt")
-    summary, _, _ = train(workdir, epochs=4, resume=resume)
+    resumed = []
+    summary, _, _ = train(workdir, on_epoch=resumed.append, epochs=4, resume=resume)
     assert summary["epochs_run"] == 2 and summary["last_epoch"] == 4
+    assert [r["epoch"] for r in resumed] == [3, 4]
+    # it goes on from the trained weights, not from scratch
+    assert resumed[0]["loss"] < 0.7 * first[0]["loss"]
 
 
 def test_resume_from_a_missing_checkpoint_is_a_clear_error(train_json, workdir):
@@ -115,7 +137,9 @@ def test_resume_from_a_missing_checkpoint_is_a_clear_error(train_json, workdir):
         train(workdir, resume=str(workdir / "nope.pt"))
 
 
-def test_tensorboard_event_files_are_written_when_enabled(train_json, workdir):
+def test_tensorboard_event_files_are_written_only_when_enabled(train_json, workdir):
+    train(workdir, tensorboard=False)
+    assert sorted(p.name for p in run_dir(workdir, "log").iterdir()) == ["train.log"]
     train(workdir, tensorboard=True)
     assert list(run_dir(workdir, "log").glob("events.out.tfevents.*"))
 
