@@ -19,7 +19,8 @@ from .api import (check_head, create_head, create_head_list, delete_head, get_co
                   get_registry, head_stats, list_heads, load_weights, predict, predict_many,
                   setup,
                   stop_training, train_head, train_status)
-from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, PHError,
+from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError,
+                     PHError,
                      PermissionDeniedError, TrainingError, WeightsError)
 from .registry import HeadRegistry
 
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 __all__ = ["check_head", "create_head", "create_head_list", "delete_head", "get_config",
            "get_registry", "head_stats", "list_heads", "load_weights", "predict", "predict_many", "setup",
            "stop_training", "train_head", "train_status", "serv_actions", "HeadRegistry", "PHError",
-           "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError",
+           "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError", "NotFoundError",
            "PermissionDeniedError", "TrainingError", "WeightsError"]
 
 

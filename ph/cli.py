@@ -11,9 +11,11 @@ from .server import ServerSettings, is_loopback
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ph", description="Personalized heads for Jaseci")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the remote action server "
-                                "(Jaseci: actions load remote http://HOST:PORT)")
+                                "(Jaseci: actions load remote http://HOST:PORT)",
+                                formatter_class=formatter)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),

@@ -16,7 +16,7 @@ import yaml
 
 from .errors import ConfigError, did_you_mean
 
-# The seed config (DESIGN.md 1.1) plus the keys ph adds (device, dtype, seed, resume,
+# The seed config (configs/default.yaml) plus the keys ph adds (device, dtype, seed, resume,
 # keep_checkpoints: a seed run of 100 epochs would otherwise leave 100 checkpoints).
 DEFAULT_CONFIG: dict = {
     "Inference": {
@@ -82,8 +82,10 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def load_config(source: str | os.PathLike | Mapping | None) -> dict:
+def load_config(source: str | os.PathLike | Mapping | None, name: str | None = None) -> dict:
     """Return a new config dict from a YAML/JSON file path, a dict, or None (empty).
+
+    `name` is how the caller wrote the path (for messages).
 
     Raises:
         ConfigError: the file is missing, is not valid YAML, or is not a mapping.
@@ -93,6 +95,7 @@ def load_config(source: str | os.PathLike | Mapping | None) -> dict:
     if isinstance(source, Mapping):
         return copy.deepcopy(dict(source))
     path = Path(source)
+    source = name or source
     if not path.is_file():
         raise ConfigError(f"config file '{source}' not found (looked at {path.resolve()}); "
                           "pass the path of a YAML file or a config dict")

@@ -57,11 +57,14 @@ class PermissionDeniedError(PHError):
     http_status = 403
 
 
-class HeadNotFoundError(PHError):
-    """No head (or job) with this id."""
+class NotFoundError(PHError):
+    """No head, job or action with this name."""
 
     kind = "not_found"
     http_status = 404
+
+
+HeadNotFoundError = NotFoundError  # the name most callers meet it by
 
 
 class ConflictError(PHError):

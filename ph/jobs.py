@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from .errors import ConflictError, PHError, TrainingError
+from .errors import ConflictError, NotFoundError, PHError, TrainingError
+from .fileio import atomic_write_bytes
 from .paths import PathPolicy
 from .registry import HeadRegistry
 from .store import check_uuid, new_uuid
@@ -31,10 +32,18 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
     """Validate the training config now, then train in a new process; returns the job id."""
     record = registry.store.read(check_uuid(uuid))
     full = registry.training_config(record, config)
-    if registry.check_head(uuid)["training"]:
-        raise ConflictError(f"head '{uuid}' is already training; wait for that run (train_status)")
+    pointer = registry.store.job_path(uuid).with_suffix(".head")  # the head's latest job
+    with registry.store.lock(uuid):
+        latest = pointer.read_text() if pointer.exists() else None
+        if latest and _active(registry, latest):
+            raise ConflictError(f"head '{uuid}' is already training (job {latest}); wait for it "
+                                "(train_status) or stop it (stop_training)")
+        if registry.store.is_training(uuid):
+            raise ConflictError(f"head '{uuid}' is already training; wait for that run")
+        job_id = new_uuid()
+        atomic_write_bytes(pointer, job_id.encode())
     policy = registry.policy
-    job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
+    job = {"id": job_id, "uuid": uuid, "state": "queued", "created": time.time(),
            "config": full, "auto_update": bool(auto_update), "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
            "summary": None, "pid": None,
@@ -73,6 +82,13 @@ def job_status(registry: HeadRegistry, job_id: str) -> dict:
             registry.store.write_job(job)
     return {k: job.get(k) for k in ("id", "uuid", "state", "epoch", "epochs", "metrics",
                                     "error", "summary", "created", "started", "ended")}
+
+
+def _active(registry: HeadRegistry, job_id: str) -> bool:
+    try:
+        return job_status(registry, job_id)["state"] in ACTIVE
+    except NotFoundError:
+        return False
 
 
 def stop_job(registry: HeadRegistry, job_id: str) -> dict:

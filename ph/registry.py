@@ -218,7 +218,10 @@ class HeadRegistry:
         return self.store.list()
 
     def delete_head(self, uuid: str) -> bool:
-        with self.store.lock(check_uuid(uuid)):
+        if self.store.is_training(check_uuid(uuid)):
+            raise ConflictError(f"head '{uuid}' is training; stop that run (stop_training) or "
+                                "wait for it, then delete the head")
+        with self.store.lock(uuid):
             self.store.delete(uuid)
         self.cache.drop(uuid)
         return True
@@ -301,7 +304,7 @@ class HeadRegistry:
     def _load(self, config: Any, key: str) -> dict:
         """A config from a dict or a file path (checked against the path policy)."""
         if isinstance(config, (str, os.PathLike)):
-            return load_config(self.policy.resolve(config, key))
+            return load_config(self.policy.resolve(config, key), name=str(config))
         if config is not None and not isinstance(config, Mapping):
             raise ConfigError(f"{key}: must be a config dict or the path of a YAML file, "
                               f"got {type(config).__name__}")

@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import api
 from .errors import BadInputError, PHError
@@ -123,6 +124,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     async def ph_error(request: Request, exc: PHError):
         return JSONResponse(exc.to_dict(), status_code=exc.http_status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            names = ", ".join(fn.__name__ for fn in api.ACTIONS)
+            return JSONResponse({"error": "not_found", "message": f"no action at {request.url.path}; "
+                                 f"POST /<action>/ with one of: {names}"}, status_code=404)
+        return JSONResponse({"error": "http", "message": str(exc.detail)}, status_code=exc.status_code)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("internal error in %s", request.url.path)
@@ -186,11 +195,17 @@ def _refusal(request: Request, token: str | None) -> JSONResponse | None:
                              "with Content-Type: application/json"}, status_code=415)
     if token is None:
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
-        if (is_loopback(request.client.host if request.client else "")
-                and is_loopback(host) and "origin" not in request.headers):
-            return None  # loopback, not a web page, not a rebound DNS name
-        return _unauthorized("this server has no token, so it answers programs on this machine "
-                             "only; its operator must set PH_TOKEN (ph serve --token)")
+        if not is_loopback(request.client.host if request.client else ""):
+            why = "a client on another machine"
+        elif "origin" in request.headers:
+            why = "a request from a web page (it has an Origin header)"
+        elif not is_loopback(host):
+            why = f"a request for host '{host}' (not this machine's loopback name)"
+        else:
+            return None
+        return _unauthorized(f"this server has no token, so it refuses {why}; it answers "
+                             "programs on this machine only. Its operator can set PH_TOKEN "
+                             "(ph serve --token)")
     given = _credential(request.headers.get("authorization", ""))
     if given is not None and hmac.compare_digest(given.encode(), token.encode()):
         return None

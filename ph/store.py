@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .errors import BadInputError, ConflictError, HeadNotFoundError, WeightsError
+from .errors import BadInputError, ConflictError, HeadNotFoundError, NotFoundError, WeightsError
 from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
 
 UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -206,8 +206,8 @@ class HeadStore:
         try:
             return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise HeadNotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
-                                    "returns the job id") from None
+            raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
+                                "returns the job id") from None
 
     @contextlib.contextmanager
     def training(self, uuid: str) -> Iterator[None]:

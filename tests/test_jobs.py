@@ -82,16 +82,21 @@ def test_a_stopped_job_ends_as_stopped_without_new_weights(fresh_api, train_json
     assert ph.check_head("halt")["revision"] == 0
 
 
-def test_a_second_job_for_a_training_head_is_a_conflict(fresh_api, train_json):
+def test_a_training_head_refuses_a_second_job_and_deletion(fresh_api, train_json):
     import ph
     from ph.errors import ConflictError
     ph.create_head(uuid="once", config=small_config(epochs=400))
     job_id = ph.train_head("once", background=True)["job_id"]
+    with pytest.raises(ConflictError, match=f"already training \\(job {job_id}\\)"):
+        ph.train_head("once", background=True)  # while the first is still starting
     wait_epoch(ph.train_status, job_id, 1)
     with pytest.raises(ConflictError, match="already training"):
         ph.train_head("once", background=True)
+    with pytest.raises(ConflictError, match="stop_training"):
+        ph.delete_head("once")
     ph.stop_training(job_id)
     wait_job(ph.train_status, job_id)
+    assert ph.delete_head("once")
 
 
 def test_predictions_keep_answering_during_training_then_switch_to_new_weights(workdir, train_json):

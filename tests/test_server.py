@@ -67,6 +67,12 @@ def test_errors_map_to_status_codes_with_a_clear_json_message(server, action, ar
     assert post(server, "predict", uuid="a", data="still fine").status_code == 200
 
 
+def test_an_unknown_action_is_a_404_naming_the_actions(server):
+    response = requests.post(server + "/predikt/", json={}, timeout=10)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+    assert "predict_many" in response.json()["message"]
+
+
 def test_a_body_that_is_not_a_json_object_is_a_bad_request(server):
     response = requests.post(server + "/predict/", data="not json", timeout=10,
                              headers={"Content-Type": "application/json"})
@@ -84,10 +90,10 @@ def test_web_pages_cannot_drive_a_server_without_token(server):
     assert plain.status_code == 415  # a no-cors browser POST
     from_page = requests.post(server + "/list_heads/", json={}, timeout=10,
                               headers={"Origin": "http://evil.example"})
-    assert from_page.status_code == 401
+    assert from_page.status_code == 401 and "Origin header" in from_page.json()["message"]
     rebound = requests.post(server + "/list_heads/", json={}, timeout=10,
                             headers={"Host": "evil.example"})
-    assert rebound.status_code == 401
+    assert rebound.status_code == 401 and "'evil.example'" in rebound.json()["message"]
     assert requests.post(server + "/list_heads/", json={}, timeout=10).status_code == 200
 
 
