@@ -70,12 +70,6 @@ class HeadCache:
             if self.on_evict is not None:
                 self.on_evict(victim)
 
-    def resize(self, head: LoadedHead, nbytes: int) -> None:
-        with self._lock:
-            if self._heads.get(head.uuid) is head:
-                self.bytes_held += nbytes - head.nbytes
-            head.nbytes = nbytes
-
     def drop(self, uuid: str) -> None:
         with self._lock:
             head = self._heads.pop(uuid, None)

@@ -205,7 +205,7 @@ def _check_trainer(trainer: Mapping) -> list[str]:
                        lambda v: isinstance(v, str) and bool(_SAFE_NAME.fullmatch(v)),
                        "a name of letters, digits, '.', '_' or '-' (it becomes a folder name)")
     problems += _check(trainer, "n_gpu", "Trainer", _is_count, "a whole number >= 0")
-    problems += _check(trainer, "seed", "Trainer", _is_int, "a whole number")
+    problems += _check(trainer, "seed", "Trainer", is_int, "a whole number")
     problems += _check(trainer, "loss", "Trainer", lambda v: isinstance(v, str), "a loss name")
     problems += _check(trainer, "metrics", "Trainer",
                        lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
@@ -215,9 +215,9 @@ def _check_trainer(trainer: Mapping) -> list[str]:
         return problems + [f"Trainer.trainer: must be a mapping, got {loop!r}"]
     problems += _unknown_keys(loop, LOOP_KEYS, "Trainer.trainer")
     path = "Trainer.trainer"
-    problems += _check(loop, "epochs", path, lambda v: _is_int(v) and v >= 1, "a whole number >= 1")
-    problems += _check(loop, "early_stop", path, _is_int, "a whole number (<= 0 turns it off)")
-    problems += _check(loop, "save_period", path, lambda v: _is_int(v) and v >= 1,
+    problems += _check(loop, "epochs", path, lambda v: is_int(v) and v >= 1, "a whole number >= 1")
+    problems += _check(loop, "early_stop", path, is_int, "a whole number (<= 0 turns it off)")
+    problems += _check(loop, "save_period", path, lambda v: is_int(v) and v >= 1,
                        "a whole number >= 1")
     problems += _check(loop, "keep_checkpoints", path, _is_count,
                        "a whole number >= 0 (0 keeps every checkpoint)")
@@ -279,9 +279,10 @@ def _check(mapping: Mapping, key: str, path: str, ok, expected: str) -> list[str
     return []
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """A whole number (True and False are not numbers here)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_count(value: Any) -> bool:
-    return _is_int(value) and value >= 0
+    return is_int(value) and value >= 0

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, random_split
 
 from .components import DATALOADERS, UserCode, bind, construct
+from .config import is_int
 from .errors import BadInputError, ConfigError
 
 log = logging.getLogger("ph.data")
@@ -73,14 +74,14 @@ class _LoaderSettings:
 
     def __init__(self, batch_size: Any, shuffle: Any, validation_split: Any, num_workers: Any):
         problems = []
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             problems.append(f"{ARGS}.batch_size: must be a whole number >= 1, got {batch_size!r}")
         if not isinstance(shuffle, bool):
             problems.append(f"{ARGS}.shuffle: must be true or false, got {shuffle!r}")
         if not _is_split(validation_split):
             problems.append(f"{ARGS}.validation_split: must be a fraction in [0, 1) or a count "
                             f">= 0 of examples, got {validation_split!r}")
-        if not _is_int(num_workers) or num_workers < 0:
+        if not is_int(num_workers) or num_workers < 0:
             problems.append(f"{ARGS}.num_workers: must be a whole number >= 0, got {num_workers!r}")
         if problems:
             raise ConfigError(problems)
@@ -89,7 +90,7 @@ class _LoaderSettings:
 
     def valid_count(self, n: int, source: str) -> int:
         split = self.validation_split
-        count = split if _is_int(split) else int(round(n * split))
+        count = split if is_int(split) else int(round(n * split))
         if count >= n:
             raise BadInputError(f"{ARGS}.validation_split: {split!r} leaves no training examples "
                                 f"({source} has {n}); use a smaller fraction or count")
@@ -233,7 +234,7 @@ def _encode(preprocessor: Any, inputs: list, name: str) -> torch.Tensor:
 def encode_labels(labels: list, known: list | None, n_classes: int | None,
                   name: str) -> tuple[torch.Tensor, list | None]:
     """Targets tensor and the label map (known names first, new ones appended sorted)."""
-    if all(_is_int(v) for v in labels):
+    if all(is_int(v) for v in labels):
         bad = [(i, v) for i, v in enumerate(labels) if v < 0 or (n_classes and v >= n_classes)]
         if bad:
             i, v = bad[0]
@@ -261,11 +262,7 @@ def encode_labels(labels: list, known: list | None, n_classes: int | None,
                         f"names or all vectors; found {', '.join(kinds)}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_split(value: Any) -> bool:
-    if _is_int(value):
+    if is_int(value):
         return value >= 0
     return isinstance(value, float) and 0.0 <= value < 1.0

@@ -146,17 +146,18 @@ class InferenceEngine:
                 for k, v in self.model.state_dict().items()}
 
     def with_weights(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
-        """A new model like the current one holding `state` (checked and fitted)."""
+        """A new model like the current one holding `state` (already fitted by
+        `fit_state_dict`)."""
         if self.factory is not None:  # never deepcopy: weights may be views of a bank
             model = self.factory()
         else:
             model = copy.deepcopy(self.model)
-        model.load_state_dict(fit_state_dict(model, state))
+        model.load_state_dict(state)
         return self.place(model)
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Switch to new weights atomically (predictions see old or new, never a mix)."""
-        self.model = self.with_weights(state)
+        self.model = self.with_weights(fit_state_dict(self.model, state))
 
     def param_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.model.state_dict().values())

@@ -121,8 +121,8 @@ class HeadRegistry:
             raise ConfigError("weights_file: give the path of a weights file (.pt)")
         head = self.loaded(uuid)
         state, extras = read_weights(self.policy.resolve(path, "weights_file"))
-        model = head.engine.with_weights(state)  # checked before anything changes
-        state = fit_state_dict(model, state)
+        state = fit_state_dict(head.engine.model, state)  # checked before anything changes
+        model = head.engine.with_weights(state)
         labels = extras.get("labels") or head.engine.labels
         with self.store.lock(uuid):
             current = self.store.read(uuid)

@@ -158,7 +158,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 def _endpoint(fn, run=None):
     """POST handler: check the JSON arguments against `fn`, then call it in a worker
     thread (or `run`, a coroutine taking the same arguments)."""
-    params = inspect.signature(fn).parameters
+    signature = inspect.signature(fn)
+    params = signature.parameters
 
     async def endpoint(request: Request):
         body = await request.body()
@@ -175,7 +176,7 @@ def _endpoint(fn, run=None):
             raise BadInputError(f"{fn.__name__}: unknown argument(s) {', '.join(unknown)}; "
                                 f"it takes: {', '.join(params)}")
         try:
-            inspect.signature(fn).bind(**args)
+            signature.bind(**args)
         except TypeError as exc:
             raise BadInputError(f"{fn.__name__}: {exc}; it takes: {', '.join(params)}") from None
         if run is not None:

@@ -201,7 +201,7 @@ class Trainer:
 
     def _state_dict(self) -> dict:
         model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
-        return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return snapshot(model.state_dict())
 
     def _save_epoch(self, epoch: int, improved: bool) -> None:
         """best_model.pt when improved, checkpoint-epochN.pt every save_period epochs."""
