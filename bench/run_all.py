@@ -15,11 +15,14 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
-        "many_heads": ["--heads", "10000", "--budget", "2GB"]}
+        "many_heads": ["--heads", "10000", "--budget", "2GB"], "serve_load": []}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
-         "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"]}
+         "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"],
+         "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1",
+                        "--parts", "sweep,anchor", "--generator", "python"]}
+NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
 
 
 def summary(results: dict) -> str:
@@ -61,10 +64,37 @@ def summary(results: dict) -> str:
                      f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
                      f"max held {b['max_heads_held']}, within budget: {b['within_budget']}, "
                      f"peak RSS {b['peak_rss_gb']} GiB", ""))
+    if "serve_load" in results:
+        rows += serve_rows(results["serve_load"])
     width = max(len(r[0]) for r in rows) if rows else 10
     lines = [f"| {'measure'.ljust(width)} | result | target |", f"|{'-' * (width + 2)}|---|---|"]
     lines += [f"| {name.ljust(width)} | {value} | {target} |" for name, value, target in rows]
     return "\n".join(lines)
+
+
+def serve_rows(serve: dict) -> list[tuple[str, str, str]]:
+    points = {name: {r["connections"]: r for r in rs} for name, rs in serve["points"].items()}
+    ph, anchor = points.get("ph_1_worker", {}), points.get("anchor", {})
+    rows = []
+    for c in sorted(ph):
+        vs = f", {ph[c]['rps'] / anchor[c]['rps']:.2f}x the hand-written server" if c in anchor else ""
+        rows.append((f"HTTP, {serve['heads']} heads, {c} connections: ph serve req/s, p99",
+                     f"{ph[c]['rps']:,.0f} req/s, p99 {ph[c]['p99_ms']:.1f} ms{vs}",
+                     ">= 2,000 req/s, >= 3x, p99 <= 50 ms at 32" if c == 32 else ""))
+    if "two_workers_vs_one" in serve["summary"]:
+        rows.append(("HTTP: 2 workers / 1 worker, by connections",
+                     ", ".join(f"{r}x" for r in serve["summary"]["two_workers_vs_one"]), ">= 1x"))
+    if "budget" in serve:
+        b = serve["budget"]
+        rows.append((f"HTTP: {b['heads']} heads through {b['budget']} (most cold)",
+                     f"{b['rps']:,.0f} req/s, p99 {b['p99_ms']:.0f} ms", "no collapse"))
+    if "training" in serve:
+        rows.append(("HTTP: serving during a training job / without", f"{serve['training']['ratio']}x", ">= 0.5x"))
+    if "jaseci_walker_remote" in serve:
+        j = serve["jaseci_walker_remote"]
+        rows.append(("Jaseci walker calling ph.predict via actions load remote: p50 / p99",
+                     f"{j['p50_ms']:.2f} / {j['p99_ms']:.2f} ms", ""))
+    return rows
 
 
 def main() -> None:
@@ -88,6 +118,8 @@ def main() -> None:
                "--out", str(out_dir / f"{name}.json"), *extra]
         if args.core_only and name == "predict_latency":
             cmd += ["--skip-jaseci", "--skip-http"]
+        if args.core_only and name in NEEDS_SERVER:
+            continue
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, cwd=HERE, stdout=subprocess.DEVNULL)
         results[name] = json.loads((out_dir / f"{name}.json").read_text())

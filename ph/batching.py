@@ -144,23 +144,36 @@ class HeadBank:
         return outputs
 
     def _forward_chunk(self, chunk: Chunk, indices: list[int], inputs: list[torch.Tensor]):
-        heads = sorted(set(indices))
-        lo, hi = heads[0], heads[-1]
-        if len(heads) * 2 >= hi - lo + 1:  # dense enough: compute on a view of the range
-            params = {n: t[lo:hi + 1] for n, t in chunk.params.items()}
-            position = {h: h - lo for h in heads}
-        else:  # sparse: gather just these heads' weights
-            index = torch.tensor(heads, device=self.device)
-            params = {n: t.index_select(0, index) for n, t in chunk.params.items()}
-            position = {h: k for k, h in enumerate(heads)}
-        n_heads = len(next(iter(params.values())))
+        """Outputs for requests to heads `indices` of one chunk: one stacked pass per run of
+        nearby slots, computed on a view of the chunk. Copying the heads' weights together
+        first (index_select) would cost more than the pass itself: a fresh buffer of
+        15 MB per head, page-faulted in."""
+        runs = list(_runs(sorted(set(indices))))
+        run_of = {h: r for r, (lo, hi) in enumerate(runs) for h in range(lo, hi + 1)}
+        members: dict[int, list[int]] = {}
+        for i, h in enumerate(indices):
+            members.setdefault(run_of[h], []).append(i)
+        outputs: list = [None] * len(indices)
+        for r, items in members.items():
+            lo, hi = runs[r]
+            outs = self._forward_range(chunk, lo, hi, [indices[i] - lo for i in items],
+                                       [inputs[i] for i in items])
+            for i, out in zip(items, outs):
+                outputs[i] = out
+        return outputs
+
+    def _forward_range(self, chunk: Chunk, lo: int, hi: int, positions: list[int],
+                       inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One stacked pass over slots lo..hi; inputs[i] goes to slot lo + positions[i]."""
+        params = {n: t[lo:hi + 1] for n, t in chunk.params.items()}
+        n_heads = hi - lo + 1
         counts = [len(x) for x in inputs]
         fill: dict[int, int] = {}
         targets = []
-        for h, n in zip(indices, counts):
-            start = fill.get(h, 0)
-            fill[h] = start + n
-            targets.append((position[h], start, n))
+        for p, n in zip(positions, counts):
+            start = fill.get(p, 0)
+            fill[p] = start + n
+            targets.append((p, start, n))
         batch = max(fill.values())
         rows = torch.cat(inputs).to(self.device, self.dtype)
         order = [p * batch + s + k for p, s, n in targets for k in range(n)]
@@ -198,6 +211,18 @@ class HeadBank:
         slot.chunk.free.sort(reverse=True)
         if not slot.chunk.used and slot.chunk in self.chunks:
             self.chunks.remove(slot.chunk)  # its memory goes once no module views it
+
+
+def _runs(heads: list[int], max_gap: int = 1) -> Iterator[tuple[int, int]]:
+    """(first, last) slot of each run of sorted `heads`, bridging gaps of up to `max_gap`
+    unused slots: reading one idle head's weights costs about what another pass would."""
+    lo = prev = heads[0]
+    for h in heads[1:]:
+        if h - prev > max_gap + 1:
+            yield lo, prev
+            lo = h
+        prev = h
+    yield lo, prev
 
 
 def answer_many(items: list[tuple[Any, Any]]) -> list[Any]:

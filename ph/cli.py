@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
                        default=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
                        help="wait this long to gather concurrent predict calls into one pass "
                             "(default 0: batch only calls that arrive while a pass runs)")
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("PH_TORCH_THREADS") or 0),
+                       help="torch threads per worker (default 0: the cores per worker, less "
+                            "one for its event loop, at least 1)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log every request (off by default: a line per request costs "
+                            "throughput; errors are always logged)")
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     return serve_command(args)
@@ -45,12 +51,12 @@ def serve_command(args: argparse.Namespace) -> int:
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2
     settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
-                              args.memory_budget, args.batch_window_ms)
+                              args.memory_budget, args.batch_window_ms, args.workers, args.threads)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
     import uvicorn
     uvicorn.run("ph.server:serv_actions", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level)
+                workers=args.workers, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 

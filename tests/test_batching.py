@@ -8,6 +8,7 @@ import requests
 import torch
 
 from conftest import small_config
+from ph.batching import _runs
 from ph.errors import HeadNotFoundError
 from ph.registry import HeadRegistry
 from servers import ph_server
@@ -46,6 +47,20 @@ def test_batches_subsets_repeats_and_other_architectures_answer_right(registry, 
                  (heads[11], [TEXTS[0], TEXTS[1]])]
     for (uid, data), answer in zip(requests_, registry.predict_many(requests_)):
         assert (scores(answer) - scores(registry.predict(uid, data))).abs().max() <= 1e-5
+
+
+def test_sparse_heads_of_a_large_chunk_answer_as_each_alone(registry):
+    uids = [registry.create_head(f"s{i}", scores_config()) for i in range(40)]
+    registry.predict_many([(uid, "warm") for uid in uids])  # all loaded: chunks of 8, 8, 16, 32
+    picked = [uids[i] for i in (0, 2, 3, 9, 17, 18, 20, 31, 39)]  # runs, gaps of 1, lone heads
+    requests_ = [(uid, TEXTS[i % 4]) for i, uid in enumerate(picked)] + [(picked[4], TEXTS)]
+    for (uid, data), answer in zip(requests_, registry.predict_many(requests_)):
+        assert (scores(answer) - scores(registry.predict(uid, data))).abs().max() <= 1e-5
+
+
+def test_runs_bridge_gaps_of_one_slot_and_split_wider_ones():
+    assert list(_runs([0, 2, 3, 9, 10, 14])) == [(0, 3), (9, 10), (14, 14)]
+    assert list(_runs([5])) == [(5, 5)]
 
 
 def test_a_failing_request_gets_its_error_and_the_others_answer(registry, heads):

@@ -12,7 +12,8 @@ from conftest import ROOT
 def test_benchmarks_run_and_check_their_answers(tmp_path):
     results = tmp_path / "results"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
-                          "--results", str(results)],
+                          "--results", str(results), "--only",
+                          "train_throughput,predict_latency,many_users,many_heads"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| measure" in out.stdout and "heads, one request each" in out.stdout
@@ -29,3 +30,18 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
+
+
+def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
+                          "--results", str(tmp_path), "--only", "serve_load"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "HTTP, 4 heads, 4 connections" in out.stdout
+    serve = json.loads((tmp_path / "serve_load.json").read_text())
+    for name in ("ph_1_worker", "anchor", "anchor_constant"):
+        for point in serve["points"][name]:
+            assert point["requests"] > 0 and point["non_2xx"] == 0, (name, point)
+    ph = {p["connections"]: p for p in serve["points"]["ph_1_worker"]}
+    assert ph[4]["requests_per_pass"] > 1  # concurrent calls shared stacked passes
+    assert 0 < ph[4]["pass_cpu_ms_per_request"] <= ph[4]["server_cpu_ms_per_request"]

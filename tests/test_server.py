@@ -189,3 +189,19 @@ def _server_heads_dir(pid: int):
     """The heads folder of a `ph serve` process (its working folder holds it)."""
     from pathlib import Path
     return Path(os.readlink(f"/proc/{pid}/cwd")) / "heads"
+
+
+def test_each_worker_leaves_one_core_to_its_event_loop():
+    from ph.server import ServerSettings
+    cores = len(os.sched_getaffinity(0))
+    assert ServerSettings(workers=1).compute_threads() == max(1, cores - 1)
+    assert ServerSettings(workers=cores).compute_threads() == 1
+    assert ServerSettings(workers=2, torch_threads=3).compute_threads() == 3  # the operator's say
+
+
+def test_serve_runs_torch_with_the_threads_it_chose(server, tmp_path):
+    from ph.server import ServerSettings
+    assert requests.get(server + "/healthz", timeout=10).json()["torch_threads"] == \
+        ServerSettings().compute_threads()
+    with ph_server(tmp_path, "--threads", "3") as url:
+        assert requests.get(url + "/healthz", timeout=10).json()["torch_threads"] == 3
