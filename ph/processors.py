@@ -6,6 +6,7 @@ on pre-processors so one input gives one answer rather than a list of one.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 import zlib
@@ -19,6 +20,7 @@ from .errors import BadInputError, ConfigError
 
 ENCODERS = Registry("text encoder")
 _WORD = re.compile(r"\w+", re.UNICODE)
+WORD_CACHE_SIZE = 20_000  # words whose hashed features are kept (at most ~40 MB)
 
 
 @ENCODERS.register("hashing")
@@ -35,29 +37,48 @@ class HashingEncoder:
         self.ngram_sizes = range(char_ngrams[0], char_ngrams[1] + 1)
         self.bigrams = bigrams
 
+    def word_features(self, word: str) -> list[str]:
+        return _word_features(word, self.ngram_sizes)
+
     def features(self, text: str) -> list[str]:
         words = _WORD.findall(text.lower())
-        feats = [f"w:{w}" for w in words]
+        feats = [f for word in words for f in self.word_features(word)]
         if self.bigrams:
             feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
-        for word in words:
-            padded = f"<{word}>"
-            for n in self.ngram_sizes:
-                feats += [padded[i:i + n] for i in range(max(1, len(padded) - n + 1))]
         return feats
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         out = torch.zeros(len(texts), self.dim)
         for row, text in enumerate(texts):
+            words = _WORD.findall(text.lower())
             counts: dict[int, float] = {}
-            for feat in self.features(text):
-                code = zlib.crc32(feat.encode("utf-8"))
-                index = code % self.dim
-                counts[index] = counts.get(index, 0.0) + (1.0 if code & 0x80000000 else -1.0)
+            codes = [c for word in words for c in _hashed_word(word, self.dim, self.ngram_sizes)]
+            if self.bigrams:
+                codes += [_hash(f"b:{a} {b}", self.dim) for a, b in zip(words, words[1:])]
+            for index, sign in codes:
+                counts[index] = counts.get(index, 0.0) + sign
             if counts:
                 norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
                 out[row, list(counts)] = torch.tensor(list(counts.values())) / norm
         return out
+
+
+def _word_features(word: str, ngram_sizes: range) -> list[str]:
+    padded = f"<{word}>"
+    return [f"w:{word}"] + [padded[i:i + n] for n in ngram_sizes
+                            for i in range(max(1, len(padded) - n + 1))]
+
+
+@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
+def _hashed_word(word: str, dim: int, ngram_sizes: range) -> tuple[tuple[int, float], ...]:
+    """A word's features, hashed once per process: vocabularies are small and repeat
+    (sums of +-1 are exact, so the order features are added in does not matter)."""
+    return tuple(_hash(f, dim) for f in _word_features(word, ngram_sizes))
+
+
+def _hash(feature: str, dim: int) -> tuple[int, float]:
+    code = zlib.crc32(feature.encode("utf-8"))
+    return code % dim, (1.0 if code & 0x80000000 else -1.0)
 
 
 @ENCODERS.register("sentence_transformers")
