@@ -6,6 +6,7 @@ Run as `python -m ph.jobs HEADS_DIR JOB_ID` (started by `start_job`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from .training import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
 ACTIVE = ("queued", "running")
+JOB_NICENESS = 10  # training jobs yield the CPU to serving
 STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 _children: dict[str, subprocess.Popen] = {}
 
@@ -135,6 +137,7 @@ def run_job(heads_dir: str, job_id: str) -> int:
     policy = PathPolicy(None if spec["roots"] is None else tuple(Path(r) for r in spec["roots"]),
                         spec["allow_code"], Path(spec["base_dir"]))
     registry = HeadRegistry(heads_dir, policy)
+    yield_cpu_to_serving()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     flag = _stop_flag(store, job_id)
@@ -162,6 +165,16 @@ def run_job(heads_dir: str, job_id: str) -> int:
     store.write_job(job)
     flag.unlink(missing_ok=True)
     return 0 if job["state"] == "succeeded" else 1
+
+
+def yield_cpu_to_serving(niceness: int = JOB_NICENESS) -> None:
+    """Run this training process below the servers: a busy machine serves predictions
+    first. The job runs in its own session, which Linux may schedule as its own group
+    (autogroup), where plain nice has no effect across groups: lower the group too."""
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(str(niceness))
 
 
 def _watch(flag: Path, stop: threading.Event) -> None:

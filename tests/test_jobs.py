@@ -140,3 +140,15 @@ def test_stopping_a_job_before_it_starts_leaves_the_head_alone(fresh_api, train_
     assert ph.stop_training(job_id)["state"] in ("queued", "running")
     done = wait_job(ph.train_status, job_id)
     assert done["state"] == "stopped" and ph.check_head("early")["revision"] == 0
+
+
+def test_a_training_job_runs_below_the_server_on_the_cpu(fresh_api, train_json):
+    import ph
+    from ph.jobs import JOB_NICENESS
+    ph.create_head(uuid="nice", config=small_config(epochs=200))
+    job = ph.train_head("nice", background=True)
+    wait_epoch(ph.train_status, job["job_id"], 1)
+    fields = open(f"/proc/{job['pid']}/stat").read().rsplit(")", 1)[1].split()
+    assert int(fields[16]) == min(19, os.nice(0) + JOB_NICENESS)  # field 19 of stat: niceness
+    assert ph.stop_training(job["job_id"])["state"] in ("running", "stopped")
+    wait_job(ph.train_status, job["job_id"])
