@@ -58,6 +58,22 @@ def test_sparse_heads_of_a_large_chunk_answer_as_each_alone(registry):
         assert (scores(answer) - scores(registry.predict(uid, data))).abs().max() <= 1e-5
 
 
+def test_heads_in_use_get_fused_weights_and_still_answer_as_alone(registry, heads):
+    from ph.batching import DERIVE_AFTER_USES
+    requests_ = [(uid, TEXTS[i % 4]) for i, uid in enumerate(heads[:6])]
+    registry.predict_many(requests_ + [(heads[6], "once")])
+    slot = lambda uid: registry.cache.peek(uid).extra["slot"]
+    assert not slot(heads[0]).derived  # loaded and used once: nothing derived yet
+    for _ in range(DERIVE_AFTER_USES):
+        answers = registry.predict_many(requests_)
+    assert all(slot(uid).derived for uid in heads[:6]) and not slot(heads[6]).derived
+    for (uid, text), answer in zip(requests_, answers):
+        assert (scores(answer) - scores(registry.predict(uid, text))).abs().max() <= 1e-5
+    mixed = [(heads[0], TEXTS[0]), (heads[6], TEXTS[1]), (heads[1], TEXTS[2])]  # fused and not
+    for (uid, text), answer in zip(mixed, registry.predict_many(mixed)):
+        assert (scores(answer) - scores(registry.predict(uid, text))).abs().max() <= 1e-5
+
+
 def test_runs_bridge_gaps_of_one_slot_and_split_wider_ones():
     assert list(_runs([0, 2, 3, 9, 10, 14])) == [(0, 3), (9, 10), (14, 14)]
     assert list(_runs([5])) == [(5, 5)]
