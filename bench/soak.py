@@ -107,6 +107,8 @@ class Soak:
         self.revisions: list[tuple] = []  # (uuid, created, sent, received, revision)
         self.jobs_open: list[str] = []
         self.bad_jobs: set[str] = set()
+        self.to_stop: list[str] = []  # every fifth good job (the first too) is stopped
+        self.good_jobs = 0
         self.stop_asked: set[str] = set()
         self.calls = 0
 
@@ -137,7 +139,7 @@ class Soak:
         session = requests.Session()
         actions = [(self.predict, 24), (self.predict_many, 8), (self.check_head, 10),
                    (self.read_only, 8), (self.create_head, 10), (self.train_background, 9),
-                   (self.train_status, 12), (self.stop_training, 0.3), (self.load_weights, 5),
+                   (self.train_status, 12), (self.stop_training, 3), (self.load_weights, 5),
                    (self.delete_head, 5), (self.train_direct, 1), (self.create_head_list, 1)]
         steps, weights = zip(*actions)
         while time.time() < deadline and self.calls < max_calls:
@@ -189,6 +191,10 @@ class Soak:
                 self.jobs_open.append(body["job_id"])
                 if bad:
                     self.bad_jobs.add(body["job_id"])
+                else:
+                    self.good_jobs += 1
+                    if self.good_jobs % 5 == 1:
+                        self.to_stop.append(body["job_id"])
 
     def train_direct(self, s, rng, uuid):
         self.call(s, "train_head(direct)", "train_head", (404, 409), uuid=uuid,
@@ -206,7 +212,7 @@ class Soak:
 
     def stop_training(self, s, rng, uuid):
         with self.lock:
-            job_id = rng.choice(self.jobs_open) if self.jobs_open else None
+            job_id = self.to_stop.pop() if self.to_stop else None
             if job_id is not None:
                 self.stop_asked.add(job_id)
         if job_id is not None:
