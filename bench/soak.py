@@ -126,7 +126,7 @@ class Soak:
             self.calls += 1
             self.latency[label].append(received - sent)
             if status != 200:
-                kind = f"{label} {status} {body.get('error')}"
+                kind = f"{label} {status} {body.get('error')}{why(body.get('message', ''))}"
                 if status in expect and HEAD_ERRORS.get(status) == body.get("error"):
                     self.refusals[kind] += 1
                     self.examples.setdefault(kind, body.get("message", "")[:300])
@@ -138,8 +138,8 @@ class Soak:
         rng = random.Random(index)
         session = requests.Session()
         actions = [(self.predict, 24), (self.predict_many, 8), (self.check_head, 10),
-                   (self.read_only, 8), (self.create_head, 10), (self.train_background, 9),
-                   (self.train_status, 12), (self.stop_training, 3), (self.load_weights, 5),
+                   (self.read_only, 8), (self.create_head, 10), (self.train_background, 4),
+                   (self.train_status, 8), (self.stop_training, 3), (self.load_weights, 5),
                    (self.delete_head, 5), (self.train_direct, 1), (self.create_head_list, 1)]
         steps, weights = zip(*actions)
         while time.time() < deadline and self.calls < max_calls:
@@ -283,6 +283,15 @@ class Soak:
                 "jobs": dict(sorted(jobs.items())), "heads_at_end": heads_at_end,
                 "by_action": by_action, "violations": self.violations[:50],
                 "violation_count": len(self.violations), "ok": not self.violations}
+
+
+def why(message: str) -> str:
+    """What a conflict was about, from its message (so refusals can be counted by cause)."""
+    for cause, words in (("a job", "(job "), ("a direct run", "already training"),
+                         ("replaced", "was replaced")):
+        if words in message:
+            return f" ({cause})"
+    return ""
 
 
 def revision_violations(observations: list[tuple]) -> list[str]:

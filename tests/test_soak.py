@@ -21,6 +21,7 @@ def test_mixed_load_on_two_workers_keeps_every_invariant(tmp_path):
                                     indent=1)
     assert report["calls"] >= 200 and report["heads_at_end"] >= 1
     assert {label.split("(")[0] for label in report["by_action"]} == ACTIONS
+    assert any(kind.startswith("delete_head 409 conflict (a job)") for kind in report["refusals"])
     assert report["jobs"].get("succeeded", 0) >= 1
 
 
