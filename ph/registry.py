@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import jobstate
 from .batching import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
 from .components import UserCode
 from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from . import jobstate
 from .errors import ConfigError, ConflictError, as_ph_error, did_you_mean
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
@@ -229,8 +229,8 @@ class HeadRegistry:
                 "last_run": (record.get("runs") or [None])[-1],
                 "loaded": loaded is not None and loaded.revision == record["revision"],
                 "device": str(loaded.engine.device) if loaded else None,
-                "created": record.get("created"), "training": job is not None or self.store.is_training(uuid),
-                "training_job": job}
+                "created": record.get("created"),
+                "training": job is not None or self.store.is_training(uuid), "training_job": job}
 
     def list_heads(self) -> list[str]:
         return self.store.list()
@@ -259,8 +259,8 @@ class HeadRegistry:
         if job_id:
             raise ConflictError(
                 f"head '{uuid}' is already training (job {job_id}), so {action} is refused until "
-                f"that job ends. Wait for it (train_status(job_id='{job_id}') until it is no longer "
-                f"queued or running) or stop it (stop_training(job_id='{job_id}')), then try again")
+                f"that job ends. Try again once train_status(job_id='{job_id}') no longer says "
+                f"queued or running; to end it sooner, stop it with stop_training(job_id='{job_id}')")
         if not lock_held and self.store.is_training(uuid):
             raise ConflictError(f"head '{uuid}' is already training (a train_head call that has not "
                                 f"returned yet), so {action} is refused; try again when it ends")
