@@ -1,11 +1,11 @@
 # Two commands do all the set-up:  `make demo` (the intent-head example end to end)
-# and `make test` (the whole test suite). Both create .venv first if it is missing.
+# and `make test` (the whole test suite, a short soak included). Both create .venv first if it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ph-installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench soak clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Mixed load on `ph serve --workers 2` for 3 minutes, then the invariant checks (JSON out;
+# exit status 1 if one broke). `make test` runs it for 20 seconds (tests/test_soak.py).
+soak: $(STAMP)
+	$(PY) bench/soak.py --seconds 180 --clients 6
 
 clean:
 	rm -rf $(VENV) jac_examples/*/heads jac_examples/*/saved

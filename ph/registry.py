@@ -3,6 +3,12 @@
 Every call checks the head's record on disk (one stat), so a head created, trained,
 reloaded or deleted by another process is seen on the next call. Loaded heads live in
 a memory-bounded cache.
+
+One rule protects training, here and nowhere else: a head is training while a run holds
+its training lock or while its latest background job is queued or running (from the
+moment train_head returns the job id). Deleting, replacing or reloading such a head, or
+training it again, is refused (ConflictError, 409) naming the job; the check and the
+change happen under the head's lock, so no job can be accepted in between.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import jobstate
 from .batching import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
 from .components import UserCode
@@ -94,6 +101,7 @@ class HeadRegistry:
                         f"head '{uuid}' already exists with a different config ({'; '.join(changes[:5])}). "
                         f"Use another uuid, call delete_head(uuid='{uuid}') first, or pass "
                         "replace=True to create_head to start it over (its weights are lost)")
+                self.check_idle(uuid, "create_head(replace=True)")
                 self.store.delete(uuid)
                 self.cache.drop(uuid)
             self.store.create(uuid, record, state)
@@ -129,6 +137,7 @@ class HeadRegistry:
             if current["config"] != head.config:
                 raise ConflictError(f"head '{uuid}' was replaced while its weights were being "
                                     "checked; try load_weights again")
+            self.check_idle(uuid, "load_weights")
             record = self.store.write_weights(uuid, current, state, labels)
             self._switch(uuid, record, model)
         return {"uuid": uuid, "revision": record["revision"], "labels": labels}
@@ -170,9 +179,17 @@ class HeadRegistry:
 
     def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
                        stop: threading.Event | None = None,
-                       on_epoch: Callable[[dict], None] | None = None) -> dict:
-        """Train with an already validated config (background jobs start here)."""
-        with self.store.training(uuid):
+                       on_epoch: Callable[[dict], None] | None = None,
+                       job_id: str | None = None) -> dict:
+        """Train with an already validated config (background jobs start here, with their
+        `job_id`: the head is already theirs, so they wait for a probe to let go of its lock)."""
+        if job_id is None:  # a direct run: refused while another run or an accepted job lives
+            with self.store.lock(uuid):
+                self.check_idle(uuid, "a second train_head")
+        with self.store.training(uuid, wait_s=10 if job_id else 0.2):
+            if job_id is None:  # and a job accepted since the check above
+                with self.store.lock(uuid):
+                    self.check_idle(uuid, "a second train_head", lock_held=True)
             record, state = self.store.read_current(uuid)
             code = self._code(record)
             model = make_model(config, code, state, record["seed"])
@@ -205,26 +222,60 @@ class HeadRegistry:
     def check_head(self, uuid: str) -> dict:
         """What is known about a head without loading it."""
         record = self.store.read(check_uuid(uuid))
-        loaded = self.cache.peek(uuid)
+        loaded, job = self.cache.peek(uuid), self.training_job(uuid)
         return {"uuid": uuid, "exists": True, "model": record["config"]["Model"]["type"],
                 "revision": record["revision"], "trained": bool(record.get("weights")),
                 "labels": record.get("labels"), "runs": len(record.get("runs", [])),
                 "last_run": (record.get("runs") or [None])[-1],
                 "loaded": loaded is not None and loaded.revision == record["revision"],
                 "device": str(loaded.engine.device) if loaded else None,
-                "training": self.store.is_training(uuid)}
+                "created": record.get("created"),
+                "training": job is not None or self.store.is_training(uuid), "training_job": job}
 
     def list_heads(self) -> list[str]:
         return self.store.list()
 
     def delete_head(self, uuid: str) -> bool:
-        if self.store.is_training(check_uuid(uuid)):
-            raise ConflictError(f"head '{uuid}' is training; stop that run (stop_training) or "
-                                "wait for it, then delete the head")
-        with self.store.lock(uuid):
+        with self.store.lock(check_uuid(uuid)):
+            self.check_idle(uuid, "delete_head")
             self.store.delete(uuid)
         self.cache.drop(uuid)
         return True
+
+    # --- one training per head (see the module docstring) ---------------------------------
+    def training_job(self, uuid: str) -> str | None:
+        """The head's background job while it is queued or running, else None."""
+        job_id = self.store.latest_job(uuid)
+        return job_id if job_id and jobstate.is_active(self.store, job_id) else None
+
+    def check_idle(self, uuid: str, action: str, lock_held: bool = False) -> None:
+        """Refuse `action` (ConflictError) while the head is training. Call it with the
+        head's store lock held, and make the change under that same lock.
+
+        Args:
+            lock_held: the caller holds the head's training lock itself (a direct run).
+        """
+        job_id = self.training_job(uuid)
+        if job_id:
+            raise ConflictError(
+                f"head '{uuid}' is already training (job {job_id}), so {action} is refused until "
+                f"that job ends. Try again once train_status(job_id='{job_id}') no longer says "
+                f"queued or running; to end it sooner, stop it with stop_training(job_id='{job_id}')")
+        if not lock_held and self.store.is_training(uuid):
+            raise ConflictError(f"head '{uuid}' is already training (a train_head call that has not "
+                                f"returned yet), so {action} is refused; try again when it ends")
+
+    def accept_job(self, record: dict, job: dict) -> None:
+        """Record a background job for the head `record` describes and make it the head's
+        training, from now on: refused if the head is training, was deleted or replaced."""
+        uuid = record["uuid"]
+        with self.store.lock(uuid):
+            self.check_idle(uuid, "a second train_head")
+            if self.store.read(uuid).get("created") != record.get("created"):  # 404 if it was deleted
+                raise ConflictError(f"head '{uuid}' was replaced while its training was being set "
+                                    "up; call train_head again")
+            self.store.write_job(job)
+            self.store.set_latest_job(uuid, job["id"])
 
     def stats(self) -> dict:
         return {"heads_dir": str(self.store.root), **self.cache.stats()}

@@ -6,6 +6,7 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
     <root>/_jobs/<id>.json           background training jobs
+    <root>/_jobs/<uuid>.head         the id of the head's latest job
     <root>/_locks/                   lock files
 """
 from __future__ import annotations
@@ -209,17 +210,35 @@ class HeadStore:
             raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
                                 "returns the job id") from None
 
+    def latest_job(self, uuid: str) -> str | None:
+        """The id of the last background job accepted for the head, if any."""
+        try:
+            return self._job_pointer(uuid).read_text(encoding="utf-8") or None
+        except FileNotFoundError:
+            return None
+
+    def set_latest_job(self, uuid: str, job_id: str) -> None:
+        """Point the head at its newest job (call with the head's lock held)."""
+        atomic_write_bytes(self._job_pointer(uuid), check_uuid(job_id).encode("utf-8"))
+
+    def _job_pointer(self, uuid: str) -> Path:
+        return self.root / "_jobs" / f"{check_uuid(uuid)}.head"
+
     @contextlib.contextmanager
-    def training(self, uuid: str) -> Iterator[None]:
-        """Held while a head trains: one training per head, across threads and processes."""
+    def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
+        """Held while a head trains: one training per head, across threads and processes.
+
+        Waits up to `wait_s` for it: a status probe or a refused caller holds it for a moment.
+        """
         fd = os.open(self._train_lock(uuid), os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            for attempt in range(20):  # a status probe may hold it for a moment
+            deadline = time.monotonic() + wait_s
+            while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
-                    if attempt == 19:
+                    if time.monotonic() > deadline:
                         raise ConflictError(f"head '{uuid}' is already training; wait for that run "
                                             "to finish (train_status) and try again") from None
                     time.sleep(0.01)

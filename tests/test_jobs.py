@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -152,3 +153,74 @@ def test_a_training_job_runs_below_the_server_on_the_cpu(fresh_api, train_json):
     assert int(fields[16]) == min(19, os.nice(0) + JOB_NICENESS)  # field 19 of stat: niceness
     assert ph.stop_training(job["job_id"])["state"] in ("running", "stopped")
     wait_job(ph.train_status, job["job_id"])
+
+
+def _weights_file(heads, uuid, path):
+    """A state dict that fits `uuid`, saved as a user's weights file."""
+    import torch
+    torch.save(HeadRegistry(heads).loaded(uuid).engine.model.state_dict(), path)
+    return str(path)
+
+
+def test_an_accepted_job_owns_its_head_before_its_process_starts(fresh_api, train_json, workdir):
+    """The mixed-load bug: a delete between train_head's return and the job taking the
+    training lock made the job fail with "no head". Every change is refused instead."""
+    import ph
+    from ph.errors import ConflictError
+    ph.create_head(uuid="owned", config=small_config(epochs=20))  # outlasts the refusals
+    weights = _weights_file(workdir / "heads", "owned", workdir / "w.pt")
+    job_id = ph.train_head("owned", background=True)["job_id"]
+    assert ph.train_status(job_id)["state"] == "queued"  # its process is still starting
+    assert ph.check_head("owned")["training"] and ph.check_head("owned")["training_job"] == job_id
+    refused = {"delete_head": lambda: ph.delete_head("owned"),
+               "create_head(replace=True)": lambda: ph.create_head("owned", small_config(), replace=True),
+               "load_weights": lambda: ph.load_weights("owned", weights),
+               "a second train_head": lambda: ph.train_head("owned", background=True)}
+    for action, call in refused.items():
+        with pytest.raises(ConflictError, match=f"already training \\(job {job_id}\\), so "
+                                                f"{re.escape(action)} is refused.*stop_training"):
+            call()
+    with pytest.raises(ConflictError, match=f"job {job_id}"):
+        ph.train_head("owned")  # a direct run too
+    done = wait_job(ph.train_status, job_id)
+    assert done["state"] == "succeeded", done["error"]
+    assert ph.check_head("owned")["revision"] == 1 and not ph.check_head("owned")["training"]
+    assert ph.load_weights("owned", weights)["revision"] == 2
+    assert ph.delete_head("owned") and ph.list_heads() == []
+
+
+def test_a_job_stopped_while_starting_ends_stopped_and_then_the_head_can_go(fresh_api, train_json):
+    import ph
+    from ph.errors import ConflictError
+    ph.create_head(uuid="brief", config=small_config(epochs=400))
+    job_id = ph.train_head("brief", background=True)["job_id"]
+    ph.stop_training(job_id)
+    with pytest.raises(ConflictError, match=f"job {job_id}"):
+        ph.delete_head("brief")  # stopping is asked, not done: it owns the head until it ends
+    done = wait_job(ph.train_status, job_id)
+    assert done["state"] == "stopped" and "previous weights" in done["error"]
+    assert ph.delete_head("brief")
+
+
+def test_over_http_with_two_workers_a_starting_job_refuses_every_change_until_stopped(workdir,
+                                                                                      train_json):
+    with ph_server(workdir, "--workers", "2", "--allow-path", str(workdir)) as url:
+        def call(action, expect=200, **args):
+            response = requests.post(f"{url}/{action}/", json=args, timeout=60)
+            assert response.status_code == expect, response.text
+            return response.json()
+
+        call("create_head", uuid="h5", config=small_config(epochs=400))
+        weights = _weights_file(workdir / "heads", "h5", workdir / "w.pt")
+        job_id = call("train_head", uuid="h5", background=True)["job_id"]
+        for _ in range(3):  # each call may reach either worker
+            for action, args in (("delete_head", {}), ("load_weights", {"weights_file": weights}),
+                                 ("create_head", {"config": small_config(), "replace": True}),
+                                 ("train_head", {"background": True}), ("train_head", {})):
+                refusal = call(action, expect=409, uuid="h5", **args)
+                assert refusal["error"] == "conflict" and job_id in refusal["message"], refusal
+        assert call("stop_training", job_id=job_id)["state"] in ("queued", "running")
+        done = wait_job(lambda j: call("train_status", job_id=j), job_id)
+        assert done["state"] == "stopped" and "previous weights" in done["error"], done
+        assert call("check_head", uuid="h5")["revision"] == 0
+        assert call("delete_head", uuid="h5") is True and call("list_heads") == []
