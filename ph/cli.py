@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
                        default=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
                        help="wait this long to gather concurrent predict calls into one pass "
                             "(default 0: batch only calls that arrive while a pass runs)")
+    serve.add_argument("--max-body-bytes", type=int,
+                       default=int(os.environ.get("PH_MAX_BODY_BYTES") or 32 * 2**20),
+                       help="largest request body accepted; a larger one gets a 413 "
+                            "(default $PH_MAX_BODY_BYTES or 32 MiB)")
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     return serve_command(args)
@@ -45,7 +49,7 @@ def serve_command(args: argparse.Namespace) -> int:
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2
     settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
-                              args.memory_budget, args.batch_window_ms)
+                              args.memory_budget, args.batch_window_ms, args.max_body_bytes)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
     import uvicorn

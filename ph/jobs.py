@@ -28,10 +28,14 @@ STARTUP_GRACE_S = 120  # a job that has not reported its process after this is d
 _children: dict[str, subprocess.Popen] = {}
 
 
-def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True) -> dict:
-    """Validate the training config now, then train in a new process; returns the job id."""
+def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True,
+              incremental: bool = False) -> dict:
+    """Validate the training config now, then train in a new process; returns the job id.
+
+    The job trains on the head's stored examples as a foreground run would (they are
+    read when the job starts training, so examples added until then are included)."""
     record = registry.store.read(check_uuid(uuid))
-    full = registry.training_config(record, config)
+    full = registry.training_config(record, config, incremental)
     pointer = registry.store.job_path(uuid).with_suffix(".head")  # the head's latest job
     with registry.store.lock(uuid):
         latest = pointer.read_text() if pointer.exists() else None
@@ -44,7 +48,8 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
         atomic_write_bytes(pointer, job_id.encode())
     policy = registry.policy
     job = {"id": job_id, "uuid": uuid, "state": "queued", "created": time.time(),
-           "config": full, "auto_update": bool(auto_update), "epoch": 0,
+           "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
+           "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
            "summary": None, "pid": None,
            "policy": {"roots": (None if policy.allowed_roots is None
@@ -151,7 +156,7 @@ def run_job(heads_dir: str, job_id: str) -> int:
             raise TrainingStopped("the job was stopped before it started; the head keeps its "
                                   "previous weights")
         summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
-                                          stop, on_epoch)
+                                          stop, on_epoch, job.get("incremental", False))
         job.update(state="succeeded", summary=summary)
     except PHError as exc:
         job.update(state="stopped" if stop.is_set() or isinstance(exc, TrainingStopped)

@@ -13,6 +13,7 @@ import base64
 import hmac
 import inspect
 import ipaddress
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,12 +26,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import api
-from .errors import BadInputError, PHError
+from .errors import BadInputError, PHError, TooLargeError
 from .paths import PathPolicy
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
 OPEN_PATHS = ("/healthz",)
+DEFAULT_MAX_BODY = 32 * 2**20  # 1,000 examples of 768-float vectors fit
 
 
 @dataclass
@@ -43,6 +45,7 @@ class ServerSettings:
     allow_paths: list[str] = field(default_factory=list)
     memory_budget: str | None = None
     batch_window_ms: float = 0.0
+    max_body_bytes: int = DEFAULT_MAX_BODY
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -52,14 +55,16 @@ class ServerSettings:
                    allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
                    allow_paths=[p for p in paths.split(os.pathsep) if p],
                    memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None,
-                   batch_window_ms=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0))
+                   batch_window_ms=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
+                   max_body_bytes=int(os.environ.get("PH_MAX_BODY_BYTES") or DEFAULT_MAX_BODY))
 
     def to_env(self) -> dict[str, str]:
         return {"PH_HEADS_DIR": str(self.heads_dir), "PH_TOKEN": self.token or "",
                 "PH_ALLOW_CODE": "1" if self.allow_code else "",
                 "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
                 "PH_MEMORY_BUDGET": self.memory_budget or "",
-                "PH_BATCH_WINDOW_MS": str(self.batch_window_ms)}
+                "PH_BATCH_WINDOW_MS": str(self.batch_window_ms),
+                "PH_MAX_BODY_BYTES": str(self.max_body_bytes)}
 
 
 class PredictBatcher:
@@ -151,20 +156,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     for fn in api.ACTIONS:
         run = batcher.predict if fn is api.predict else None
-        app.add_api_route(f"/{fn.__name__}/", _endpoint(fn, run), methods=["POST"], name=fn.__name__)
+        app.add_api_route(f"/{fn.__name__}/", _endpoint(fn, run, settings.max_body_bytes),
+                          methods=["POST"], name=fn.__name__)
     return app
 
 
-def _endpoint(fn, run=None):
+def _endpoint(fn, run=None, max_body: int = DEFAULT_MAX_BODY):
     """POST handler: check the JSON arguments against `fn`, then call it in a worker
     thread (or `run`, a coroutine taking the same arguments)."""
     signature = inspect.signature(fn)
     params = signature.parameters
 
     async def endpoint(request: Request):
-        body = await request.body()
+        body = await _read_body(request, max_body)
         try:
-            args = await request.json() if body.strip() else {}
+            args = json.loads(body) if body.strip() else {}
         except ValueError:
             raise BadInputError(f"{fn.__name__}: the request body must be a JSON object of "
                                 "arguments") from None
@@ -185,6 +191,22 @@ def _endpoint(fn, run=None):
 
     endpoint.__name__ = fn.__name__
     return endpoint
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 when it passes `limit` bytes. The rest of an
+    oversized body is read and dropped (never held), so the client gets the answer."""
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise TooLargeError(f"the request body has {size} bytes, more than this server's limit "
+                            f"of {limit} bytes; send fewer examples per call (several calls), or "
+                            "ask the operator to raise it (ph serve --max-body-bytes, "
+                            "PH_MAX_BODY_BYTES)")
+    return b"".join(chunks)
 
 
 def _refusal(request: Request, token: str | None) -> JSONResponse | None:

@@ -1,0 +1,248 @@
+"""ExampleLog: a head's own training examples, stored with the head.
+
+Why a log: examples arrive a few at a time (a user's correction), must survive a kill -9
+once acknowledged, and must stay cheap to append to a head that already holds 100,000.
+So each head has an append-only JSON-lines file. An append writes whole lines and
+fsyncs before the call returns; a crash in the middle leaves at most one incomplete
+last line, which readers ignore and the next append cuts off, so only data that was
+never acknowledged can be lost. Deleting rewrites the file atomically (temp + rename),
+so a deleted example is gone from the file, not merely hidden.
+
+File (`<heads>/<uuid>/examples.jsonl`):
+    {"format": "ph-examples/1", "base_id": 0}              header
+    {"id": 1, "label": "order_food", "text": "..."}         one example per line
+Ids grow by one per example and are never reused, even after deletes (a rewritten
+file's header carries the last id given out), so "added after id N" stays meaningful:
+incremental training relies on it.
+
+The interface (summary, append, read, delete) is what the registry uses, so another
+backend (a Redis list, an object store) can stand in for this file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError
+from .fileio import atomic_open, fsync_dir
+
+log = logging.getLogger("ph.examples")
+FORMAT = "ph-examples/1"
+INPUT_KEYS = ("text", "input_ids", "embedding")
+
+
+@dataclass(frozen=True)
+class ExampleLimits:
+    """How many examples one call may add and one head may hold (operators may change
+    them: `setup(max_examples_per_call=..., max_examples_per_head=...)` or the
+    PH_MAX_EXAMPLES_PER_CALL / PH_MAX_EXAMPLES_PER_HEAD variables)."""
+
+    per_call: int = 1000
+    per_head: int = 100_000
+
+    @classmethod
+    def from_env(cls, per_call: int | str | None = None,
+                 per_head: int | str | None = None) -> "ExampleLimits":
+        values = {}
+        for name, given, env in (("per_call", per_call, "PH_MAX_EXAMPLES_PER_CALL"),
+                                 ("per_head", per_head, "PH_MAX_EXAMPLES_PER_HEAD")):
+            raw = given if given is not None else os.environ.get(env) or None
+            if raw is None:
+                continue
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                value = 0
+            if value < 1 or isinstance(raw, bool):
+                raise ConfigError(f"max_examples_{name} ({env}): must be a whole number >= 1, "
+                                  f"got {raw!r}")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass
+class LogSummary:
+    """What the registry needs to check a new call against what is stored, without
+    reading every example again: count, last id, and the kind of labels seen."""
+
+    count: int = 0
+    last_id: int = 0
+    label_kind: str | None = None  # "index", "name" or "vector"
+    names: set = field(default_factory=set)
+    vector_len: int | None = None
+    size: int = 0  # bytes of whole lines this summary covers
+    inode: int = 0
+
+    def add(self, row: dict) -> None:
+        self.count += 1
+        self.last_id = max(self.last_id, row["id"])
+        label = row["label"]
+        self.label_kind = self.label_kind or label_kind(label)
+        if isinstance(label, str):
+            self.names.add(label)
+        elif isinstance(label, list):
+            self.vector_len = len(label)
+
+
+def label_kind(label: Any) -> str | None:
+    """'index', 'name' or 'vector' (None: not a label)."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int):
+        return "index"
+    if isinstance(label, str):
+        return "name"
+    if isinstance(label, list) and label and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
+        return "vector"
+    return None
+
+
+# Summaries by file path, refreshed from the bytes appended since (by any process):
+# a head's first call in a process reads its log once, later calls read only what is new.
+_summaries: dict[str, LogSummary] = {}
+_summaries_lock = threading.Lock()
+_SUMMARIES_KEPT = 4096
+
+
+class ExampleLog:
+    """One head's examples in an append-only JSON-lines file. Writers hold the head's lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # --- reading -----------------------------------------------------------------------
+    def summary(self) -> LogSummary:
+        """Count, last id and label kind of the stored examples (torn tail ignored)."""
+        key = str(self.path)
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return LogSummary()
+        with _summaries_lock:
+            cached = _summaries.get(key)
+        if cached is not None and cached.inode == st.st_ino and cached.size <= st.st_size:
+            if cached.size == st.st_size:
+                return replace(cached, names=set(cached.names))
+            summary = replace(cached, names=set(cached.names))
+        else:
+            summary = LogSummary(inode=st.st_ino)
+        with open(self.path, "rb") as fh:
+            fh.seek(summary.size)
+            for offset_end, row in self._rows(fh, summary.size):
+                if row is not None and "id" in row:
+                    summary.add(row)
+                elif row is not None:
+                    summary.last_id = max(summary.last_id, int(row.get("base_id", 0)))
+                summary.size = offset_end
+        self._remember(summary)
+        return replace(summary, names=set(summary.names))
+
+    def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
+        """The stored examples in the order they were added (from position `offset`)."""
+        out: list[dict] = []
+        position = 0
+        for row in self.iter():
+            if position >= offset:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(row)
+            position += 1
+        return out
+
+    def iter(self) -> Iterator[dict]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            for _, row in self._rows(fh, 0):
+                if row is not None and "id" in row:
+                    yield row
+
+    def _rows(self, fh, start: int) -> Iterator[tuple[int, dict | None]]:
+        """(end offset, parsed row) for each whole line; an unterminated last line (a
+        write cut short by a crash, never acknowledged) is not yielded."""
+        offset = start
+        for line in fh:
+            if not line.endswith(b"\n"):
+                log.info("%s: ignoring an incomplete last line (%d bytes) left by an "
+                         "interrupted write", self.path, len(line))
+                return
+            offset += len(line)
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("%s: skipping an unreadable line ending at byte %d", self.path, offset)
+                row = None
+            yield offset, row if isinstance(row, dict) else None
+
+    # --- writing (caller holds the head's lock) -----------------------------------------
+    def append(self, rows: list[dict]) -> LogSummary:
+        """Give `rows` the next ids and store them durably; returns the new summary.
+
+        On any error nothing of this call stays in the file.
+        """
+        summary = self.summary()
+        new_file = not self.path.exists()
+        lines, now = [], round(time.time(), 3)
+        if new_file or summary.size == 0:
+            lines.append(_line({"format": FORMAT, "base_id": summary.last_id}))
+        after = replace(summary, names=set(summary.names))
+        for row in rows:
+            stored = {"id": after.last_id + 1, **row, "added": now}
+            after.add(stored)
+            lines.append(_line(stored))
+        data = b"".join(lines)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, summary.size)  # cut off a torn tail (it was never acknowledged)
+            try:
+                os.lseek(fd, summary.size, os.SEEK_SET)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, summary.size)
+                raise
+            after.inode, after.size = os.fstat(fd).st_ino, summary.size + len(data)
+        finally:
+            os.close(fd)
+        if new_file:
+            fsync_dir(self.path.parent)
+        self._remember(after)
+        return after
+
+    def delete(self, ids: set[int] | None = None) -> int:
+        """Remove the examples with these ids (all when None); returns how many went."""
+        summary = self.summary()
+        if not self.path.exists():
+            return 0
+        kept = [] if ids is None else [row for row in self.iter() if row["id"] not in ids]
+        removed = summary.count - len(kept)
+        if removed == 0:
+            return 0
+        with atomic_open(self.path) as fh:
+            fh.write(_line({"format": FORMAT, "base_id": summary.last_id}))
+            for row in kept:
+                fh.write(_line(row))
+        with _summaries_lock:
+            _summaries.pop(str(self.path), None)
+        return removed
+
+    def _remember(self, summary: LogSummary) -> None:
+        with _summaries_lock:
+            if len(_summaries) >= _SUMMARIES_KEPT:
+                _summaries.pop(next(iter(_summaries)))
+            _summaries[str(self.path)] = replace(summary, names=set(summary.names))
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
