@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .errors import BadInputError, ConfigError, PHError
-from .examples import ExampleLimits
+from .example_log import ExampleLimits
 from .paths import PathPolicy
 from .registry import HeadRegistry, default_heads_dir
 

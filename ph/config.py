@@ -71,7 +71,7 @@ DEFAULT_CONFIG: dict = {
 
 # Trainer.incremental is optional and not filled in by default, so the configs of heads
 # stored before it existed stay equal to new ones (create_head compares them).
-INCREMENTAL_DEFAULTS = {"replay_ratio": 1.0, "replay_max": 1000}
+INCREMENTAL_DEFAULTS = {"replay_ratio": 2.0, "replay_max": 1000}
 COMPONENT_KEYS = ("type", "args")
 SECTION_KEYS = {
     "Inference": {"preprocess", "postprocess", "weights", "device", "dtype"},
@@ -245,7 +245,7 @@ def incremental_problems(given: Any) -> list[str]:
                 f"got {given!r}"]
     problems = [f"Trainer.incremental.{k}: unknown key; accepted: replay_max, replay_ratio"
                 for k in given if k not in INCREMENTAL_DEFAULTS]
-    ratio, most = given.get("replay_ratio", 1.0), given.get("replay_max", 1000)
+    ratio, most = given.get("replay_ratio", 2.0), given.get("replay_max", 1000)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 100:
         problems.append(f"Trainer.incremental.replay_ratio: must be a number from 0 to 100 (old "
                         f"examples replayed per new one), got {ratio!r}")

@@ -35,6 +35,7 @@ class DataContext:
     seed: int = 0
     resolve_path: Callable[[str, str], Path] = lambda p, key: Path(p)
     examples: tuple[list, list] | None = None  # (inputs, labels) stored with the head
+    replay: tuple[list, list, int] | None = None  # (inputs, labels, rows drawn per epoch)
 
 
 @dataclass
@@ -68,6 +69,28 @@ class TensorBatches:
             else:
                 idx = order[start:start + self.batch_size]
                 yield self.x[idx], self.y[idx]
+
+
+class ReplayBatches(TensorBatches):
+    """Each epoch: every given row plus a fresh draw of `per_epoch` rows from a replay
+    pool, so an incremental run sees many old examples over its epochs while each epoch
+    costs only (new + per_epoch) rows."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pool_x: torch.Tensor,
+                 pool_y: torch.Tensor, per_epoch: int, batch_size: int, shuffle: bool,
+                 generator: torch.Generator):
+        super().__init__(x, y, batch_size, shuffle, generator)
+        self.pool_x, self.pool_y = pool_x, pool_y
+        self.per_epoch = min(per_epoch, len(pool_x))
+
+    def __len__(self) -> int:
+        return math.ceil((len(self.x) + self.per_epoch) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pick = torch.randperm(len(self.pool_x), generator=self.generator)[:self.per_epoch]
+        yield from TensorBatches(torch.cat([self.x, self.pool_x[pick]]),
+                                 torch.cat([self.y, self.pool_y[pick]]), self.batch_size,
+                                 self.shuffle, self.generator)
 
 
 class _LoaderSettings:
@@ -139,16 +162,32 @@ class SnipsDataLoader(_LoaderSettings):
                                 f"{ARGS}.train_json is not set; add examples with "
                                 "add_examples(uuid, examples) or name a train_json file")
         name = " and ".join(sources)
+        n_main = len(inputs)
+        replay = ctx.replay if ctx.replay and ctx.replay[0] and ctx.replay[2] > 0 else None
+        if replay:
+            inputs, labels = inputs + list(replay[0]), labels + list(replay[1])
         x = _encode(ctx.preprocessor, inputs, name)
         y, label_names = encode_labels(labels, ctx.labels, ctx.n_classes, name)
-        n_valid = self.valid_count(len(x), name)
+        n_valid = self.valid_count(n_main, name)
         generator = torch.Generator().manual_seed(ctx.seed)
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(n_main, generator=generator)
         valid_idx, train_idx = order[:n_valid], order[n_valid:]
-        train = TensorBatches(x[train_idx], y[train_idx], self.batch_size, self.shuffle, generator)
+        if replay is None:
+            train = TensorBatches(x[train_idx], y[train_idx], self.batch_size, self.shuffle,
+                                  generator)
+            n_train = len(train_idx)
+        else:  # old examples replayed: a share of the pool validates, the rest is drawn from
+            pool = n_main + torch.randperm(len(x) - n_main, generator=generator)
+            n_pool_valid = min(len(pool) // 2, round(replay[2] * n_valid / n_main))
+            valid_idx = torch.cat([valid_idx, pool[:n_pool_valid]])
+            pool = pool[n_pool_valid:]
+            train = ReplayBatches(x[train_idx], y[train_idx], x[pool], y[pool],
+                                  replay[2] - n_pool_valid, self.batch_size, self.shuffle,
+                                  generator)
+            n_train = len(train_idx) + train.per_epoch
         valid = (TensorBatches(x[valid_idx], y[valid_idx], self.batch_size, False, generator)
-                 if n_valid else None)
-        return TrainingData(train, valid, len(train_idx), n_valid, label_names)
+                 if len(valid_idx) else None)
+        return TrainingData(train, valid, n_train, len(valid_idx), label_names)
 
 
 @DATALOADERS.register("CustomDataLoader")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from .config import INCREMENTAL_DEFAULTS, incremental_problems
 from .data import parse_records
 from .errors import BadInputError, ConfigError, TooLargeError
-from .examples import ExampleLimits, LogSummary, label_kind
+from .example_log import ExampleLimits, LogSummary, label_kind
 
 KIND_WORDS = {"index": "class indices", "name": "class names", "vector": "vectors"}
 
@@ -146,12 +146,20 @@ class ExamplePlan:
 
     inputs: list = field(default_factory=list)
     labels: list = field(default_factory=list)
+    replay_inputs: list = field(default_factory=list)  # pool of old examples to draw from
+    replay_labels: list = field(default_factory=list)
+    replay_per_epoch: int = 0
     seen_up_to: int = 0      # the largest example id this run covers
     info: dict = field(default_factory=dict)
 
     @property
     def nothing_new(self) -> bool:
         return self.info.get("incremental", False) and not self.info.get("new")
+
+    @property
+    def replay(self) -> tuple[list, list, int] | None:
+        return ((self.replay_inputs, self.replay_labels, self.replay_per_epoch)
+                if self.replay_per_epoch else None)
 
 
 def incremental_settings(trainer: Mapping) -> dict:
@@ -166,27 +174,41 @@ def incremental_settings(trainer: Mapping) -> dict:
 def plan_examples(rows: list[dict], seen_up_to: int, incremental: bool, trainer: Mapping,
                   seed: int) -> ExamplePlan:
     """All stored examples, or for an incremental run those added after `seen_up_to`
-    plus a replay sample of older ones (class-balanced, `replay_ratio` per new example,
-    at most `replay_max`), so the head keeps what it knew at a cost that grows with the
-    new examples, not with all of them."""
+    plus replayed older ones.
+
+    Replay: each epoch draws `replay_ratio` old examples per new one (at most
+    `replay_max`) afresh from a class-balanced pool of old examples, so over its epochs
+    the run revisits many old examples while each epoch costs only about
+    (1 + replay_ratio) x new examples. The pool holds no more rows than the run can draw
+    (per-epoch draw x epochs), so its encoding cost also follows the new examples.
+    """
     last = max((r["id"] for r in rows), default=seen_up_to)
+    plan = ExamplePlan(seen_up_to=max(last, seen_up_to))
     if not incremental:
-        chosen, info = rows, {"stored": len(rows)}
-    else:
-        settings = incremental_settings(trainer)
-        new = [r for r in rows if r["id"] > seen_up_to]
-        old = [r for r in rows if r["id"] <= seen_up_to]
-        wanted = min(len(old), settings["replay_max"],
-                     math.ceil(settings["replay_ratio"] * len(new)))
-        replay = _balanced_sample(old, wanted, random.Random(seed * 1_000_003 + seen_up_to))
-        chosen = new + replay
-        info = {"incremental": True, "new": len(new), "replayed": len(replay), "older": len(old),
-                "replay_ratio": settings["replay_ratio"]}
-    plan = ExamplePlan(seen_up_to=max(last, seen_up_to), info=info)
-    for row in chosen:
-        plan.inputs.append(next(row[k] for k in ("text", "input_ids", "embedding") if k in row))
-        plan.labels.append(row["label"])
+        _fill(plan.inputs, plan.labels, rows)
+        plan.info = {"stored": len(rows)}
+        return plan
+    settings = incremental_settings(trainer)
+    new = [r for r in rows if r["id"] > seen_up_to]
+    old = [r for r in rows if r["id"] <= seen_up_to]
+    per_epoch = min(len(old), settings["replay_max"],
+                    math.ceil(settings["replay_ratio"] * len(new)))
+    epochs = int((trainer.get("trainer") or {}).get("epochs", 1))
+    pool = _balanced_sample(old, min(len(old), per_epoch * max(epochs, 1)),
+                            random.Random(seed * 1_000_003 + seen_up_to))
+    _fill(plan.inputs, plan.labels, new)
+    _fill(plan.replay_inputs, plan.replay_labels, pool)
+    plan.replay_per_epoch = per_epoch
+    plan.info = {"incremental": True, "new": len(new), "replayed_per_epoch": per_epoch,
+                 "replay_pool": len(pool), "older": len(old),
+                 "replay_ratio": settings["replay_ratio"]}
     return plan
+
+
+def _fill(inputs: list, labels: list, rows: list[dict]) -> None:
+    for row in rows:
+        inputs.append(next(row[k] for k in ("text", "input_ids", "embedding") if k in row))
+        labels.append(row["label"])
 
 
 def _balanced_sample(rows: list[dict], n: int, rng: random.Random) -> list[dict]:

@@ -21,7 +21,7 @@ from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
 from .errors import BadInputError, ConfigError, ConflictError, NotFoundError, as_ph_error, did_you_mean
-from .examples import ExampleLimits
+from .example_log import ExampleLimits
 from .learning import HeadFacts, check_examples, plan_examples
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
@@ -217,7 +217,7 @@ class HeadRegistry:
             context = DataContext(code, build_processors(config, code)[0], record.get("labels"),
                                   config["Model"].get("args", {}).get("n_classes"),
                                   config["Trainer"]["seed"], self.policy.resolve,
-                                  (plan.inputs, plan.labels))
+                                  (plan.inputs, plan.labels), plan.replay)
             summary, best, labels = run_training(config, model, context, uuid, self.policy.resolve,
                                                  stop, on_epoch)
             summary.update(uuid=uuid, updated=False, examples=plan.info)

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .examples import ExampleLog
+from .example_log import ExampleLog
 from .errors import BadInputError, ConflictError, HeadNotFoundError, NotFoundError, WeightsError
 from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
 
