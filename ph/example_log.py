@@ -2,15 +2,18 @@
 
 Why a log: examples arrive a few at a time (a user's correction), must survive a kill -9
 once acknowledged, and must stay cheap to append to a head that already holds 100,000.
-So each head has an append-only JSON-lines file. An append writes whole lines and
-fsyncs before the call returns; a crash in the middle leaves at most one incomplete
-last line, which readers ignore and the next append cuts off, so only data that was
-never acknowledged can be lost. Deleting rewrites the file atomically (temp + rename),
-so a deleted example is gone from the file, not merely hidden.
+So each head has an append-only JSON-lines file. A call's examples are written as
+lines followed by one commit line, and fsynced before the call returns. Readers take
+only what a commit line closes: a crash in the middle of a call leaves lines (or half a
+line) after the last commit, which readers ignore and the next append cuts off. So a
+call is stored whole or not at all, and only data never acknowledged can be lost.
+Deleting rewrites the file atomically (temp + rename), so a deleted example is gone
+from the file, not merely hidden.
 
 File (`<heads>/<uuid>/examples.jsonl`):
     {"format": "ph-examples/1", "base_id": 0}              header
     {"id": 1, "label": "order_food", "text": "..."}         one example per line
+    {"commit": 1}                                           end of one call
 Ids grow by one per example and are never reused, even after deletes (a rewritten
 file's header carries the last id given out), so "added after id N" stays meaningful:
 incremental training relies on it.
@@ -135,12 +138,10 @@ class ExampleLog:
             summary = LogSummary(inode=st.st_ino)
         with open(self.path, "rb") as fh:
             fh.seek(summary.size)
-            for offset_end, row in self._rows(fh, summary.size):
-                if row is not None and "id" in row:
+            for end, rows, last_id in self._calls(fh, summary.size):
+                for row in rows:
                     summary.add(row)
-                elif row is not None:
-                    summary.last_id = max(summary.last_id, int(row.get("base_id", 0)))
-                summary.size = offset_end
+                summary.last_id, summary.size = max(summary.last_id, last_id), end
         self._remember(summary)
         return replace(summary, names=set(summary.names))
 
@@ -162,32 +163,40 @@ class ExampleLog:
         except FileNotFoundError:
             return
         with fh:
-            for _, row in self._rows(fh, 0):
-                if row is not None and "id" in row:
-                    yield row
+            for _, rows, _ in self._calls(fh, 0):
+                yield from rows
 
-    def _rows(self, fh, start: int) -> Iterator[tuple[int, dict | None]]:
-        """(end offset, parsed row) for each whole line; an unterminated last line (a
-        write cut short by a crash, never acknowledged) is not yielded."""
-        offset = start
+    def _calls(self, fh, start: int) -> Iterator[tuple[int, list[dict], int]]:
+        """(end offset, rows, last id given out) per committed call (the header counts as
+        one). Lines after the last commit belong to a call cut short by a crash: they were
+        never acknowledged and are not yielded."""
+        offset, pending = start, []
         for line in fh:
             if not line.endswith(b"\n"):
-                log.info("%s: ignoring an incomplete last line (%d bytes) left by an "
-                         "interrupted write", self.path, len(line))
-                return
+                break
             offset += len(line)
             try:
-                row = json.loads(line)
+                obj = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError):
                 log.warning("%s: skipping an unreadable line ending at byte %d", self.path, offset)
-                row = None
-            yield offset, row if isinstance(row, dict) else None
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if "commit" in obj:
+                yield offset, pending, int(obj["commit"])
+                pending = []
+            elif "format" in obj:
+                yield offset, [], int(obj.get("base_id", 0))
+            elif "id" in obj:
+                pending.append(obj)
+        if pending or offset < os.fstat(fh.fileno()).st_size:
+            log.info("%s: ignoring the end of an unfinished write (%d examples never "
+                     "acknowledged)", self.path, len(pending))
 
     # --- writing (caller holds the head's lock) -----------------------------------------
     def append(self, rows: list[dict]) -> LogSummary:
-        """Give `rows` the next ids and store them durably; returns the new summary.
-
-        On any error nothing of this call stays in the file.
+        """Give `rows` the next ids and store them durably, all or none; returns the new
+        summary. On any error nothing of this call stays in the file.
         """
         summary = self.summary()
         new_file = not self.path.exists()
@@ -199,6 +208,7 @@ class ExampleLog:
             stored = {"id": after.last_id + 1, **row, "added": now}
             after.add(stored)
             lines.append(_line(stored))
+        lines.append(_line({"commit": after.last_id}))
         data = b"".join(lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -233,6 +243,8 @@ class ExampleLog:
             fh.write(_line({"format": FORMAT, "base_id": summary.last_id}))
             for row in kept:
                 fh.write(_line(row))
+            if kept:
+                fh.write(_line({"commit": summary.last_id}))
         with _summaries_lock:
             _summaries.pop(str(self.path), None)
         return removed
