@@ -29,3 +29,6 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
+    incremental = json.loads((results / "incremental.json").read_text())["results"][0]
+    assert incremental["incremental"]["samples"] < incremental["full"]["samples"]
+    assert incremental["naive"]["samples"] < incremental["incremental"]["samples"]
