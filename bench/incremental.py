@@ -46,7 +46,8 @@ def accuracy(registry: HeadRegistry, uuid: str, rows: list[dict]) -> float | Non
         return None
     labels = registry.check_head(uuid)["labels"]
     predictions = registry.predict(uuid, [r["text"] for r in rows])
-    return round(sum(labels[p] == r["label"] for p, r in zip(predictions, rows)) / len(rows), 4)
+    named = [labels[p] if p < len(labels) else None for p in predictions]  # unused classes: wrong
+    return round(sum(n == r["label"] for n, r in zip(named, rows)) / len(rows), 4)
 
 
 def clone(registry: HeadRegistry, src: str, dst: str) -> None:
