@@ -11,12 +11,14 @@ Deleting rewrites the file atomically (temp + rename), so a deleted example is g
 from the file, not merely hidden.
 
 File (`<heads>/<uuid>/examples.jsonl`):
-    {"format": "ph-examples/1", "base_id": 0}              header
+    {"format": "ph-examples/1", "base_id": 0, "generation": "5f0c..."}   header
     {"id": 1, "label": "order_food", "text": "..."}         one example per line
     {"commit": 1}                                           end of one call
 Ids grow by one per example and are never reused, even after deletes (a rewritten
 file's header carries the last id given out), so "added after id N" stays meaningful:
-incremental training relies on it.
+incremental training relies on it. Each rewrite gets a new `generation`, so a summary
+remembered from an earlier file is never mistaken for this one (even if the file
+system reuses the inode number).
 
 The interface (summary, append, read, delete) is what the registry uses, so another
 backend (a Redis list, an object store) can stand in for this file.
@@ -28,6 +30,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
@@ -80,7 +83,7 @@ class LogSummary:
     names: set = field(default_factory=set)
     vector_len: int | None = None
     size: int = 0  # bytes of whole lines this summary covers
-    inode: int = 0
+    generation: str = ""  # the header's: tells files apart across rewrites
 
     def add(self, row: dict) -> None:
         self.count += 1
@@ -123,20 +126,21 @@ class ExampleLog:
     # --- reading -----------------------------------------------------------------------
     def summary(self) -> LogSummary:
         """Count, last id and label kind of the stored examples (torn tail ignored)."""
-        key = str(self.path)
         try:
-            st = os.stat(self.path)
+            fh = open(self.path, "rb")
         except FileNotFoundError:
             return LogSummary()
-        with _summaries_lock:
-            cached = _summaries.get(key)
-        if cached is not None and cached.inode == st.st_ino and cached.size <= st.st_size:
-            if cached.size == st.st_size:
-                return replace(cached, names=set(cached.names))
-            summary = replace(cached, names=set(cached.names))
-        else:
-            summary = LogSummary(inode=st.st_ino)
-        with open(self.path, "rb") as fh:
+        with fh:
+            generation = _generation(fh.readline())
+            size = os.fstat(fh.fileno()).st_size
+            with _summaries_lock:
+                cached = _summaries.get(str(self.path))
+            if cached is not None and cached.generation == generation and cached.size <= size:
+                summary = replace(cached, names=set(cached.names))
+                if cached.size == size:
+                    return summary
+            else:
+                summary = LogSummary(generation=generation)
             fh.seek(summary.size)
             for end, rows, last_id in self._calls(fh, summary.size):
                 for row in rows:
@@ -201,9 +205,10 @@ class ExampleLog:
         summary = self.summary()
         new_file = not self.path.exists()
         lines, now = [], round(time.time(), 3)
-        if new_file or summary.size == 0:
-            lines.append(_line({"format": FORMAT, "base_id": summary.last_id}))
         after = replace(summary, names=set(summary.names))
+        if new_file or summary.size == 0:
+            after.generation = uuid.uuid4().hex[:16]
+            lines.append(_header(summary.last_id, after.generation))
         for row in rows:
             stored = {"id": after.last_id + 1, **row, "added": now}
             after.add(stored)
@@ -222,7 +227,7 @@ class ExampleLog:
             except BaseException:
                 os.ftruncate(fd, summary.size)
                 raise
-            after.inode, after.size = os.fstat(fd).st_ino, summary.size + len(data)
+            after.size = summary.size + len(data)
         finally:
             os.close(fd)
         if new_file:
@@ -240,7 +245,7 @@ class ExampleLog:
         if removed == 0:
             return 0
         with atomic_open(self.path) as fh:
-            fh.write(_line({"format": FORMAT, "base_id": summary.last_id}))
+            fh.write(_header(summary.last_id, uuid.uuid4().hex[:16]))
             for row in kept:
                 fh.write(_line(row))
             if kept:
@@ -254,6 +259,17 @@ class ExampleLog:
             if len(_summaries) >= _SUMMARIES_KEPT:
                 _summaries.pop(next(iter(_summaries)))
             _summaries[str(self.path)] = replace(summary, names=set(summary.names))
+
+
+def _header(base_id: int, generation: str) -> bytes:
+    return _line({"format": FORMAT, "base_id": base_id, "generation": generation})
+
+
+def _generation(first_line: bytes) -> str:
+    try:
+        return str(json.loads(first_line).get("generation", "")) if first_line.endswith(b"\n") else ""
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ""
 
 
 def _line(obj: dict) -> bytes:

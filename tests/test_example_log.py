@@ -123,3 +123,14 @@ def test_kill_9_during_add_examples_loses_nothing_acknowledged(workdir):
     assert after == len(stored) + 1
     lines = (workdir / "heads" / "k" / "examples.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)
+
+
+def test_a_rewritten_file_is_never_taken_for_the_one_a_summary_was_made_from(log, tmp_path):
+    log.append(rows("a", "b", "c"))
+    remembered = dict(example_log._summaries)
+    log.delete({1})  # another process rewrites the file...
+    log.append(rows("d", "e"))
+    example_log._summaries.update(remembered)  # ...while this one remembers the old file
+    summary = log.summary()
+    assert (summary.count, summary.last_id) == (4, 5)
+    assert log.append(rows("f")).last_id == 6
