@@ -8,11 +8,12 @@ keeps examples, whatever backend it uses.
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 from dataclasses import dataclass, field
 from numbers import Number
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import INCREMENTAL_DEFAULTS, incremental_problems
 from .data import parse_records
@@ -140,6 +141,33 @@ def _check_label(label: Any, kind: str, i: int, head: HeadFacts, stored: LogSumm
 
 
 # --- choosing what a run trains on -----------------------------------------------------
+def choose_data(config: dict, named: bool, incremental: bool,
+                stored: Callable[[], int]) -> dict:
+    """The training config with its data source decided.
+
+    A train_json the call names (`named`) is used together with the stored examples.
+    Without one, a head that has stored examples (`stored()` > 0) trains on them only
+    (train_json becomes null), and a head without any uses its config's train_json.
+    An incremental run uses stored examples only.
+    """
+    dataloader = config["Trainer"]["dataloader"]
+    if dataloader["type"] != "SnipsDataLoader":
+        if incremental:
+            raise ConfigError(f"train_head(incremental=True) trains on stored examples, which "
+                              f"need Trainer.dataloader SnipsDataLoader (this run uses "
+                              f"{dataloader['type']})")
+        return config
+    train_json = (dataloader.get("args") or {}).get("train_json")
+    if incremental and named and train_json:
+        raise ConfigError(f"Trainer.dataloader.args.train_json: an incremental run trains on "
+                          f"the head's stored examples only, not on '{train_json}'; add the "
+                          "file's examples with add_examples, or train without incremental")
+    if not named and train_json and (incremental or stored()):
+        config = copy.deepcopy(config)
+        config["Trainer"]["dataloader"]["args"]["train_json"] = None
+    return config
+
+
 @dataclass
 class ExamplePlan:
     """The stored examples one run trains on, and the high-water mark it reaches."""

@@ -20,9 +20,10 @@ from .components import UserCode
 from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import BadInputError, ConfigError, ConflictError, NotFoundError, as_ph_error, did_you_mean
+from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, as_ph_error,
+                     did_you_mean)
 from .example_log import ExampleLimits
-from .learning import HeadFacts, check_examples, plan_examples
+from .learning import HeadFacts, check_examples, choose_data, plan_examples
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -158,26 +159,11 @@ class HeadRegistry:
         before. An incremental run uses stored examples only.
         """
         overrides = self._load(config, "config") if config is not None else {}
-        named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
         full = self._merged_training_config(record, overrides) if config is not None \
             else record["config"]
-        dataloader = full["Trainer"]["dataloader"]
-        if dataloader["type"] != "SnipsDataLoader":
-            if incremental:
-                raise ConfigError(f"train_head(incremental=True) trains on stored examples, which "
-                                  f"need Trainer.dataloader SnipsDataLoader (this run uses "
-                                  f"{dataloader['type']})")
-            return full
-        train_json = (dataloader.get("args") or {}).get("train_json")
-        if incremental and named and train_json:
-            raise ConfigError(f"Trainer.dataloader.args.train_json: an incremental run trains on "
-                              f"the head's stored examples only, not on '{train_json}'; add the "
-                              "file's examples with add_examples, or train without incremental")
-        if not named and train_json and (incremental or self.store.examples(record["uuid"])
-                                         .summary().count):
-            full = copy.deepcopy(full)
-            full["Trainer"]["dataloader"]["args"]["train_json"] = None
-        return full
+        named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
+        return choose_data(full, named, incremental,
+                           lambda: self.store.examples(record["uuid"]).summary().count)
 
     def _merged_training_config(self, record: dict, overrides: dict) -> dict:
         head_config = record["config"]
