@@ -113,6 +113,7 @@ def main() -> None:
                    help="old examples replayed per new one (Trainer.incremental.replay_ratio)")
     args = p.parse_args()
     device = setup(args)
+    random.seed(0)  # the heads' initial weights: the same figures on every run
     train, held = make_split(seed=0, per_intent=48, held_out_per_intent=30)
     work = Path(tempfile.mkdtemp(prefix="ph-incremental-"))
     try:
