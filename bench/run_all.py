@@ -15,11 +15,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
-        "many_heads": ["--heads", "10000", "--budget", "2GB"], "serve_load": []}
+        "many_heads": ["--heads", "10000", "--budget", "2GB"], "incremental": [],
+        "serve_load": []}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
          "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"],
+         "incremental": ["--new", "5", "--old", "10", "--epochs", "2"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1",
                         "--parts", "sweep,anchor", "--generator", "python"]}
 NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
@@ -64,6 +66,14 @@ def summary(results: dict) -> str:
                      f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
                      f"max held {b['max_heads_held']}, within budget: {b['within_budget']}, "
                      f"peak RSS {b['peak_rss_gb']} GiB", ""))
+    if "incremental" in results:
+        for r in results["incremental"]["results"]:
+            cells = {m: r[m] for m in ("incremental", "full", "naive")}
+            rows.append((f"new label, {r['new_examples']} new + {r['old_examples']} old examples: "
+                         "old / new accuracy, samples (incremental; full; naive)",
+                         "; ".join(f"{c['old_accuracy']} / {c['new_accuracy']}, {c['samples']}"
+                                   for c in cells.values()),
+                         f"old accuracy near base {r['base']['old_accuracy']}"))
     if "serve_load" in results:
         rows += serve_rows(results["serve_load"])
     width = max(len(r[0]) for r in rows) if rows else 10

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .errors import BadInputError, ConfigError, PHError
+from .example_log import ExampleLimits
 from .paths import PathPolicy
 from .registry import HeadRegistry, default_heads_dir
 
@@ -21,7 +22,8 @@ _registry_lock = threading.Lock()
 
 
 def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
-          policy: PathPolicy | None = None) -> HeadRegistry:
+          policy: PathPolicy | None = None, max_examples_per_call: int | None = None,
+          max_examples_per_head: int | None = None) -> HeadRegistry:
     """(Re)create the process-wide registry; Jaseci calls this with a module's context.
 
     Args:
@@ -29,14 +31,21 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
         memory_budget: bytes of loaded heads to keep in memory (default: $PH_MEMORY_BUDGET
             or unlimited); accepts suffixes like "2GB".
         policy: which paths and code callers may use (default: all; the server passes its own).
+        max_examples_per_call: examples one add_examples call may add (default:
+            $PH_MAX_EXAMPLES_PER_CALL or 1000).
+        max_examples_per_head: examples one head may hold (default:
+            $PH_MAX_EXAMPLES_PER_HEAD or 100000).
     """
     global _registry
     with _registry_lock:
-        if _registry is not None and heads_dir is memory_budget is policy is None:
+        if _registry is not None and heads_dir is memory_budget is policy is None \
+                and max_examples_per_call is max_examples_per_head is None:
             return _registry  # Jaseci calls setup() with no context on every module load
         budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
         _registry = HeadRegistry(heads_dir or default_heads_dir(), policy,
-                                 parse_bytes(budget) if budget not in (None, "") else None)
+                                 parse_bytes(budget) if budget not in (None, "") else None,
+                                 ExampleLimits.from_env(max_examples_per_call,
+                                                        max_examples_per_head))
         return _registry
 
 
@@ -75,15 +84,21 @@ def predict_many(requests: list) -> list:
 
 
 def train_head(uuid: str, config: dict | str | None = None, config_file: str | None = None,
-               auto_update: bool = True, background: bool = False) -> dict:
-    """Train a head; returns the summary, or `{"job_id": ...}` at once when `background`."""
+               auto_update: bool = True, background: bool = False,
+               incremental: bool = False) -> dict:
+    """Train a head; returns the summary, or `{"job_id": ...}` at once when `background`.
+
+    Without a train_json in `config`, a head with stored examples trains on them; with
+    one, on both. `incremental` starts from the current weights and trains on the
+    examples added since the last run plus a replay sample of older ones."""
     registry = get_registry()
     config = _one_config(config, config_file)
     auto_update = _flag(auto_update, "auto_update")
+    incremental = _flag(incremental, "incremental")
     if _flag(background, "background"):
         from .jobs import start_job
-        return start_job(registry, uuid, config, auto_update)
-    return to_plain(registry.train(uuid, config, auto_update))
+        return start_job(registry, uuid, config, auto_update, incremental)
+    return to_plain(registry.train(uuid, config, auto_update, incremental=incremental))
 
 
 def train_status(job_id: str) -> dict:
@@ -110,7 +125,26 @@ def get_config(uuid: str) -> dict:
 
 
 def check_head(uuid: str) -> dict:
+    """What is known about a head; `{"uuid", "exists": false}` when there is none."""
     return to_plain(get_registry().check_head(uuid))
+
+
+def add_examples(uuid: str, examples: Any) -> int:
+    """Store training examples with the head (the layouts train_json takes: {label:
+    [texts]} or [{text | input_ids | embedding, label}]); returns its example count.
+    The whole call is checked first: on an error nothing is stored."""
+    return get_registry().add_examples(uuid, examples)
+
+
+def list_examples(uuid: str, offset: int = 0, limit: int = 100) -> list:
+    """The head's stored examples, oldest first: `{"id", "text" | "input_ids" | ..., "label",
+    "added"}` each."""
+    return get_registry().list_examples(uuid, offset, limit)
+
+
+def delete_examples(uuid: str, ids: list | None = None) -> dict:
+    """Delete some stored examples by id, or all of them (ids omitted)."""
+    return get_registry().delete_examples(uuid, ids)
 
 
 def list_heads() -> list:
@@ -127,7 +161,8 @@ def head_stats() -> dict:
 
 
 ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, train_status, stop_training,
-           load_weights, get_config, check_head, list_heads, delete_head, head_stats)
+           load_weights, get_config, check_head, list_heads, delete_head, head_stats,
+           add_examples, list_examples, delete_examples)
 
 
 def _flag(value: Any, name: str) -> bool:

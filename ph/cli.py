@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--access-log", action="store_true",
                        help="log every request (off by default: a line per request costs "
                             "throughput; errors are always logged)")
+    serve.add_argument("--max-body-bytes", type=int,
+                       default=int(os.environ.get("PH_MAX_BODY_BYTES") or 32 * 2**20),
+                       help="largest request body accepted; a larger one gets a 413 "
+                            "(default $PH_MAX_BODY_BYTES or 32 MiB)")
     serve.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     return serve_command(args)
@@ -51,7 +55,8 @@ def serve_command(args: argparse.Namespace) -> int:
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2
     settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
-                              args.memory_budget, args.batch_window_ms, args.workers, args.threads)
+                              args.memory_budget, args.batch_window_ms, args.workers, args.threads,
+                              args.max_body_bytes)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
     import uvicorn

@@ -69,12 +69,15 @@ DEFAULT_CONFIG: dict = {
     },
 }
 
+# Trainer.incremental is optional and not filled in by default, so the configs of heads
+# stored before it existed stay equal to new ones (create_head compares them).
+INCREMENTAL_DEFAULTS = {"replay_ratio": 2.0, "replay_max": 1000}
 COMPONENT_KEYS = ("type", "args")
 SECTION_KEYS = {
     "Inference": {"preprocess", "postprocess", "weights", "device", "dtype"},
     "Model": set(COMPONENT_KEYS),
     "Trainer": {"name", "n_gpu", "seed", "dataloader", "loss", "metrics", "optimizer",
-                "lr_scheduler", "trainer"},
+                "lr_scheduler", "trainer", "incremental"},
 }
 LOOP_KEYS = set(DEFAULT_CONFIG["Trainer"]["trainer"])
 DTYPES = ("float32", "bfloat16", "float16")
@@ -210,6 +213,7 @@ def _check_trainer(trainer: Mapping) -> list[str]:
     problems += _check(trainer, "metrics", "Trainer",
                        lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v),
                        "a list of metric names")
+    problems += incremental_problems(trainer.get("incremental"))
     loop = trainer.get("trainer")
     if not isinstance(loop, Mapping):
         return problems + [f"Trainer.trainer: must be a mapping, got {loop!r}"]
@@ -229,6 +233,24 @@ def _check_trainer(trainer: Mapping) -> list[str]:
                        "a checkpoint path or ''")
     problems += _check(loop, "monitor", path, lambda v: parse_monitor(v) is not None,
                        "'off', 'min <metric>' or 'max <metric>', e.g. 'min val_loss'")
+    return problems
+
+
+def incremental_problems(given: Any) -> list[str]:
+    """Shape problems of a Trainer.incremental mapping."""
+    if given is None:
+        return []
+    if not isinstance(given, Mapping):
+        return [f"Trainer.incremental: must be a mapping with replay_ratio and replay_max, "
+                f"got {given!r}"]
+    problems = [f"Trainer.incremental.{k}: unknown key; accepted: replay_max, replay_ratio"
+                for k in given if k not in INCREMENTAL_DEFAULTS]
+    ratio, most = given.get("replay_ratio", 2.0), given.get("replay_max", 1000)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 100:
+        problems.append(f"Trainer.incremental.replay_ratio: must be a number from 0 to 100 (old "
+                        f"examples replayed per new one), got {ratio!r}")
+    if isinstance(most, bool) or not isinstance(most, int) or most < 0:
+        problems.append(f"Trainer.incremental.replay_max: must be a whole number >= 0, got {most!r}")
     return problems
 
 

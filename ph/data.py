@@ -34,6 +34,8 @@ class DataContext:
     n_classes: int | None = None
     seed: int = 0
     resolve_path: Callable[[str, str], Path] = lambda p, key: Path(p)
+    examples: tuple[list, list] | None = None  # (inputs, labels) stored with the head
+    replay: tuple[list, list, int] | None = None  # (inputs, labels, rows drawn per epoch)
 
 
 @dataclass
@@ -67,6 +69,28 @@ class TensorBatches:
             else:
                 idx = order[start:start + self.batch_size]
                 yield self.x[idx], self.y[idx]
+
+
+class ReplayBatches(TensorBatches):
+    """Each epoch: every given row plus a fresh draw of `per_epoch` rows from a replay
+    pool, so an incremental run sees many old examples over its epochs while each epoch
+    costs only (new + per_epoch) rows."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, pool_x: torch.Tensor,
+                 pool_y: torch.Tensor, per_epoch: int, batch_size: int, shuffle: bool,
+                 generator: torch.Generator):
+        super().__init__(x, y, batch_size, shuffle, generator)
+        self.pool_x, self.pool_y = pool_x, pool_y
+        self.per_epoch = min(per_epoch, len(pool_x))
+
+    def __len__(self) -> int:
+        return math.ceil((len(self.x) + self.per_epoch) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        pick = torch.randperm(len(self.pool_x), generator=self.generator)[:self.per_epoch]
+        yield from TensorBatches(torch.cat([self.x, self.pool_x[pick]]),
+                                 torch.cat([self.y, self.pool_y[pick]]), self.batch_size,
+                                 self.shuffle, self.generator)
 
 
 class _LoaderSettings:
@@ -108,30 +132,62 @@ class SnipsDataLoader(_LoaderSettings):
     or pandas-style columns. Labels are class indices, names (kept as the head's label
     map) or vectors (regression targets). The encoded data is held as tensors, so
     `num_workers` has nothing to do here and is ignored.
+
+    The examples stored with the head (add_examples) come in through the context and
+    are trained on together with the file; `train_json: null` (or '') means no file,
+    only the stored examples.
     """
 
     def __init__(self, train_json: Any = "train.json", batch_size: int = 32, shuffle: bool = True,
                  validation_split: float | int = 0.0, num_workers: int = 0, *,
                  context: DataContext | None = None):
         super().__init__(batch_size, shuffle, validation_split, num_workers)
-        if not isinstance(train_json, str) or not train_json:
-            raise ConfigError(f"{ARGS}.train_json: must be the path of a JSON file, got {train_json!r}")
-        self.train_json, self.context = train_json, context or DataContext()
+        if train_json is not None and not isinstance(train_json, str):
+            raise ConfigError(f"{ARGS}.train_json: must be the path of a JSON file (or null for "
+                              f"the head's stored examples only), got {train_json!r}")
+        self.train_json, self.context = train_json or None, context or DataContext()
 
     def load(self) -> TrainingData:
         ctx = self.context
-        path = ctx.resolve_path(self.train_json, f"{ARGS}.train_json")
-        inputs, labels = read_examples(path, self.train_json)
-        x = _encode(ctx.preprocessor, inputs, self.train_json)
-        y, label_names = encode_labels(labels, ctx.labels, ctx.n_classes, self.train_json)
-        n_valid = self.valid_count(len(x), self.train_json)
+        inputs, labels, sources = [], [], []
+        if self.train_json:
+            path = ctx.resolve_path(self.train_json, f"{ARGS}.train_json")
+            inputs, labels = read_examples(path, self.train_json)
+            sources.append(f"'{self.train_json}'")
+        if ctx.examples and ctx.examples[0]:
+            inputs, labels = inputs + list(ctx.examples[0]), labels + list(ctx.examples[1])
+            sources.append("the head's stored examples")
+        if not inputs:
+            raise BadInputError("no training data: this head has no stored examples and "
+                                f"{ARGS}.train_json is not set; add examples with "
+                                "add_examples(uuid, examples) or name a train_json file")
+        name = " and ".join(sources)
+        n_main = len(inputs)
+        replay = ctx.replay if ctx.replay and ctx.replay[0] and ctx.replay[2] > 0 else None
+        if replay:
+            inputs, labels = inputs + list(replay[0]), labels + list(replay[1])
+        x = _encode(ctx.preprocessor, inputs, name)
+        y, label_names = encode_labels(labels, ctx.labels, ctx.n_classes, name)
+        n_valid = self.valid_count(n_main, name)
         generator = torch.Generator().manual_seed(ctx.seed)
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(n_main, generator=generator)
         valid_idx, train_idx = order[:n_valid], order[n_valid:]
-        train = TensorBatches(x[train_idx], y[train_idx], self.batch_size, self.shuffle, generator)
+        if replay is None:
+            train = TensorBatches(x[train_idx], y[train_idx], self.batch_size, self.shuffle,
+                                  generator)
+            n_train = len(train_idx)
+        else:  # old examples replayed: a share of the pool validates, the rest is drawn from
+            pool = n_main + torch.randperm(len(x) - n_main, generator=generator)
+            n_pool_valid = min(len(pool) // 2, round(replay[2] * n_valid / n_main))
+            valid_idx = torch.cat([valid_idx, pool[:n_pool_valid]])
+            pool = pool[n_pool_valid:]
+            train = ReplayBatches(x[train_idx], y[train_idx], x[pool], y[pool],
+                                  replay[2] - n_pool_valid, self.batch_size, self.shuffle,
+                                  generator)
+            n_train = len(train_idx) + train.per_epoch
         valid = (TensorBatches(x[valid_idx], y[valid_idx], self.batch_size, False, generator)
-                 if n_valid else None)
-        return TrainingData(train, valid, len(train_idx), n_valid, label_names)
+                 if len(valid_idx) else None)
+        return TrainingData(train, valid, n_train, len(valid_idx), label_names)
 
 
 @DATALOADERS.register("CustomDataLoader")
@@ -174,71 +230,94 @@ def read_examples(path: Path, name: str) -> tuple[list, list]:
     """(inputs, labels) from a training JSON file in any of the accepted formats."""
     if not path.is_file():
         raise BadInputError(f"{ARGS}.train_json: file '{name}' not found (looked at {path}); "
-                            "set train_json to your training data file")
+                            "set train_json to your training data file, or store examples "
+                            "with add_examples and train without train_json")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{ARGS}.train_json: '{name}' is not valid JSON ({exc})") from None
+    records = parse_records(data, f"{ARGS}.train_json: '{name}'")
+    return [value for _, value, _ in records], [label for _, _, label in records]
+
+
+def parse_records(data: Any, where: str) -> list[tuple[str, Any, Any]]:
+    """(input key, input, label) per example from any accepted layout (a train_json file's
+    content or add_examples' argument); errors start with `where` and name the record."""
     if isinstance(data, list):
-        pairs = [_record(row, i, name) for i, row in enumerate(data)]
+        records = [_record(row, i, where) for i, row in enumerate(data)]
     elif isinstance(data, dict) and isinstance(data.get("label"), dict):
-        pairs = _columns(data, name)
+        records = _columns(data, where)
     elif isinstance(data, dict) and all(isinstance(v, list) and all(isinstance(u, str) for u in v)
                                         for v in data.values()):
-        pairs = [(text, label) for label, texts in data.items() for text in texts]
+        records = [("text", text, label) for label, texts in data.items() for text in texts]
     else:
-        raise BadInputError(f"{ARGS}.train_json: '{name}' has an unknown layout; use {FORMATS}")
-    if not pairs:
-        raise BadInputError(f"{ARGS}.train_json: '{name}' holds no examples; add some")
-    inputs, labels = zip(*pairs)
-    return list(inputs), list(labels)
+        raise BadInputError(f"{where} has an unknown layout; use {FORMATS}")
+    if not records:
+        raise BadInputError(f"{where} holds no examples; add some")
+    return records
 
 
-def _record(row: Any, index: int, name: str) -> tuple:
+def _record(row: Any, index: int, where: str) -> tuple:
     if not isinstance(row, dict) or "label" not in row:
-        raise BadInputError(f"{ARGS}.train_json: '{name}' record {index} must be an object with "
+        raise BadInputError(f"{where} record {index} must be an object with "
                             f"'label' and 'text' (or 'input_ids'/'embedding'); got {row!r:.80}")
     for key in ("input_ids", "embedding", "text"):
         if key in row:
-            return row[key], row["label"]
-    raise BadInputError(f"{ARGS}.train_json: '{name}' record {index} has no 'text', 'input_ids' "
+            return key, row[key], row["label"]
+    raise BadInputError(f"{where} record {index} has no 'text', 'input_ids' "
                         "or 'embedding'")
 
 
-def _columns(data: dict, name: str) -> list[tuple]:
+def _columns(data: dict, where: str) -> list[tuple]:
     column = next((k for k in ("input_ids", "embedding", "text") if isinstance(data.get(k), dict)),
                   None)
     if column is None:
-        raise BadInputError(f"{ARGS}.train_json: '{name}' has a 'label' column but no "
+        raise BadInputError(f"{where} has a 'label' column but no "
                             "'input_ids', 'embedding' or 'text' column")
     inputs = data[column]
     missing = [row for row in data["label"] if row not in inputs]
     if missing:
-        raise BadInputError(f"{ARGS}.train_json: '{name}' rows {missing[:5]} have a label but "
+        raise BadInputError(f"{where} rows {missing[:5]} have a label but "
                             f"no {column}")
-    return [(inputs[row], label) for row, label in data["label"].items()]
+    return [(column, inputs[row], label) for row, label in data["label"].items()]
 
 
 def _encode(preprocessor: Any, inputs: list, name: str) -> torch.Tensor:
-    """Encode every input with the head's pre-processor (text and vectors alike)."""
+    """Encode every input with the head's pre-processor (text and vectors alike; a mix
+    of both is encoded kind by kind and put back in order)."""
     if preprocessor is None:
         raise ConfigError("Inference.preprocess: SnipsDataLoader needs the head's pre-processor "
                           "to encode its data")
+    texts = [i for i, v in enumerate(inputs) if isinstance(v, str)]
+    groups = [texts] if len(texts) == len(inputs) else [
+        texts, [i for i, v in enumerate(inputs) if not isinstance(v, str)]]
+    out = None
     try:
-        chunks = [preprocessor.process(inputs[i:i + 512]) for i in range(0, len(inputs), 512)]
+        for group in (g for g in groups if g):
+            for start in range(0, len(group), 512):
+                rows = group[start:start + 512]
+                chunk = preprocessor.process([inputs[i] for i in rows])
+                if len(groups) == 1:
+                    out = chunk if out is None else torch.cat([out, chunk])
+                    continue
+                if out is None:
+                    out = chunk.new_empty((len(inputs), *chunk.shape[1:]))
+                out[rows] = chunk
     except BadInputError as exc:
-        raise BadInputError(f"{ARGS}.train_json: '{name}': {exc}") from None
-    return torch.cat(chunks)
+        raise BadInputError(f"{ARGS}.train_json: {name}: {exc}") from None
+    return out
 
 
 def encode_labels(labels: list, known: list | None, n_classes: int | None,
                   name: str) -> tuple[torch.Tensor, list | None]:
-    """Targets tensor and the label map (known names first, new ones appended sorted)."""
+    """Targets tensor and the label map (known names first, new ones appended sorted).
+
+    `name` says where the labels come from in messages (e.g. "'train.json'")."""
     if all(is_int(v) for v in labels):
         bad = [(i, v) for i, v in enumerate(labels) if v < 0 or (n_classes and v >= n_classes)]
         if bad:
             i, v = bad[0]
-            raise BadInputError(f"{ARGS}.train_json: '{name}' example {i} has label {v}, outside "
+            raise BadInputError(f"{ARGS}.train_json: {name} example {i} has label {v}, outside "
                                 f"0..{(n_classes or 1) - 1} (Model.args.n_classes={n_classes}); "
                                 "fix the label or raise n_classes")
         return torch.tensor(labels, dtype=torch.long), known
@@ -246,7 +325,7 @@ def encode_labels(labels: list, known: list | None, n_classes: int | None,
         names = list(known or [])
         names += sorted(set(labels) - set(names))
         if n_classes and len(names) > n_classes:
-            raise BadInputError(f"{ARGS}.train_json: '{name}' has {len(names)} distinct labels "
+            raise BadInputError(f"{ARGS}.train_json: {name} has {len(names)} distinct labels "
                                 f"({', '.join(map(str, names[:12]))}...) but the model has "
                                 f"n_classes={n_classes}; raise Model.args.n_classes")
         index = {label: i for i, label in enumerate(names)}
@@ -254,11 +333,11 @@ def encode_labels(labels: list, known: list | None, n_classes: int | None,
     if all(isinstance(v, list) and all(isinstance(f, Number) for f in v) for v in labels):
         sizes = sorted({len(v) for v in labels})
         if len(sizes) > 1:
-            raise BadInputError(f"{ARGS}.train_json: '{name}' vector labels have different "
+            raise BadInputError(f"{ARGS}.train_json: {name} vector labels have different "
                                 f"lengths {sizes[:5]}; every target must have the same length")
         return torch.tensor(labels, dtype=torch.float32), known
     kinds = sorted({type(v).__name__ for v in labels})
-    raise BadInputError(f"{ARGS}.train_json: '{name}' labels must be all class indices, all "
+    raise BadInputError(f"{ARGS}.train_json: {name} labels must be all class indices, all "
                         f"names or all vectors; found {', '.join(kinds)}")
 
 

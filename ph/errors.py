@@ -74,6 +74,13 @@ class ConflictError(PHError):
     http_status = 409
 
 
+class TooLargeError(PHError):
+    """More than the operator allows: a request body, examples per call or per head."""
+
+    kind = "too_large"
+    http_status = 413
+
+
 class TrainingError(PHError):
     """Training started but failed; the head's current weights are unchanged."""
 

@@ -29,13 +29,18 @@ log = logging.getLogger("ph.jobs")
 JOB_NICENESS = 10  # training jobs yield the CPU to serving
 
 
-def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True) -> dict:
-    """Validate the training config now, then train in a new process; returns the job id."""
+def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True,
+              incremental: bool = False) -> dict:
+    """Validate the training config now, then train in a new process; returns the job id.
+
+    The job trains on the head's stored examples as a foreground run would (they are
+    read when the job starts training, so examples added until then are included)."""
     record = registry.store.read(check_uuid(uuid))
-    full = registry.training_config(record, config)
+    full = registry.training_config(record, config, incremental)
     policy = registry.policy
     job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
-           "config": full, "auto_update": bool(auto_update), "epoch": 0,
+           "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
+           "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
            "summary": None, "pid": None,
            "policy": {"roots": (None if policy.allowed_roots is None
@@ -102,7 +107,8 @@ def run_job(heads_dir: str, job_id: str) -> int:
             raise TrainingStopped("the job was stopped before it started; the head keeps its "
                                   "previous weights")
         summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
-                                          stop, on_epoch, job_id=job_id)
+                                          stop, on_epoch, job.get("incremental", False),
+                                          job_id=job_id)
         job.update(state="succeeded", summary=summary)
     except PHError as exc:
         job.update(state="stopped" if stop.is_set() or isinstance(exc, TrainingStopped)

@@ -27,7 +27,10 @@ from .components import UserCode
 from .config import SECTION_KEYS, config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import ConfigError, ConflictError, as_ph_error, did_you_mean
+from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, as_ph_error,
+                     did_you_mean)
+from .example_log import ExampleLimits
+from .learning import HeadFacts, check_examples, choose_data, plan_examples
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -41,9 +44,10 @@ class HeadRegistry:
     """Creates, serves and trains the heads in one heads folder."""
 
     def __init__(self, heads_dir: str | os.PathLike = "heads", policy: PathPolicy | None = None,
-                 memory_budget: int | None = None):
+                 memory_budget: int | None = None, limits: ExampleLimits | None = None):
         self.store = HeadStore(heads_dir)
         self.policy = policy or PathPolicy()
+        self.limits = limits or ExampleLimits.from_env()
         self.cache = HeadCache(memory_budget, on_evict=self._unload)
         self.banks: dict[tuple, HeadBank] = {}
         self._banks_lock = threading.Lock()
@@ -144,21 +148,34 @@ class HeadRegistry:
 
     def train(self, uuid: str, config: Any = None, auto_update: bool = True,
               stop: threading.Event | None = None,
-              on_epoch: Callable[[dict], None] | None = None) -> dict:
+              on_epoch: Callable[[dict], None] | None = None, incremental: bool = False) -> dict:
         """Train a head on its Trainer config (with `config` merged in); returns a summary.
 
         With `auto_update` the head switches to the best weights at the end, atomically.
+        `incremental` trains from the current weights on the examples added since the
+        last run plus a replay sample of older ones.
         """
         record = self.store.read(check_uuid(uuid))
-        full = self.training_config(record, config)
-        return self.train_resolved(uuid, full, auto_update, stop, on_epoch)
+        full = self.training_config(record, config, incremental)
+        return self.train_resolved(uuid, full, auto_update, stop, on_epoch, incremental)
 
-    def training_config(self, record: dict, config: Any = None) -> dict:
-        """The head's config with the Trainer section of `config` merged in, validated."""
+    def training_config(self, record: dict, config: Any = None, incremental: bool = False) -> dict:
+        """The head's config with the Trainer section of `config` merged in, validated.
+
+        Which data: a train_json named in this call's `config` is used together with the
+        stored examples. Without one, a head that has stored examples trains on them only
+        (train_json becomes null), and a head without any uses its config's train_json as
+        before. An incremental run uses stored examples only.
+        """
+        overrides = self._load(config, "config") if config is not None else {}
+        full = self._merged_training_config(record, overrides) if config is not None \
+            else record["config"]
+        named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
+        return choose_data(full, named, incremental,
+                           lambda: self.store.examples(record["uuid"]).summary().count)
+
+    def _merged_training_config(self, record: dict, overrides: dict) -> dict:
         head_config = record["config"]
-        if config is None:
-            return head_config
-        overrides = self._load(config, "config")
         unknown = [k for k in overrides if k not in SECTION_KEYS]
         if unknown:
             raise ConfigError([f"{k}: unknown key{did_you_mean(k, SECTION_KEYS)}; a training "
@@ -180,7 +197,7 @@ class HeadRegistry:
     def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
                        stop: threading.Event | None = None,
                        on_epoch: Callable[[dict], None] | None = None,
-                       job_id: str | None = None) -> dict:
+                       incremental: bool = False, job_id: str | None = None) -> dict:
         """Train with an already validated config (background jobs start here, with their
         `job_id`: the head is already theirs, so they wait for a probe to let go of its lock)."""
         if job_id is None:  # a direct run: refused while another run or an accepted job lives
@@ -191,14 +208,21 @@ class HeadRegistry:
                 with self.store.lock(uuid):
                     self.check_idle(uuid, "a second train_head", lock_held=True)
             record, state = self.store.read_current(uuid)
+            plan = plan_examples(list(self.store.examples(uuid).iter()),
+                                 record.get("examples_seen", 0), incremental, config["Trainer"],
+                                 config["Trainer"]["seed"])
+            if plan.nothing_new:
+                return {"uuid": uuid, "updated": False, "examples": plan.info,
+                        "note": "no examples were added since the last run: nothing to learn"}
             code = self._code(record)
             model = make_model(config, code, state, record["seed"])
             context = DataContext(code, build_processors(config, code)[0], record.get("labels"),
                                   config["Model"].get("args", {}).get("n_classes"),
-                                  config["Trainer"]["seed"], self.policy.resolve)
+                                  config["Trainer"]["seed"], self.policy.resolve,
+                                  (plan.inputs, plan.labels), plan.replay)
             summary, best, labels = run_training(config, model, context, uuid, self.policy.resolve,
                                                  stop, on_epoch)
-            summary.update(uuid=uuid, updated=False)
+            summary.update(uuid=uuid, updated=False, examples=plan.info)
             if best is None:
                 summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
                                    "the head keeps its weights")
@@ -211,6 +235,9 @@ class HeadRegistry:
                     run = {k: summary[k] for k in ("best_epoch", "best_value", "epochs_run",
                                                    "monitor", "weights")}
                     run["finished"] = time.time()
+                    if plan.inputs:  # the examples this run covered (incremental runs start after)
+                        current["examples_seen"] = max(current.get("examples_seen", 0),
+                                                       plan.seen_up_to)
                     new = self.store.write_weights(uuid, current, best, labels, run)
                     self._switch(uuid, new, make_model(config, code, best))
                 summary.update(updated=True, revision=new["revision"], labels=labels)
@@ -220,10 +247,16 @@ class HeadRegistry:
         return self.store.read(check_uuid(uuid))["config"]
 
     def check_head(self, uuid: str) -> dict:
-        """What is known about a head without loading it."""
-        record = self.store.read(check_uuid(uuid))
+        """What is known about a head without loading it; `{"uuid", "exists": False}` for
+        a head that does not exist, so a walker can branch on it."""
+        try:
+            record = self.store.read(check_uuid(uuid))
+        except NotFoundError:
+            return {"uuid": uuid, "exists": False}
         loaded, job = self.cache.peek(uuid), self.training_job(uuid)
         return {"uuid": uuid, "exists": True, "model": record["config"]["Model"]["type"],
+                "examples": self.store.examples(uuid).summary().count,
+                "examples_seen": record.get("examples_seen", 0),
                 "revision": record["revision"], "trained": bool(record.get("weights")),
                 "labels": record.get("labels"), "runs": len(record.get("runs", [])),
                 "last_run": (record.get("runs") or [None])[-1],
@@ -231,6 +264,61 @@ class HeadRegistry:
                 "device": str(loaded.engine.device) if loaded else None,
                 "created": record.get("created"),
                 "training": job is not None or self.store.is_training(uuid), "training_job": job}
+
+    # --- stored examples -------------------------------------------------------------------
+    def add_examples(self, uuid: str, examples: Any) -> int:
+        """Store examples with the head (checked whole first); returns its example count.
+
+        Durable when this returns: the examples are fsynced under the head's lock.
+        """
+        record = self.store.read(check_uuid(uuid))
+        loader = record["config"]["Trainer"]["dataloader"]["type"]
+        if loader != "SnipsDataLoader":
+            raise ConfigError(f"head '{uuid}' trains with Trainer.dataloader {loader}, which reads "
+                              "its own Dataset; stored examples need SnipsDataLoader")
+        preprocessor = self._preprocessor(record)
+        with self.store.lock(uuid):
+            current = self.store.read(uuid)
+            if current["created"] != record["created"]:
+                raise ConflictError(f"head '{uuid}' was replaced while the examples were checked; "
+                                    "call add_examples again")
+            log = self.store.examples(uuid)
+            facts = HeadFacts.of(uuid, current["config"], current.get("labels"), preprocessor)
+            rows = check_examples(examples, facts, log.summary(), self.limits)
+            return log.append(rows).count
+
+    def list_examples(self, uuid: str, offset: int = 0, limit: int = 100) -> list[dict]:
+        """Stored examples from position `offset` (at most `limit`), oldest first."""
+        self.store.signature(check_uuid(uuid))  # raises if the head does not exist
+        for name, value in (("offset", offset), ("limit", limit)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise BadInputError(f"{name}: must be a whole number >= 0, got {value!r}")
+        if limit > self.limits.per_call:
+            raise BadInputError(f"limit: at most {self.limits.per_call} examples per call, got "
+                                f"{limit}; page with offset")
+        return self.store.examples(uuid).read(offset, limit)
+
+    def delete_examples(self, uuid: str, ids: list | None = None) -> dict:
+        """Delete the examples with these ids, or all of them (ids None); they are gone
+        from disk when this returns. Weights already trained on them keep what they
+        learnt until the head is trained again."""
+        self.store.signature(check_uuid(uuid))
+        if ids is not None:
+            if not isinstance(ids, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise BadInputError(f"ids: must be a list of example ids (whole numbers, as "
+                                    f"list_examples shows them) or null for all, got {ids!r:.80}")
+            ids = set(ids)
+        with self.store.lock(uuid):
+            log = self.store.examples(uuid)
+            deleted = log.delete(ids)
+            return {"uuid": uuid, "deleted": deleted, "examples": log.summary().count}
+
+    def _preprocessor(self, record: dict) -> Any:
+        loaded = self.cache.peek(record["uuid"])
+        if loaded is not None and loaded.config == record["config"]:
+            return loaded.engine.preprocessor
+        return build_processors(record["config"], self._code(record))[0]
 
     def list_heads(self) -> list[str]:
         return self.store.list()

@@ -13,6 +13,7 @@ import base64
 import hmac
 import inspect
 import ipaddress
+import json
 import logging
 import os
 import queue
@@ -29,12 +30,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import api
-from .errors import BadInputError, PHError
+from .errors import BadInputError, PHError, TooLargeError
 from .paths import PathPolicy
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
 OPEN_PATHS = ("/healthz",)
+DEFAULT_MAX_BODY = 32 * 2**20  # 1,000 examples of 768-float vectors fit
 
 
 @dataclass
@@ -49,6 +51,7 @@ class ServerSettings:
     batch_window_ms: float = 0.0
     workers: int = 1
     torch_threads: int = 0  # 0: one core per worker is left to its event loop (below)
+    max_body_bytes: int = DEFAULT_MAX_BODY
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -60,7 +63,8 @@ class ServerSettings:
                    memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None,
                    batch_window_ms=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
                    workers=int(os.environ.get("PH_WORKERS") or 1),
-                   torch_threads=int(os.environ.get("PH_TORCH_THREADS") or 0))
+                   torch_threads=int(os.environ.get("PH_TORCH_THREADS") or 0),
+                   max_body_bytes=int(os.environ.get("PH_MAX_BODY_BYTES") or DEFAULT_MAX_BODY))
 
     def to_env(self) -> dict[str, str]:
         return {"PH_HEADS_DIR": str(self.heads_dir), "PH_TOKEN": self.token or "",
@@ -68,7 +72,8 @@ class ServerSettings:
                 "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
                 "PH_MEMORY_BUDGET": self.memory_budget or "",
                 "PH_BATCH_WINDOW_MS": str(self.batch_window_ms), "PH_WORKERS": str(self.workers),
-                "PH_TORCH_THREADS": str(self.torch_threads)}
+                "PH_TORCH_THREADS": str(self.torch_threads),
+                "PH_MAX_BODY_BYTES": str(self.max_body_bytes)}
 
     def compute_threads(self) -> int:
         """torch threads per worker: the cores left after each worker's event loop.
@@ -199,20 +204,21 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         run = batcher.predict if fn is api.predict else None
         # plain Starlette routes: the endpoints read and answer JSON themselves, so
         # FastAPI's per-request dependency solving and response encoding add only cost
-        app.add_route(f"/{fn.__name__}/", _endpoint(fn, run), methods=["POST"], name=fn.__name__)
+        app.add_route(f"/{fn.__name__}/", _endpoint(fn, run, settings.max_body_bytes),
+                      methods=["POST"], name=fn.__name__)
     return app
 
 
-def _endpoint(fn, run=None):
+def _endpoint(fn, run=None, max_body: int = DEFAULT_MAX_BODY):
     """POST handler: check the JSON arguments against `fn`, then call it in a worker
     thread (or `run`, a coroutine taking the same arguments)."""
     signature = inspect.signature(fn)
     params = signature.parameters
 
     async def endpoint(request: Request):
-        body = await request.body()
+        body = await _read_body(request, max_body)
         try:
-            args = await request.json() if body.strip() else {}
+            args = json.loads(body) if body.strip() else {}
         except ValueError:
             raise BadInputError(f"{fn.__name__}: the request body must be a JSON object of "
                                 "arguments") from None
@@ -233,6 +239,22 @@ def _endpoint(fn, run=None):
 
     endpoint.__name__ = fn.__name__
     return endpoint
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 when it passes `limit` bytes. The rest of an
+    oversized body is read and dropped (never held), so the client gets the answer."""
+    size, chunks = 0, []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise TooLargeError(f"the request body has {size} bytes, more than this server's limit "
+                            f"of {limit} bytes; send fewer examples per call (several calls), or "
+                            "ask the operator to raise it (ph serve --max-body-bytes, "
+                            "PH_MAX_BODY_BYTES)")
+    return b"".join(chunks)
 
 
 class Gatekeeper:

@@ -3,6 +3,7 @@
 Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/head.json          config, label map, revision, weights file, runs
     <root>/<uuid>/weights-<rev>.pt   current weights (state dict)
+    <root>/<uuid>/examples.jsonl     the head's stored examples (ph.examples.ExampleLog)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
     <root>/_jobs/<id>.json           background training jobs
@@ -25,6 +26,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .example_log import ExampleLog
 from .errors import BadInputError, ConflictError, HeadNotFoundError, NotFoundError, WeightsError
 from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
 
@@ -67,6 +69,10 @@ class HeadStore:
 
     def record_path(self, uuid: str) -> Path:
         return self.head_dir(uuid) / "head.json"
+
+    def examples(self, uuid: str) -> ExampleLog:
+        """The head's stored examples (append and delete under the head's lock)."""
+        return ExampleLog(self.head_dir(uuid) / "examples.jsonl")
 
     def exists(self, uuid: str) -> bool:
         return self.record_path(uuid).is_file()

@@ -9,7 +9,8 @@ from jaseci.utils.test_core import CoreTest
 
 ACTION_NAMES = {"ph.create_head_list", "ph.create_head", "ph.predict", "ph.predict_many", "ph.train_head",
                 "ph.train_status", "ph.stop_training", "ph.load_weights", "ph.get_config", "ph.check_head",
-                "ph.list_heads", "ph.delete_head", "ph.head_stats"}
+                "ph.list_heads", "ph.delete_head", "ph.head_stats", "ph.add_examples",
+                "ph.list_examples", "ph.delete_examples"}
 
 
 class JacCase(CoreTest):

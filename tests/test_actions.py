@@ -125,6 +125,23 @@ class ActionTests:
         assert self.check("a")["revision"] == 1
 
 
+    def test_examples_added_listed_learnt_and_forgotten_through_walkers(self):
+        self.ok("create_list", config_file="config.yaml")
+        assert self.ok("user_head", uuid="ex") == ["ex"]  # no head yet: the walker creates it
+        assert self.ok("user_head", uuid="ex") == ["found"]
+        examples = [{"text": t, "label": r["label"]} for r in HELD_OUT[:: 15] for t in [r["text"]]]
+        count, page = self.ok("add", uuid="ex", examples=examples)
+        assert count == len(examples) == 6
+        assert [e["id"] for e in page] == [2, 3] and page[0]["text"] == examples[1]["text"]
+        summary, check = self.ok("learn", uuid="ex")
+        assert summary["updated"] and summary["examples"]["new"] == 6
+        assert check["examples"] == 6 and check["examples_seen"] == 6 and check["trained"]
+        deleted, left = self.ok("forget", uuid="ex", ids=[1, 2])
+        assert deleted["deleted"] == 2 and [e["id"] for e in left] == [3, 4, 5, 6]
+        assert self.ok("forget", uuid="ex", ids=None) == [{"uuid": "ex", "deleted": 4,
+                                                          "examples": 0}, []]
+
+
 class TestLocalActions(ActionTests, LocalCase):
     def test_each_bad_call_fails_the_walker_with_a_clear_error_and_the_next_call_works(self):
         self.fails("predict", "no head with uuid 'ph'", uuid="ph", data="hi")  # before any head list
@@ -140,6 +157,9 @@ class TestLocalActions(ActionTests, LocalCase):
                    uuid="ph", overrides={"Trainer": {"trainer": {"epoch": 3}}})
         self.fails("predict", "vectors of 256 numbers", uuid="ph", data=[0.5, 0.5])
         self.fails("create_list", "not found", config_file="missing.yaml")
+        self.fails("add", "examples record 1: 'input_ids' has 2 numbers", uuid="ph",
+                   examples=[{"text": "hi", "label": "greet"}, {"input_ids": [0.5, 0.5], "label": "greet"}])
+        assert ph.api.check_head("ph")["examples"] == 0
         assert isinstance(self.ok("predict", uuid="ph", data="hi")[0], int)
         assert self.ok("train", uuid="ph", overrides=None)[0]["updated"]
         assert ph.api.list_heads() == ["ph"]

@@ -13,7 +13,7 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     results = tmp_path / "results"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
                           "--results", str(results), "--only",
-                          "train_throughput,predict_latency,many_users,many_heads"],
+                          "train_throughput,predict_latency,many_users,many_heads,incremental"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| measure" in out.stdout and "heads, one request each" in out.stdout
@@ -30,6 +30,9 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
+    incremental = json.loads((results / "incremental.json").read_text())["results"][0]
+    assert incremental["incremental"]["samples"] < incremental["full"]["samples"]
+    assert incremental["naive"]["samples"] < incremental["incremental"]["samples"]
 
 
 def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):

@@ -335,10 +335,30 @@ def test_invalid_batch_size_is_config_error(batch_size):
         SnipsDataLoader("t.json", batch_size=batch_size)
 
 
-@pytest.mark.parametrize("train_json", ["", None, 5])
-def test_train_json_must_be_a_path_string(train_json):
+@pytest.mark.parametrize("train_json", [5, ["t.json"], True])
+def test_train_json_must_be_a_path_string_or_null(train_json):
     with pytest.raises(ConfigError, match="train_json"):
         SnipsDataLoader(train_json)
+
+
+@pytest.mark.parametrize("train_json", ["", None])
+def test_no_train_json_and_no_stored_examples_says_how_to_add_data(train_json):
+    loader = SnipsDataLoader(train_json, context=DataContext(preprocessor=object()))
+    with pytest.raises(BadInputError, match="add_examples"):
+        loader.load()
+
+
+def test_stored_examples_train_with_the_file_and_mixed_inputs_keep_their_order(tmp_path):
+    pre = PersonalizedHeadPreProcessor(8)
+    vector = [0.5] * 8
+    context = DataContext(preprocessor=pre, labels=["b"], examples=(["hi", vector], ["b", "c"]))
+    data = SnipsDataLoader(str(write(tmp_path / "t.json", {"a": ["yo"]})), shuffle=False,
+                           context=context).load()
+    assert data.labels == ["b", "a", "c"] and data.n_train == 3
+    x, y = next(iter(data.train))
+    rows = {label: x[i] for i, label in enumerate(y.tolist())}  # each input kept with its label
+    assert torch.equal(rows[2][0], torch.tensor(vector))
+    assert torch.equal(rows[0], pre.process("hi")[0]) and torch.equal(rows[1], pre.process("yo")[0])
 
 
 def test_loader_without_preprocessor_is_config_error(tmp_path):

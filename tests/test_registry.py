@@ -248,3 +248,36 @@ def test_restricted_policy_covers_every_path_in_a_training_config(workdir, train
         with pytest.raises(PermissionDeniedError, match="outside the folders"):
             registry.train(uid, overrides)
     assert registry.train(uid)["updated"]  # paths inside the allowed folder are fine
+
+
+def test_check_head_of_an_unknown_uuid_says_it_does_not_exist(registry):
+    assert registry.check_head("nobody") == {"uuid": "nobody", "exists": False}
+    with pytest.raises(BadInputError, match="is not valid"):
+        registry.check_head("../x")  # a uuid that cannot exist is still an error
+
+
+def test_deleting_or_replacing_a_head_removes_its_examples(registry):
+    registry.create_head("gone", small_config())
+    registry.add_examples("gone", {"greet": ["my secret phrase"]})
+    assert registry.check_head("gone")["examples"] == 1
+    registry.delete_head("gone")
+    registry.create_head("gone", small_config())
+    assert registry.list_examples("gone") == [] and registry.check_head("gone")["examples"] == 0
+    registry.add_examples("gone", {"greet": ["again"]})
+    registry.create_head("gone", small_config(), replace=True)
+    assert registry.list_examples("gone") == []
+    assert not list(registry.store.root.rglob("examples.jsonl"))
+    with pytest.raises(HeadNotFoundError):
+        registry.add_examples("nobody", {"greet": ["hi"]})
+
+
+def test_delete_examples_by_id_or_all(registry):
+    registry.create_head("d", small_config())
+    registry.add_examples("d", {"a": ["one", "two", "three"]})
+    assert registry.delete_examples("d", [2, 99]) == {"uuid": "d", "deleted": 1, "examples": 2}
+    assert [r["id"] for r in registry.list_examples("d")] == [1, 3]
+    with pytest.raises(BadInputError, match="ids: must be a list of example ids"):
+        registry.delete_examples("d", "all")
+    assert registry.delete_examples("d") == {"uuid": "d", "deleted": 2, "examples": 0}
+    assert registry.add_examples("d", {"a": ["four"]}) == 1
+    assert registry.list_examples("d")[0]["id"] == 4  # ids are never reused

@@ -205,3 +205,33 @@ def test_serve_runs_torch_with_the_threads_it_chose(server, tmp_path):
         ServerSettings().compute_threads()
     with ph_server(tmp_path, "--threads", "3") as url:
         assert requests.get(url + "/healthz", timeout=10).json()["torch_threads"] == 3
+
+
+def test_examples_travel_in_the_body_without_any_allowed_path(server):
+    post(server, "create_head", uuid="ex", config=SMALL)
+    added = post(server, "add_examples", uuid="ex", examples={"greet": ["hi", "hello"]})
+    assert added.status_code == 200 and added.json() == 2
+    listed = post(server, "list_examples", uuid="ex").json()
+    assert [(e["id"], e["text"], e["label"]) for e in listed] == [(1, "hi", "greet"),
+                                                                 (2, "hello", "greet")]
+    bad = post(server, "add_examples", uuid="ex", examples=[{"input_ids": [1.0], "label": "greet"}])
+    assert bad.status_code == 400 and "examples record 0" in bad.json()["message"]
+    assert post(server, "check_head", uuid="nobody").json() == {"uuid": "nobody", "exists": False}
+    assert post(server, "delete_examples", uuid="ex").json()["deleted"] == 2
+
+
+def test_training_on_stored_examples_needs_only_the_checkpoint_folder_and_big_bodies_get_413(tmp_path):
+    saved = tmp_path / "saved"
+    with ph_server(tmp_path, "--allow-path", str(saved), "--max-body-bytes", "20000") as url:
+        post(url, "create_head", uuid="u", config=SMALL)
+        assert post(url, "add_examples", uuid="u",
+                    examples={"greet": ["hi", "hello"], "bye": ["bye", "see you"]}).json() == 4
+        summary = post(url, "train_head", uuid="u").json()
+        assert summary["updated"] and summary["examples"] == {"stored": 4}, summary
+        big = [{"text": "x" * 100, "label": "greet"}] * 300  # about 35 kB
+        response = post(url, "add_examples", uuid="u", examples=big)
+        body = response.json()
+        assert response.status_code == 413 and body["error"] == "too_large"
+        assert "limit of 20000 bytes" in body["message"] and "--max-body-bytes" in body["message"]
+        assert post(url, "check_head", uuid="u").json()["examples"] == 4
+    assert (saved / "models").is_dir()

@@ -1,0 +1,276 @@
+"""ExampleLog: a head's own training examples, stored with the head.
+
+Why a log: examples arrive a few at a time (a user's correction), must survive a kill -9
+once acknowledged, and must stay cheap to append to a head that already holds 100,000.
+So each head has an append-only JSON-lines file. A call's examples are written as
+lines followed by one commit line, and fsynced before the call returns. Readers take
+only what a commit line closes: a crash in the middle of a call leaves lines (or half a
+line) after the last commit, which readers ignore and the next append cuts off. So a
+call is stored whole or not at all, and only data never acknowledged can be lost.
+Deleting rewrites the file atomically (temp + rename), so a deleted example is gone
+from the file, not merely hidden.
+
+File (`<heads>/<uuid>/examples.jsonl`):
+    {"format": "ph-examples/1", "base_id": 0, "generation": "5f0c..."}   header
+    {"id": 1, "label": "order_food", "text": "..."}         one example per line
+    {"commit": 1}                                           end of one call
+Ids grow by one per example and are never reused, even after deletes (a rewritten
+file's header carries the last id given out), so "added after id N" stays meaningful:
+incremental training relies on it. Each rewrite gets a new `generation`, so a summary
+remembered from an earlier file is never mistaken for this one (even if the file
+system reuses the inode number).
+
+The interface (summary, append, read, delete) is what the registry uses, so another
+backend (a Redis list, an object store) can stand in for this file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ConfigError
+from .fileio import atomic_open, fsync_dir
+
+log = logging.getLogger("ph.examples")
+FORMAT = "ph-examples/1"
+INPUT_KEYS = ("text", "input_ids", "embedding")
+
+
+@dataclass(frozen=True)
+class ExampleLimits:
+    """How many examples one call may add and one head may hold (operators may change
+    them: `setup(max_examples_per_call=..., max_examples_per_head=...)` or the
+    PH_MAX_EXAMPLES_PER_CALL / PH_MAX_EXAMPLES_PER_HEAD variables)."""
+
+    per_call: int = 1000
+    per_head: int = 100_000
+
+    @classmethod
+    def from_env(cls, per_call: int | str | None = None,
+                 per_head: int | str | None = None) -> "ExampleLimits":
+        values = {}
+        for name, given, env in (("per_call", per_call, "PH_MAX_EXAMPLES_PER_CALL"),
+                                 ("per_head", per_head, "PH_MAX_EXAMPLES_PER_HEAD")):
+            raw = given if given is not None else os.environ.get(env) or None
+            if raw is None:
+                continue
+            try:
+                value = int(raw)
+            except (TypeError, ValueError):
+                value = 0
+            if value < 1 or isinstance(raw, bool):
+                raise ConfigError(f"max_examples_{name} ({env}): must be a whole number >= 1, "
+                                  f"got {raw!r}")
+            values[name] = value
+        return cls(**values)
+
+
+@dataclass
+class LogSummary:
+    """What the registry needs to check a new call against what is stored, without
+    reading every example again: count, last id, and the kind of labels seen."""
+
+    count: int = 0
+    last_id: int = 0
+    label_kind: str | None = None  # "index", "name" or "vector"
+    names: set = field(default_factory=set)
+    vector_len: int | None = None
+    size: int = 0  # bytes of whole lines this summary covers
+    generation: str = ""  # the header's: tells files apart across rewrites
+
+    def add(self, row: dict) -> None:
+        self.count += 1
+        self.last_id = max(self.last_id, row["id"])
+        label = row["label"]
+        self.label_kind = self.label_kind or label_kind(label)
+        if isinstance(label, str):
+            self.names.add(label)
+        elif isinstance(label, list):
+            self.vector_len = len(label)
+
+
+def label_kind(label: Any) -> str | None:
+    """'index', 'name' or 'vector' (None: not a label)."""
+    if isinstance(label, bool):
+        return None
+    if isinstance(label, int):
+        return "index"
+    if isinstance(label, str):
+        return "name"
+    if isinstance(label, list) and label and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
+        return "vector"
+    return None
+
+
+# Summaries by file path, refreshed from the bytes appended since (by any process):
+# a head's first call in a process reads its log once, later calls read only what is new.
+_summaries: dict[str, LogSummary] = {}
+_summaries_lock = threading.Lock()
+_SUMMARIES_KEPT = 4096
+
+
+class ExampleLog:
+    """One head's examples in an append-only JSON-lines file. Writers hold the head's lock."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # --- reading -----------------------------------------------------------------------
+    def summary(self) -> LogSummary:
+        """Count, last id and label kind of the stored examples (torn tail ignored)."""
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return LogSummary()
+        with fh:
+            generation = _generation(fh.readline())
+            size = os.fstat(fh.fileno()).st_size
+            with _summaries_lock:
+                cached = _summaries.get(str(self.path))
+            if cached is not None and cached.generation == generation and cached.size <= size:
+                summary = replace(cached, names=set(cached.names))
+                if cached.size == size:
+                    return summary
+            else:
+                summary = LogSummary(generation=generation)
+            fh.seek(summary.size)
+            for end, rows, last_id in self._calls(fh, summary.size):
+                for row in rows:
+                    summary.add(row)
+                summary.last_id, summary.size = max(summary.last_id, last_id), end
+        self._remember(summary)
+        return replace(summary, names=set(summary.names))
+
+    def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
+        """The stored examples in the order they were added (from position `offset`)."""
+        out: list[dict] = []
+        position = 0
+        for row in self.iter():
+            if position >= offset:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append(row)
+            position += 1
+        return out
+
+    def iter(self) -> Iterator[dict]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            for _, rows, _ in self._calls(fh, 0):
+                yield from rows
+
+    def _calls(self, fh, start: int) -> Iterator[tuple[int, list[dict], int]]:
+        """(end offset, rows, last id given out) per committed call (the header counts as
+        one). Lines after the last commit belong to a call cut short by a crash: they were
+        never acknowledged and are not yielded."""
+        offset, pending = start, []
+        for line in fh:
+            if not line.endswith(b"\n"):
+                break
+            offset += len(line)
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                log.warning("%s: skipping an unreadable line ending at byte %d", self.path, offset)
+                continue
+            if not isinstance(obj, dict):
+                continue
+            if "commit" in obj:
+                yield offset, pending, int(obj["commit"])
+                pending = []
+            elif "format" in obj:
+                yield offset, [], int(obj.get("base_id", 0))
+            elif "id" in obj:
+                pending.append(obj)
+        if pending or offset < os.fstat(fh.fileno()).st_size:
+            log.info("%s: ignoring the end of an unfinished write (%d examples never "
+                     "acknowledged)", self.path, len(pending))
+
+    # --- writing (caller holds the head's lock) -----------------------------------------
+    def append(self, rows: list[dict]) -> LogSummary:
+        """Give `rows` the next ids and store them durably, all or none; returns the new
+        summary. On any error nothing of this call stays in the file.
+        """
+        summary = self.summary()
+        new_file = not self.path.exists()
+        lines, now = [], round(time.time(), 3)
+        after = replace(summary, names=set(summary.names))
+        if new_file or summary.size == 0:
+            after.generation = uuid.uuid4().hex[:16]
+            lines.append(_header(summary.last_id, after.generation))
+        for row in rows:
+            stored = {"id": after.last_id + 1, **row, "added": now}
+            after.add(stored)
+            lines.append(_line(stored))
+        lines.append(_line({"commit": after.last_id}))
+        data = b"".join(lines)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, summary.size)  # cut off a torn tail (it was never acknowledged)
+            try:
+                os.lseek(fd, summary.size, os.SEEK_SET)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                os.ftruncate(fd, summary.size)
+                raise
+            after.size = summary.size + len(data)
+        finally:
+            os.close(fd)
+        if new_file:
+            fsync_dir(self.path.parent)
+        self._remember(after)
+        return after
+
+    def delete(self, ids: set[int] | None = None) -> int:
+        """Remove the examples with these ids (all when None); returns how many went."""
+        summary = self.summary()
+        if not self.path.exists():
+            return 0
+        kept = [] if ids is None else [row for row in self.iter() if row["id"] not in ids]
+        removed = summary.count - len(kept)
+        if removed == 0:
+            return 0
+        with atomic_open(self.path) as fh:
+            fh.write(_header(summary.last_id, uuid.uuid4().hex[:16]))
+            for row in kept:
+                fh.write(_line(row))
+            if kept:
+                fh.write(_line({"commit": summary.last_id}))
+        with _summaries_lock:
+            _summaries.pop(str(self.path), None)
+        return removed
+
+    def _remember(self, summary: LogSummary) -> None:
+        with _summaries_lock:
+            if len(_summaries) >= _SUMMARIES_KEPT:
+                _summaries.pop(next(iter(_summaries)))
+            _summaries[str(self.path)] = replace(summary, names=set(summary.names))
+
+
+def _header(base_id: int, generation: str) -> bytes:
+    return _line({"format": FORMAT, "base_id": base_id, "generation": generation})
+
+
+def _generation(first_line: bytes) -> str:
+    try:
+        return str(json.loads(first_line).get("generation", "")) if first_line.endswith(b"\n") else ""
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return ""
+
+
+def _line(obj: dict) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
