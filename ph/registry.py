@@ -301,7 +301,8 @@ class HeadRegistry:
     def delete_examples(self, uuid: str, ids: list | None = None) -> dict:
         """Delete the examples with these ids, or all of them (ids None); they are gone
         from disk when this returns. Weights already trained on them keep what they
-        learnt until the head is trained again."""
+        learnt until the head is trained again. Refused while the head is training: the
+        run may be reading them, and would publish what it learnt from them."""
         self.store.signature(check_uuid(uuid))
         if ids is not None:
             if not isinstance(ids, (list, tuple)) or not all(
@@ -310,6 +311,7 @@ class HeadRegistry:
                                     f"list_examples shows them) or null for all, got {ids!r:.80}")
             ids = set(ids)
         with self.store.lock(uuid):
+            self.check_idle(uuid, "delete_examples")
             log = self.store.examples(uuid)
             deleted = log.delete(ids)
             return {"uuid": uuid, "deleted": deleted, "examples": log.summary().count}

@@ -175,6 +175,7 @@ def test_an_accepted_job_owns_its_head_before_its_process_starts(fresh_api, trai
     refused = {"delete_head": lambda: ph.delete_head("owned"),
                "create_head(replace=True)": lambda: ph.create_head("owned", small_config(), replace=True),
                "load_weights": lambda: ph.load_weights("owned", weights),
+               "delete_examples": lambda: ph.delete_examples("owned"),
                "a second train_head": lambda: ph.train_head("owned", background=True)}
     for action, call in refused.items():
         with pytest.raises(ConflictError, match=f"already training \\(job {job_id}\\), so "

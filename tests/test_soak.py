@@ -12,7 +12,8 @@ import soak  # noqa: E402
 
 ACTIONS = {"create_head_list", "create_head", "predict", "predict_many", "train_head",
            "train_status", "stop_training", "load_weights", "get_config", "check_head",
-           "list_heads", "delete_head", "head_stats"}
+           "list_heads", "delete_head", "head_stats", "add_examples", "list_examples",
+           "delete_examples"}
 
 
 def test_mixed_load_on_two_workers_keeps_every_invariant(tmp_path):
