@@ -22,8 +22,11 @@ from __future__ import annotations
 import threading
 from typing import Mapping
 
+from typing import Any
+
 from .config import SECTION_KEYS, config_diff, deep_merge
-from .errors import ConfigError, did_you_mean
+from .errors import BadInputError, ConfigError, ConflictError, NotFoundError, did_you_mean
+from .store import HeadStore, check_uuid
 
 
 def follows_parent(record: Mapping) -> str | None:
@@ -31,6 +34,59 @@ def follows_parent(record: Mapping) -> str | None:
     weights of its own, None otherwise."""
     parent = record.get("parent")
     return parent if parent and not record.get("weights") else None
+
+
+def check_parent(uuid: str, parent: Any) -> str:
+    """The `parent` argument of create_head, checked (a valid uuid, not the head itself)."""
+    if not isinstance(parent, str) or not parent:
+        raise BadInputError(f"parent: give the uuid of an existing head, got {parent!r:.60}")
+    check_uuid(parent)
+    if parent == uuid:
+        raise BadInputError(f"parent: head '{uuid}' cannot be its own parent; name the shared "
+                            "head it should start from")
+    return parent
+
+
+def read_parent(store: HeadStore, parent: str) -> dict:
+    """The record of the head a new child will follow (call under the parent's lock).
+
+    Raises:
+        NotFoundError: no such head.
+        BadInputError: the parent itself follows a head (no chains of followers).
+    """
+    try:
+        record = store.read(parent)
+    except NotFoundError:
+        raise NotFoundError(f"parent: no head with uuid '{parent}'; create the shared head first "
+                            f"(create_head(uuid='{parent}', ...)), then its children") from None
+    grandparent = follows_parent(record)
+    if grandparent:
+        raise BadInputError(f"parent: head '{parent}' has not trained yet and itself follows "
+                            f"'{grandparent}'; use parent='{grandparent}', or train '{parent}' first")
+    return record
+
+
+def refuse_if_followed(store: HeadStore, uuid: str, doing: str) -> None:
+    """Raise a ConflictError if untrained children follow `uuid` (call under its lock).
+
+    Each recorded follower is checked against its record; links left by trained or
+    deleted children, or by a crashed create, are removed on the way. Costs one read per
+    recorded follower: only delete and replace pay it, never predict."""
+    followers = []
+    for child in store.followers(uuid):
+        try:
+            if follows_parent(store.read(child)) == uuid:
+                followers.append(child)
+                continue
+        except NotFoundError:
+            pass
+        store.remove_follower(uuid, child)
+    if followers:
+        shown = ", ".join(f"'{c}'" for c in followers[:5]) + (" ..." if len(followers) > 5 else "")
+        raise ConflictError(
+            f"head '{uuid}' cannot be {doing}: {len(followers)} untrained child head(s) answer "
+            f"with its weights ({shown}). Train each child first (train_head gives it weights of "
+            "its own) or delete it (delete_head), then try again")
 
 
 def merge_trainer_only(base: dict, overrides: Mapping, doing: str, why: str) -> dict:

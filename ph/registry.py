@@ -16,13 +16,13 @@ from typing import Any, Callable, Mapping
 
 from .batching import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
-from .children import FollowMap, follows_parent, merge_trainer_only
+from .children import (FollowMap, check_parent, follows_parent, merge_trainer_only, read_parent,
+                       refuse_if_followed)
 from .components import UserCode
 from .config import config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
-                     as_ph_error)
+from .errors import ConfigError, ConflictError, NotFoundError, PHError, as_ph_error
 from .paths import PathPolicy
 from .store import HeadStore, check_uuid, new_uuid
 from .training import run_training
@@ -112,25 +112,10 @@ class HeadRegistry:
 
     def _create_child(self, uuid: str, parent: Any, config: Any, replace: bool) -> str:
         """A head that follows `parent` until it trains (see `ph.children`)."""
-        if not isinstance(parent, str) or not parent:
-            raise BadInputError(f"parent: give the uuid of an existing head, got {parent!r:.60}")
-        check_uuid(parent)
-        if parent == uuid:
-            raise BadInputError(f"parent: head '{uuid}' cannot be its own parent; name the shared "
-                                "head it should start from")
+        parent = check_parent(uuid, parent)
         overrides = self._load(config, "config")
         with self.store.locks(uuid, parent):  # the parent cannot be deleted or replaced meanwhile
-            try:
-                base = self.store.read(parent)
-            except NotFoundError:
-                raise NotFoundError(f"parent: no head with uuid '{parent}'; create the shared head "
-                                    f"first (create_head(uuid='{parent}', ...)), then its "
-                                    "children") from None
-            grandparent = follows_parent(base)
-            if grandparent:
-                raise BadInputError(
-                    f"parent: head '{parent}' has not trained yet and itself follows "
-                    f"'{grandparent}'; use parent='{grandparent}', or train '{parent}' first")
+            base = read_parent(self.store, parent)
             full = base["config"]
             if overrides:
                 merged = merge_trainer_only(
@@ -306,21 +291,7 @@ class HeadRegistry:
     def _remove(self, uuid: str, record: dict, doing: str) -> None:
         """Delete a head's files and what this process holds of it (call under its lock);
         refused while untrained children follow it."""
-        followers = []
-        for child in self.store.followers(uuid):
-            try:
-                if follows_parent(self.store.read(child)) == uuid:
-                    followers.append(child)
-                    continue
-            except NotFoundError:
-                pass
-            self.store.remove_follower(uuid, child)  # stale: trained, deleted or a crashed create
-        if followers:
-            shown = ", ".join(f"'{c}'" for c in followers[:5]) + (" ..." if len(followers) > 5 else "")
-            raise ConflictError(
-                f"head '{uuid}' cannot be {doing}: {len(followers)} untrained child head(s) answer "
-                f"with its weights ({shown}). Train each child first (train_head gives it weights "
-                f"of its own) or delete it (delete_head), then try again")
+        refuse_if_followed(self.store, uuid, doing)
         self.store.delete(uuid)
         self._stop_following(uuid, record)
         self.cache.drop(uuid)

@@ -27,5 +27,11 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert heads["budget_bfloat16"]["within_budget"]
     latency = json.loads((results / "predict_latency.json").read_text())
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
+    children = json.loads((results / "children.json").read_text())
+    assert children["sharing"]["children_resolve_to_parents_head"]
+    assert children["sharing"]["bank_slots_after"] == children["sharing"]["bank_slots_before"]
+    assert children["sharing"]["stacked_passes"] == children["sharing"]["batches"]
+    assert children["answers"]["same_class_as_parent"]
+    assert children["answers"]["max_abs_diff_scores"] <= 1e-5
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
