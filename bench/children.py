@@ -51,7 +51,6 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
     passes: list[int] = []
     forward = bank.forward
     bank.forward = lambda slots, inputs: passes.append(len(slots)) or forward(slots, inputs)
-    tracemalloc.start()
     start = time.perf_counter()
     max_diff, same_class = 0.0, True
     for lo in range(0, n, batch):
@@ -62,19 +61,18 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
             same_class &= answer["prediction"] == want["prediction"]
             max_diff = max(max_diff, max(abs(a - b) for a, b in zip(answer["scores"], want["scores"])))
     first_pass_s = time.perf_counter() - start
-    gc.collect()
-    traced = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
     bank.forward = forward
+    gc.collect()
     rss_end = rss_bytes()
+    heap = python_heap_per_child(registry, min(n, 1000))
     start = time.perf_counter()
     for lo in range(0, n, batch):
         registry.predict_many([(uid, TEXTS[0]) for uid in kids[lo:lo + batch]])
     warm_pass_s = time.perf_counter() - start
 
     shared = all(registry.loaded(uid) is parent for uid in kids[:: max(1, n // 500)])
-    child_latency = latency_ms(_times(lambda: registry.predict(kids[-1], TEXTS[0]), repeat))
-    parent_latency = latency_ms(_times(lambda: registry.predict("shared", TEXTS[0]), repeat))
+    child_times, parent_times = _times([lambda: registry.predict(kids[-1], TEXTS[0]),
+                                        lambda: registry.predict("shared", TEXTS[0])], repeat)
     record_bytes = registry.store.record_path(kids[0]).stat().st_size
     slot_bytes = parent.nbytes
     per_child = (rss_end - rss_start) / n
@@ -85,7 +83,7 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
         "memory": {"loaded_head_bank_bytes": slot_bytes, "rss_per_loaded_head": rss_per_head,
                    "rss_growth_create_per_child": round((rss_created - rss_start) / n, 1),
                    "rss_growth_per_child": round(per_child, 1),
-                   "python_heap_kept_per_child": round(traced / n, 1),
+                   "python_heap_kept_per_child": heap,
                    "child_vs_loaded_head": round(per_child / slot_bytes, 6),
                    "follow_map_entries": len(registry._follows)},
         "sharing": {"children_resolve_to_parents_head": shared,
@@ -97,18 +95,36 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
         "answers": {"same_class_as_parent": same_class, "max_abs_diff_scores": max_diff},
         "predict_many": {"first_pass_req_per_s": round(n / first_pass_s, 1),
                          "warm_pass_req_per_s": round(n / warm_pass_s, 1)},
-        "predict_one": {"child": child_latency, "parent": parent_latency},
+        "predict_one": {"child": latency_ms(child_times), "parent": latency_ms(parent_times)},
     }
 
 
-def _times(fn, repeat: int) -> list[float]:
+def python_heap_per_child(registry, m: int) -> float:
+    """Python heap kept per child (tracemalloc), over m more children created and answered
+    once (separately from the RSS figures: tracing inflates RSS)."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    kids = [registry.create_head(f"traced{i:05d}", parent="shared") for i in range(m)]
+    registry.predict_many([(uid, TEXTS[0]) for uid in kids])
+    del kids
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    return round(kept / m, 1)
+
+
+def _times(fns: list, repeat: int) -> list[list[float]]:
+    """Seconds per call of each function, calls interleaved so load changes hit all alike."""
     for _ in range(20):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        for fn, out in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
     return times
 
 
