@@ -39,6 +39,11 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
         registry.predict(f"solo{i}", TEXTS[0])
     rss_per_head = (rss_bytes() - before) // 10
     slots_before = sum(c.used for c in bank.chunks)
+    start = time.perf_counter()  # ordinary heads, created the same way (not loaded)
+    plain = 200
+    for i in range(plain):
+        registry.create_head(f"plain{i}", config)
+    plain_per_s = plain / (time.perf_counter() - start)
 
     gc.collect()
     rss_start = rss_bytes()
@@ -79,6 +84,7 @@ def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
     return {
         "children": n, "batch": batch,
         "create": {"seconds": round(create_s, 2), "per_s": round(n / create_s, 1),
+                   "ordinary_heads_per_s": round(plain_per_s, 1),
                    "record_bytes_on_disk": record_bytes},
         "memory": {"loaded_head_bank_bytes": slot_bytes, "rss_per_loaded_head": rss_per_head,
                    "rss_growth_create_per_child": round((rss_created - rss_start) / n, 1),
