@@ -2,6 +2,8 @@
 loaded head and stacked pass, copy it on first training, then live on their own."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -197,3 +199,51 @@ def test_a_child_whose_parent_vanished_says_so(family):
     with pytest.raises(HeadNotFoundError, match="no weights to start training from"):
         family.train("orphan")
     assert family.check_head("orphan")["parent_revision"] is None
+
+
+def test_a_child_of_a_head_with_user_code_keeps_the_parents_code(registry, train_json):
+    source = ("import torch\nclass Tiny(torch.nn.Module):\n"
+              "    def __init__(self):\n        super().__init__()\n        self.l = torch.nn.Linear(64, 8)\n"
+              "    def forward(self, x):\n        return torch.log_softmax(self.l(x.squeeze(1)), -1)\n")
+    registry.create_head_list(python=source)
+    config = small_config()
+    config["Model"] = {"type": "CustomModel", "args": {"module_name": "Tiny"}}
+    config["Inference"] = {"preprocess": {"args": {"embedding_length": 64}}}
+    registry.create_head("custom", config)
+    registry.create_head_list(small_config())  # the head list moves on; the child does not
+    registry.create_head("kid", parent="custom")
+    alone = registry.predict("custom", TEXTS)
+    assert registry.predict_many([("kid", TEXTS), ("custom", TEXTS)]) == [alone, alone]
+    assert registry.train("kid")["revision"] == 1
+    assert registry.get_config("kid")["Model"]["type"] == "CustomModel"
+    assert len(registry.predict("kid", TEXTS)) == len(TEXTS)
+
+
+def test_creating_children_while_the_parent_is_deleted_never_leaves_an_orphan(registry):
+    registry.create_head("shared", small_config())
+    outcomes = []
+
+    def create(i):
+        try:
+            outcomes.append(registry.create_head(f"kid{i}", parent="shared"))
+        except HeadNotFoundError:
+            outcomes.append("no parent")
+
+    def delete():
+        try:
+            outcomes.append(registry.delete_head("shared"))
+        except ConflictError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
+    threads.insert(5, threading.Thread(target=delete))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    kids = [u for u in registry.list_heads() if u.startswith("kid")]
+    if registry.store.exists("shared"):
+        assert "refused" in outcomes and True not in outcomes
+        assert registry.check_head("shared")["followers"] == len(kids) == len(outcomes) - 1
+    else:
+        assert kids == [] and True in outcomes
