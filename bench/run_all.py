@@ -16,12 +16,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
         "many_heads": ["--heads", "10000", "--budget", "2GB"], "incremental": [],
-        "serve_load": []}
+        "children": [], "serve_load": []}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
          "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"],
          "incremental": ["--new", "5", "--old", "10", "--epochs", "2"],
+         "children": ["--children", "40", "--batch", "16", "--repeat", "30"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1",
                         "--parts", "sweep,anchor", "--generator", "python"]}
 NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
@@ -66,6 +67,19 @@ def summary(results: dict) -> str:
                      f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
                      f"max held {b['max_heads_held']}, within budget: {b['within_budget']}, "
                      f"peak RSS {b['peak_rss_gb']} GiB", ""))
+    if "children" in results:
+        c = results["children"]
+        m, sh = c["memory"], c["sharing"]
+        rows.append((f"{c['children']} untrained children of one head: memory per child "
+                     "(RSS; Python heap) / one loaded head",
+                     f"{m['rss_growth_per_child'] / 1024:.1f} KiB; "
+                     f"{m['python_heap_kept_per_child'] / 1024:.2f} KiB / "
+                     f"{m['loaded_head_bank_bytes'] / 2**20:.1f} MiB; bank slots added "
+                     f"{sh['bank_slots_after'] - sh['bank_slots_before']}, "
+                     f"{sh['stacked_passes']} stacked passes for {sh['batches']} batches", ""))
+        rows.append(("children: create rate; predict p50 child / parent",
+                     f"{c['create']['per_s']}/s; {c['predict_one']['child']['p50_ms']} / "
+                     f"{c['predict_one']['parent']['p50_ms']} ms", ""))
     if "incremental" in results:
         for r in results["incremental"]["results"]:
             cells = {m: r[m] for m in ("incremental", "full", "naive")}

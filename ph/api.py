@@ -63,10 +63,15 @@ def create_head_list(config: dict | str | None = None, python: str | None = None
 
 
 def create_head(uuid: str | None = None, config: dict | str | None = None,
-                config_file: str | None = None, replace: bool = False) -> str:
-    """Create a head (config merged onto the head list's); returns its uuid."""
+                config_file: str | None = None, replace: bool = False,
+                parent: str | None = None) -> str:
+    """Create a head (config merged onto the head list's); returns its uuid.
+
+    With `parent` (a head's uuid) the new head is its child: it answers with the parent's
+    weights and labels until it first trains, then has weights of its own (cold start for
+    a new user). `config` may then change Trainer only."""
     return get_registry().create_head(uuid, _one_config(config, config_file),
-                                      _flag(replace, "replace"))
+                                      _flag(replace, "replace"), parent)
 
 
 def predict(uuid: str, data: Any) -> Any:

@@ -23,12 +23,14 @@ from typing import Any, Callable, Mapping
 from . import jobstate
 from .batching import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
+from .children import (FollowMap, check_parent, follows_parent, merge_trainer_only, read_parent,
+                       refuse_if_followed)
 from .components import UserCode
-from .config import SECTION_KEYS, config_diff, deep_merge, load_config
+from .config import config_diff, deep_merge, load_config
 from .data import DataContext
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, as_ph_error,
-                     did_you_mean)
+from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
+                     as_ph_error)
 from .example_log import ExampleLimits
 from .learning import HeadFacts, check_examples, choose_data, plan_examples
 from .paths import PathPolicy
@@ -38,6 +40,7 @@ from .validate import validate_config
 
 CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postprocess"),
               ("Trainer", "dataloader"))
+MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edited by hand
 
 
 class HeadRegistry:
@@ -52,6 +55,7 @@ class HeadRegistry:
         self.banks: dict[tuple, HeadBank] = {}
         self._banks_lock = threading.Lock()
         self._load_locks = [threading.RLock() for _ in range(64)]  # striped by uuid
+        self._follows = FollowMap()  # untrained children seen here -> their parents
 
     # --- head list -------------------------------------------------------------------------
     def create_head_list(self, config: Any = None, python: str | None = None) -> None:
@@ -72,14 +76,19 @@ class HeadRegistry:
         return (record["config"], record.get("python")) if record else ({}, None)
 
     # --- heads -----------------------------------------------------------------------------
-    def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False) -> str:
+    def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False,
+                    parent: str | None = None) -> str:
         """Create a head from the head list's config with `config` merged in; returns its uuid.
 
         Creating an existing uuid with the same config returns it unchanged (trained
         weights kept); with another config it is a conflict. `replace` starts the head over
-        (new weights) whatever its config.
+        (new weights) whatever its config. With `parent`, the head is a child of that head
+        (see `ph.children`): it takes the parent's config (`config` may change Trainer only)
+        and answers with the parent's weights until it first trains.
         """
         uuid = new_uuid() if uuid is None else check_uuid(uuid)
+        if parent is not None:
+            return self._create_child(uuid, parent, config, replace)
         base, python = self._head_list()
         merged = deep_merge(base, self._load(config, "config"))
         code, code_ids = self._collect_code(merged, python)
@@ -96,19 +105,60 @@ class HeadRegistry:
         with self.store.lock(uuid):
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
-                same = existing["config"] == full and existing.get("code", {}) == code_ids
+                same = (existing["config"] == full and existing.get("code", {}) == code_ids
+                        and not existing.get("parent"))
                 if same and not replace:
                     return uuid
                 if not replace:
                     changes = config_diff(existing["config"], full) or ["its user Python code"]
+                    if existing.get("parent"):
+                        changes.insert(0, f"it is a child of '{existing['parent']}'")
                     raise ConflictError(
                         f"head '{uuid}' already exists with a different config ({'; '.join(changes[:5])}). "
                         f"Use another uuid, call delete_head(uuid='{uuid}') first, or pass "
                         "replace=True to create_head to start it over (its weights are lost)")
                 self.check_idle(uuid, "create_head(replace=True)")
-                self.store.delete(uuid)
-                self.cache.drop(uuid)
+                self._remove(uuid, existing, "replaced")
             self.store.create(uuid, record, state)
+        return uuid
+
+    def _create_child(self, uuid: str, parent: Any, config: Any, replace: bool) -> str:
+        """A head that follows `parent` until it trains (see `ph.children`)."""
+        parent = check_parent(uuid, parent)
+        overrides = self._load(config, "config")
+        with self.store.locks(uuid, parent):  # the parent cannot be deleted or replaced meanwhile
+            base = read_parent(self.store, parent)
+            full = base["config"]
+            if overrides:
+                merged = merge_trainer_only(
+                    full, overrides, f"create_head with parent='{parent}'",
+                    "a child answers with its parent's model, so it has the parent's Model and "
+                    "Inference; only Trainer may differ. Create a head without parent for "
+                    "another model")
+                dataloader = merged["Trainer"]["dataloader"]
+                if dataloader != full["Trainer"]["dataloader"] and _uses_code(dataloader):
+                    self.policy.check_code("Trainer.dataloader")
+                full = validate_config(merged, self._code(base),
+                                       source=f"head '{uuid}' (child of '{parent}')")
+            record = {"uuid": uuid, "parent": parent, "config": full, "code": base.get("code", {}),
+                      "labels": None, "revision": 0, "weights": None, "seed": base["seed"],
+                      "created": time.time(), "runs": []}
+            if self.store.exists(uuid):
+                existing = self.store.read(uuid)
+                if existing.get("parent") == parent and existing["config"] == full and not replace:
+                    return uuid
+                if not replace:
+                    was = existing.get("parent")
+                    changes = [] if was == parent else [
+                        f"it is a child of '{was}'" if was else "it has no parent"]
+                    changes += config_diff(existing["config"], full)
+                    raise ConflictError(
+                        f"head '{uuid}' already exists ({'; '.join(changes[:5])}). Use another "
+                        f"uuid, call delete_head(uuid='{uuid}') first, or pass replace=True to "
+                        "create_head to start it over as a child (its weights are lost)")
+                self._remove(uuid, existing, "replaced")
+            self.store.add_follower(parent, uuid)  # before the record: a crash leaves a stale
+            self.store.create(uuid, record)       # link, which delete_head clears, never a lost one
         return uuid
 
     def predict(self, uuid: str, data: Any) -> Any:
@@ -138,11 +188,13 @@ class HeadRegistry:
         labels = extras.get("labels") or head.engine.labels
         with self.store.lock(uuid):
             current = self.store.read(uuid)
-            if current["config"] != head.config:
+            # head is the parent's for an untrained child: same Model and Inference
+            if any(current["config"][k] != head.config[k] for k in ("Model", "Inference")):
                 raise ConflictError(f"head '{uuid}' was replaced while its weights were being "
                                     "checked; try load_weights again")
             self.check_idle(uuid, "load_weights")
             record = self.store.write_weights(uuid, current, state, labels)
+            self._stop_following(uuid, current)
             self._switch(uuid, record, model)
         return {"uuid": uuid, "revision": record["revision"], "labels": labels}
 
@@ -176,18 +228,9 @@ class HeadRegistry:
 
     def _merged_training_config(self, record: dict, overrides: dict) -> dict:
         head_config = record["config"]
-        unknown = [k for k in overrides if k not in SECTION_KEYS]
-        if unknown:
-            raise ConfigError([f"{k}: unknown key{did_you_mean(k, SECTION_KEYS)}; a training "
-                               "config has Trainer (and Model and Inference as the head has them)"
-                               for k in unknown])
-        merged = deep_merge(head_config, overrides)
-        for section in ("Model", "Inference"):
-            if merged[section] != head_config[section]:
-                changes = "; ".join(config_diff(head_config[section], merged[section], section)[:5])
-                raise ConfigError(f"train_head cannot change {section} ({changes}): it belongs to "
-                                  "the head. Create the head again (create_head(..., replace=True)) "
-                                  "or use another uuid")
+        merged = merge_trainer_only(head_config, overrides, "train_head",
+                                    "it belongs to the head. Create the head again "
+                                    "(create_head(..., replace=True)) or use another uuid")
         dataloader = merged["Trainer"]["dataloader"]
         if dataloader != head_config["Trainer"]["dataloader"] and _uses_code(dataloader):
             self.policy.check_code("Trainer.dataloader")
@@ -214,9 +257,13 @@ class HeadRegistry:
             if plan.nothing_new:
                 return {"uuid": uuid, "updated": False, "examples": plan.info,
                         "note": "no examples were added since the last run: nothing to learn"}
+            start = record
+            parent = follows_parent(record)
+            if parent:  # a child's first training starts from its parent as it is now
+                start, state = self._read_parent(uuid, parent)
             code = self._code(record)
-            model = make_model(config, code, state, record["seed"])
-            context = DataContext(code, build_processors(config, code)[0], record.get("labels"),
+            model = make_model(config, code, state, start["seed"])
+            context = DataContext(code, build_processors(config, code)[0], start.get("labels"),
                                   config["Model"].get("args", {}).get("n_classes"),
                                   config["Trainer"]["seed"], self.policy.resolve,
                                   (plan.inputs, plan.labels), plan.replay)
@@ -239,6 +286,7 @@ class HeadRegistry:
                         current["examples_seen"] = max(current.get("examples_seen", 0),
                                                        plan.seen_up_to)
                     new = self.store.write_weights(uuid, current, best, labels, run)
+                    self._stop_following(uuid, current)
                     self._switch(uuid, new, make_model(config, code, best))
                 summary.update(updated=True, revision=new["revision"], labels=labels)
         return summary
@@ -248,22 +296,38 @@ class HeadRegistry:
 
     def check_head(self, uuid: str) -> dict:
         """What is known about a head without loading it; `{"uuid", "exists": False}` for
-        a head that does not exist, so a walker can branch on it."""
+        a head that does not exist, so a walker can branch on it.
+
+        For a child: `parent`; `follows_parent` is the parent's uuid while the child has not
+        trained (it answers with the parent's weights and labels, at `parent_revision`).
+        `followers` counts the untrained children that answer with this head's weights."""
         try:
             record = self.store.read(check_uuid(uuid))
         except NotFoundError:
             return {"uuid": uuid, "exists": False}
-        loaded, job = self.cache.peek(uuid), self.training_job(uuid)
-        return {"uuid": uuid, "exists": True, "model": record["config"]["Model"]["type"],
+        parent = follows_parent(record)
+        source = record  # whose weights answer
+        if parent:
+            try:
+                source = self.store.read(parent)
+            except NotFoundError:
+                source = {"revision": None}
+        loaded, job = self.cache.peek(parent or uuid), self.training_job(uuid)
+        info = {"uuid": uuid, "exists": True, "model": record["config"]["Model"]["type"],
                 "examples": self.store.examples(uuid).summary().count,
                 "examples_seen": record.get("examples_seen", 0),
                 "revision": record["revision"], "trained": bool(record.get("weights")),
-                "labels": record.get("labels"), "runs": len(record.get("runs", [])),
+                "labels": source.get("labels"), "runs": len(record.get("runs", [])),
                 "last_run": (record.get("runs") or [None])[-1],
-                "loaded": loaded is not None and loaded.revision == record["revision"],
+                "loaded": loaded is not None and loaded.revision == source["revision"],
                 "device": str(loaded.engine.device) if loaded else None,
                 "created": record.get("created"),
-                "training": job is not None or self.store.is_training(uuid), "training_job": job}
+                "training": job is not None or self.store.is_training(uuid), "training_job": job,
+                "parent": record.get("parent"), "follows_parent": parent,
+                "followers": len(self.store.followers(uuid))}
+        if parent:
+            info["parent_revision"] = source["revision"]
+        return info
 
     # --- stored examples -------------------------------------------------------------------
     def add_examples(self, uuid: str, examples: Any) -> int:
@@ -328,9 +392,16 @@ class HeadRegistry:
     def delete_head(self, uuid: str) -> bool:
         with self.store.lock(check_uuid(uuid)):
             self.check_idle(uuid, "delete_head")
-            self.store.delete(uuid)
-        self.cache.drop(uuid)
+            self._remove(uuid, self.store.read(uuid), "deleted")
         return True
+
+    def _remove(self, uuid: str, record: dict, doing: str) -> None:
+        """Delete a head's files and what this process holds of it (call under its lock);
+        refused while untrained children follow it."""
+        refuse_if_followed(self.store, uuid, doing)
+        self.store.delete(uuid)
+        self._stop_following(uuid, record)
+        self.cache.drop(uuid)
 
     # --- one training per head (see the module docstring) ---------------------------------
     def training_job(self, uuid: str) -> str | None:
@@ -371,9 +442,13 @@ class HeadRegistry:
         return {"heads_dir": str(self.store.root), **self.cache.stats()}
 
     # --- loading ---------------------------------------------------------------------------
-    def loaded(self, uuid: str) -> LoadedHead:
-        """The head in memory, (re)loaded if its record on disk changed."""
+    def loaded(self, uuid: str, _hops: int = 0) -> LoadedHead:
+        """The head in memory, (re)loaded if its record on disk changed. For an untrained
+        child: its parent's loaded head (the child holds no weights of its own)."""
         signature = self.store.signature(check_uuid(uuid))
+        parent = self._follows.get(uuid, signature)
+        if parent is not None:
+            return self._followed(uuid, parent, _hops)
         head = self.cache.get(uuid, signature)
         if head is not None:
             return head
@@ -383,9 +458,39 @@ class HeadRegistry:
                 return head  # another thread loaded it while we waited
             signature = self.store.signature(uuid)
             record, state = self.store.read_current(uuid)
-            head = self._load_head(record, state, signature)
-            self.cache.put(head)
-            return head
+            parent = follows_parent(record)
+            if parent is None:
+                head = self._load_head(record, state, signature)
+                self.cache.put(head)
+                return head
+            self._follows.put(uuid, signature, parent)
+        return self._followed(uuid, parent, _hops)  # outside this lock: stripes never nest
+
+    def _followed(self, uuid: str, parent: str, hops: int) -> LoadedHead:
+        if hops >= MAX_HOPS:
+            raise PHError(f"head '{uuid}': its chain of parents is longer than {MAX_HOPS}; its "
+                          "record was changed by hand. Create it again with replace=True")
+        try:
+            return self.loaded(parent, hops + 1)
+        except NotFoundError:
+            raise NotFoundError(f"head '{uuid}' follows its parent '{parent}', which no longer "
+                                f"exists; create '{uuid}' again (create_head(uuid='{uuid}', "
+                                "replace=True), with another parent or none)") from None
+
+    def _read_parent(self, uuid: str, parent: str) -> tuple[dict, dict | None]:
+        try:
+            return self.store.read_current(parent)
+        except NotFoundError:
+            raise NotFoundError(f"head '{uuid}' follows its parent '{parent}', which no longer "
+                                "exists, so it has no weights to start training from") from None
+
+    def _stop_following(self, uuid: str, record: dict) -> None:
+        """A child got weights of its own (or was removed): its parent no longer has it
+        as a follower."""
+        parent = follows_parent(record)
+        if parent:
+            self.store.remove_follower(parent, uuid)
+        self._follows.pop(uuid)
 
     def _load_head(self, record: dict, state: dict | None, signature: tuple) -> LoadedHead:
         uuid = record["uuid"]

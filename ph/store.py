@@ -8,6 +8,7 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/_code/<sha>.py            user Python sources, by content
     <root>/_jobs/<id>.json           background training jobs
     <root>/_jobs/<uuid>.head         the id of the head's latest job
+    <root>/_children/<parent>/<uuid> one empty file per untrained child that follows <parent>
     <root>/_locks/                   lock files
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ class HeadStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
-        for sub in ("_code", "_jobs", "_locks", "_tmp"):
+        for sub in ("_children", "_code", "_jobs", "_locks", "_tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._clean_tmp()
 
@@ -162,6 +163,8 @@ class HeadStore:
         except FileNotFoundError:
             raise HeadNotFoundError(f"no head with uuid '{uuid}' to delete") from None
         shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(OSError):  # its followers' folder, if empty
+            (self.root / "_children" / uuid).rmdir()
 
     def list(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir()
@@ -172,6 +175,35 @@ class HeadStore:
         """Serialize writers of one head across threads and processes."""
         with file_lock(self.root / "_locks" / f"{check_uuid(uuid)}.lock"):
             yield
+
+    @contextlib.contextmanager
+    def locks(self, *uuids: str) -> Iterator[None]:
+        """Several heads' locks, always taken in sorted order (so two callers never wait
+        on each other)."""
+        with contextlib.ExitStack() as stack:
+            for uuid in sorted(set(uuids)):
+                stack.enter_context(self.lock(uuid))
+            yield
+
+    # --- followers: untrained children of a head ---------------------------------------
+    # One empty file per follower, so adding or removing one never rewrites a shared file
+    # and nothing on the predict path reads them: only create, delete and check_head do.
+    def add_follower(self, parent: str, child: str) -> None:
+        folder = self.root / "_children" / check_uuid(parent)
+        folder.mkdir(exist_ok=True)
+        (folder / check_uuid(child)).touch()
+
+    def remove_follower(self, parent: str, child: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "_children" / check_uuid(parent) / check_uuid(child)).unlink()
+
+    def followers(self, parent: str) -> list[str]:
+        """Uuids of the untrained children that follow `parent`, as recorded."""
+        try:
+            return sorted(e.name for e in os.scandir(self.root / "_children" / check_uuid(parent))
+                          if not e.name.startswith("."))
+        except FileNotFoundError:
+            return []
 
     # --- head list and user code ---------------------------------------------------------
     def write_head_list(self, record: dict) -> None:

@@ -124,6 +124,27 @@ class ActionTests:
         assert self.ok("stop", job_id=job["job_id"])[0]["state"] == "succeeded"  # nothing to stop
         assert self.check("a")["revision"] == 1
 
+    def test_new_users_start_from_a_shared_head_and_train_their_own_in_the_background(self):
+        self.ok("seed_program", input_text="hi")  # 'ph' is trained: the shared head
+        texts = [r["text"] for r in HELD_OUT[:6]]
+        shared = self.ok("predict", uuid="ph", data=texts)[0]
+        check, first = self.ok("new_user", user="ann", shared="ph", input_text=texts[0])
+        assert check["follows_parent"] == "ph" and not check["trained"]
+        assert check["labels"] == self.check("ph")["labels"] and first == shared[0]
+        self.ok("create_child", uuid="bob", parent="ph")
+        many = self.ok("many", requests=[["ann", texts], ["bob", texts], ["ph", texts]])[0]
+        assert many == [shared, shared, shared]
+        job = self.ok("background", uuid="ann")[0]
+        deadline = time.time() + 120
+        while (status := self.ok("status", job_id=job["job_id"])[0])["state"] in ("queued", "running"):
+            assert time.time() < deadline, status
+            time.sleep(0.2)
+        assert status["state"] == "succeeded", status
+        ann = self.check("ann")
+        assert ann["trained"] and ann["revision"] == 1 and ann["follows_parent"] is None
+        assert self.check("bob")["follows_parent"] == "ph" and self.check("ph")["followers"] == 1
+        assert self.ok("predict", uuid="bob", data=texts)[0] == shared
+
 
     def test_examples_added_listed_learnt_and_forgotten_through_walkers(self):
         self.ok("create_list", config_file="config.yaml")
@@ -182,8 +203,10 @@ class TestRemoteActions(ActionTests, JacCase):
 
     def setUp(self):
         super().setUp()
-        for uuid in self.ok("inspect", uuid="-")[0]:  # start each test with no heads
-            self.ok("delete", uuid=uuid)
+        heads = self.ok("inspect", uuid="-")[0]  # start each test with no heads
+        for uuid in sorted(heads, key=lambda u: not self.check(u)["follows_parent"]):
+            self.ok("delete", uuid=uuid)  # children first: a followed parent cannot go
+        assert self.ok("inspect", uuid="-")[0] == []
         shutil.rmtree(self.tmp / "saved", ignore_errors=True)
 
     def check(self, uuid: str) -> dict:

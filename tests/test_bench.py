@@ -13,7 +13,7 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     results = tmp_path / "results"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
                           "--results", str(results), "--only",
-                          "train_throughput,predict_latency,many_users,many_heads,incremental"],
+                          "train_throughput,predict_latency,many_users,many_heads,incremental,children"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| measure" in out.stdout and "heads, one request each" in out.stdout
@@ -28,6 +28,12 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert heads["budget_bfloat16"]["within_budget"]
     latency = json.loads((results / "predict_latency.json").read_text())
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
+    children = json.loads((results / "children.json").read_text())
+    assert children["sharing"]["children_resolve_to_parents_head"]
+    assert children["sharing"]["bank_slots_after"] == children["sharing"]["bank_slots_before"]
+    assert children["sharing"]["stacked_passes"] == children["sharing"]["batches"]
+    assert children["answers"]["same_class_as_parent"]
+    assert children["answers"]["max_abs_diff_scores"] <= 1e-5
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
     incremental = json.loads((results / "incremental.json").read_text())["results"][0]

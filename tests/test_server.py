@@ -31,6 +31,7 @@ def server(tmp_path_factory):
 def test_spec_lists_every_action_with_its_parameters(server):
     spec = requests.get(server + "/jaseci_actions_spec/", timeout=10).json()
     assert spec["ph.predict"] == ["uuid", "data"]
+    assert spec["ph.create_head"] == ["uuid", "config", "config_file", "replace", "parent"]
     assert spec["ph.train_head"][:2] == ["uuid", "config"]
     assert {"ph.create_head_list", "ph.create_head", "ph.load_weights", "ph.get_config",
             "ph.check_head", "ph.list_heads", "ph.delete_head", "ph.train_status"} <= set(spec)
@@ -56,6 +57,10 @@ def test_create_and_predict_over_http(server):
     ("create_head_list", {"python": "import os"}, 403, "forbidden", "--allow-code"),
     ("load_weights", {"uuid": "a", "weights_file": "/etc/passwd"}, 403, "forbidden", "--allow-path"),
     ("train_status", {"job_id": "nope"}, 404, "not_found", "no training job"),
+    ("create_head", {"uuid": "k", "parent": "nobody"}, 404, "not_found",
+     "parent: no head with uuid 'nobody'"),
+    ("create_head", {"uuid": "k", "parent": "a", "config": {"Model": {"args": {"n_classes": 3}}}},
+     400, "config", "only Trainer may differ"),
 ])
 def test_errors_map_to_status_codes_with_a_clear_json_message(server, action, args, status, kind, match):
     post(server, "create_head", uuid="a", config=SMALL)
@@ -65,6 +70,22 @@ def test_errors_map_to_status_codes_with_a_clear_json_message(server, action, ar
     assert body["error"] == kind and match in body["message"]
     assert "Traceback" not in response.text
     assert post(server, "predict", uuid="a", data="still fine").status_code == 200
+
+
+def test_children_of_a_shared_head_over_http(server):
+    assert post(server, "create_head", uuid="shared", config=SMALL).json() == "shared"
+    for kid in ("kid1", "kid2"):
+        assert post(server, "create_head", uuid=kid, parent="shared").json() == kid
+    texts = ["hello", "order a pizza", "play jazz"]
+    shared = post(server, "predict", uuid="shared", data=texts).json()
+    answers = post(server, "predict_many", requests=[["kid1", texts], ["kid2", texts]]).json()
+    assert answers == [shared, shared]
+    check = post(server, "check_head", uuid="kid1").json()
+    assert check["follows_parent"] == "shared" and not check["trained"]
+    refused = post(server, "delete_head", uuid="shared")
+    assert refused.status_code == 409 and "2 untrained child head(s)" in refused.json()["message"]
+    for uid in ("kid1", "kid2", "shared"):
+        assert post(server, "delete_head", uuid=uid).json() is True
 
 
 def test_an_unknown_action_is_a_404_naming_the_actions(server):

@@ -340,3 +340,37 @@ def test_store_head_lock_excludes_another_process(store):
     with store.lock("alice"):
         assert probe(store.root / "_locks" / "alice.lock") == "locked"
     assert probe(store.root / "_locks" / "alice.lock") == "free"
+
+
+def test_followers_are_one_file_each_and_go_with_an_empty_parent(store):
+    store.create("p", record("p"))
+    assert store.followers("p") == [] and store.followers("nobody") == []
+    for kid in ("k2", "k1"):
+        store.add_follower("p", kid)
+    assert store.followers("p") == ["k1", "k2"]
+    store.remove_follower("p", "k1")
+    store.remove_follower("p", "k1")  # twice is fine
+    assert store.followers("p") == ["k2"]
+    assert "_children" not in store.list()
+    store.remove_follower("p", "k2")
+    store.delete("p")
+    assert not (store.root / "_children" / "p").exists()
+    with pytest.raises(BadInputError):
+        store.add_follower("p", "../x")
+
+
+def test_locks_of_several_heads_are_taken_in_one_order(store):
+    done = []
+
+    def take(order):
+        for _ in range(50):
+            with store.locks(*order):
+                pass
+        done.append(order)
+
+    threads = [threading.Thread(target=take, args=(o,), daemon=True) for o in (("a", "b"), ("b", "a"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(done) == 2  # no deadlock
