@@ -150,6 +150,7 @@ def main() -> None:
     p.add_argument("--heads", default="10,100", help="N heads for the stacked pass")
     p.add_argument("--repeat", type=int, default=100, help="calls per latency figure")
     p.add_argument("--passes", type=int, default=20, help="stacked passes per N")
+    p.add_argument("--parts", default="accuracy,cost,stacked", help="which measurements")
     args = p.parse_args()
     device = setup(args)
     os.chdir(tempfile.mkdtemp())
@@ -162,13 +163,18 @@ def main() -> None:
     load_seconds = time.perf_counter() - start
     results: dict = {"minilm_first_load_seconds": round(load_seconds, 2), "accuracy": {},
                      "cost": {}, "stacked": {}}
+    parts = args.parts.split(",")
     for encoder in ENCODERS:
-        results["accuracy"][encoder] = [
-            accuracy(registry, encoder, device, seeds, int(k), args.epochs or None)
-            for k in args.per_intent.split(",")]
-        results["cost"][encoder] = predict_cost(registry, encoder, device, args.repeat)
-        results["stacked"][encoder] = [stacked_pass(registry, encoder, device, int(n), args.passes)
-                                       for n in args.heads.split(",")]
+        if "accuracy" in parts:
+            results["accuracy"][encoder] = [
+                accuracy(registry, encoder, device, seeds, int(k), args.epochs or None)
+                for k in args.per_intent.split(",")]
+        if "cost" in parts:
+            results["cost"][encoder] = predict_cost(registry, encoder, device, args.repeat)
+        if "stacked" in parts:
+            results["stacked"][encoder] = [
+                stacked_pass(registry, encoder, device, int(n), args.passes)
+                for n in args.heads.split(",")]
     results["minilm_encoders_loaded_in_this_process"] = sum(
         1 for key in loaded_encoders() if key[0] == "sentence_transformers")
     emit("encoders", args, device, results)

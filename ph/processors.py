@@ -81,6 +81,9 @@ class PersonalizedHeadPreProcessor(VectorPreProcessor):
                  encoder_args: dict | None = None):
         self.dim = embedding_length
         self.encoder = make_encoder(encoder, encoder_args, embedding_length)
+        # A model-backed encoder shared by many heads: the stacked pass encodes the texts
+        # of all its heads in one call (ph.batching) instead of one by one.
+        self.shared_text_encoder = self.encoder if getattr(self.encoder, "shared", False) else None
         self.expected = (f"a string, a list of strings, a vector of {embedding_length} numbers, "
                          "or a list of such vectors")
 

@@ -257,8 +257,15 @@ def test_minilm_head_trains_and_generalises_to_unseen_templates(heads, intents):
     assert heads.loaded("a").engine.preprocessor.encoder is encoder
 
 
-def test_stacked_pass_answers_minilm_heads_like_one_by_one(heads):
+def test_stacked_pass_encodes_the_texts_of_all_heads_in_one_call(heads, monkeypatch):
     texts = ["book a flight to Lima", "set an alarm for noon", "play some Bach"]
     requests = [(uuid, text) for uuid in ("a", "b") for text in texts]
     alone = [heads.predict(uuid, text) for uuid, text in requests]
+    encoder = heads.loaded("a").engine.preprocessor.encoder
+    calls = []
+    inner = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda batch: calls.append(len(batch)) or inner(batch))
     assert heads.predict_many(requests) == alone
+    assert calls == [6]
+    scores = heads.predict_many([("a", texts[0]), ("b", texts[0]), ("a", [0.0] * 384)])
+    assert calls == [6, 2] and all(isinstance(s, int) for s in scores)
