@@ -29,3 +29,9 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert {"bare_forward", "python_api_text", "jaseci_walker_run", "http_text"} <= set(latency["layers"])
     training = json.loads((results / "train_throughput.json").read_text())
     assert set(training["results"]) == {"batch_32", "batch_256"}
+    encoders = json.loads((results / "encoders.json").read_text())
+    assert encoders["minilm_encoders_loaded_in_this_process"] == 1
+    assert [r["shared_encoder_objects"] for r in encoders["stacked"]["minilm"]] == [1]
+    for runs in encoders["accuracy"].values():
+        assert all(0 <= a <= 1 for run in runs for a in run["accuracy"])
+    assert "hashing / MiniLM" in out.stdout
