@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import emit, parser, pct, setup, sync
+from common import emit, parser, pct, rss_bytes, setup, sync
 
 ENCODERS = {
     "hashing": {},
@@ -158,10 +158,12 @@ def main() -> None:
     from ph.registry import HeadRegistry
     registry = HeadRegistry(Path("heads"))
     seeds = [int(s) for s in args.seeds.split(",")]
-    start = time.perf_counter()
+    registry.create_head("warm-hashing", head_config("hashing", device, None))
+    rss, start = rss_bytes(), time.perf_counter()
     registry.create_head("warm-minilm", head_config("minilm", device, None))
     load_seconds = time.perf_counter() - start
-    results: dict = {"minilm_first_load_seconds": round(load_seconds, 2), "accuracy": {},
+    results: dict = {"minilm_first_load_seconds": round(load_seconds, 2),
+                     "minilm_load_rss_mb": round((rss_bytes() - rss) / 2**20, 1), "accuracy": {},
                      "cost": {}, "stacked": {}}
     parts = args.parts.split(",")
     for encoder in ENCODERS:
