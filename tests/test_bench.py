@@ -3,6 +3,7 @@ Speed targets are not asserted here: they live in the benchmark output (BENCHMAR
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,7 +14,8 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     results = tmp_path / "results"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
                           "--results", str(results)],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "PH_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| measure" in out.stdout and "heads, one request each" in out.stdout
     users = json.loads((results / "many_users.json").read_text())["results"][0]

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+import ph.api
+from intent_data import as_label_lists, make_split
+from jaseci_harness import JacCase, in_dir
 from ph.encoders import (PACKAGED_MODELS, SentenceTransformersEncoder, PackagedModel,
                          loaded_encoders, make_encoder, unpack_model)
 from ph.errors import ConfigError, PermissionDeniedError
@@ -268,3 +273,45 @@ def test_stacked_pass_encodes_the_texts_of_all_heads_in_one_call(heads, monkeypa
     assert calls == [6]
     scores = heads.predict_many([("a", texts[0]), ("b", texts[0]), ("a", [0.0] * 384)])
     assert calls == [6, 2] and all(isinstance(s, int) for s in scores)
+
+
+# --- through a Jaseci walker ---------------------------------------------------------------
+
+class TestMiniLMHeadThroughWalkers(JacCase):
+    """A JAC program names the encoder in a config dict; no path anywhere."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp())
+        self.old_cwd = in_dir(self.tmp)
+        self.old_cache = os.environ.get("PH_CACHE_DIR")
+        os.environ["PH_CACHE_DIR"] = str(self.tmp / "cache")
+        train, self.held_out = make_split(seed=0)
+        (self.tmp / "train.json").write_text(json.dumps(as_label_lists(train)))
+        ph.api.setup(heads_dir=str(self.tmp / "heads"))
+        super().setUp()
+
+    def tearDown(self):
+        super().tearDown()
+        in_dir(self.old_cwd)
+        if self.old_cache is None:
+            os.environ.pop("PH_CACHE_DIR", None)
+        else:
+            os.environ["PH_CACHE_DIR"] = self.old_cache
+        ph.api._registry = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_walker_creates_trains_and_asks_a_minilm_head(self):
+        assert self.ok("create", uuid="user1", config=minilm_config()) == ["user1"]
+        summary = self.ok("train", uuid="user1", overrides={})[0]
+        assert summary["updated"] is True
+        preds = self.ok("predict", uuid="user1", data=[r["text"] for r in self.held_out])[0]
+        _, check, config = self.ok("inspect", uuid="user1")
+        assert config["Model"]["args"]["embedding_length"] == 384
+        hits = sum(check["labels"][p] == r["label"] for p, r in zip(preds, self.held_out))
+        assert hits / len(self.held_out) >= 0.9
+
+    def test_walker_naming_an_unknown_model_fails_with_the_accepted_names(self):
+        config = minilm_config()
+        config["Inference"]["preprocess"]["args"]["encoder_args"] = {"model": "MiniLM"}
+        errors = self.fails("create", "unknown model 'MiniLM'", uuid="user2", config=config)
+        assert "all-MiniLM-L6-v2" in errors
