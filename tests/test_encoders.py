@@ -220,7 +220,7 @@ def test_model_folder_that_does_not_exist_is_config_error(heads, tmp_path):
         heads.create_head("nofolder", config)
 
 
-def test_model_folder_is_refused_by_a_server_that_allows_no_paths(tmp_path):
+def test_model_folder_is_refused_by_a_server_that_allows_no_paths(tmp_path, heads):
     server = HeadRegistry(tmp_path / "heads", policy=PathPolicy.restricted([]))
     config = minilm_config()
     config["Inference"]["preprocess"]["args"]["encoder_args"] = {"model": "/opt/models/x"}
@@ -229,6 +229,7 @@ def test_model_folder_is_refused_by_a_server_that_allows_no_paths(tmp_path):
     with pytest.raises(PermissionDeniedError):
         server.create_head_list(config)
     assert server.list_heads() == []
+    assert server.create_head("named", minilm_config()) == "named"  # a name is no path
 
 
 def test_model_folder_inside_an_allowed_folder_loads(tmp_path, cache, heads):
