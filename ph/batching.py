@@ -256,13 +256,15 @@ def answer_many(items: list[tuple[Any, Any]]) -> list[Any]:
     its own request, as a PHError."""
     results: list[Any] = [None] * len(items)
     groups: dict[tuple, list] = {}
+    encoded = _encode_together(items)
     for i, (head, data) in enumerate(items):
         if isinstance(head, Exception):
             results[i] = head
             continue
         try:
             engine = head.engine
-            x, single = engine.preprocess(data), engine.is_single(data)
+            x = encoded[i] if i in encoded else engine.preprocess(data)
+            single = engine.is_single(data)
             bank = head.extra.get("bank")
             if bank is None or not isinstance(x, torch.Tensor):
                 results[i] = engine.postprocess(engine.forward(x), single)
@@ -277,6 +279,32 @@ def answer_many(items: list[tuple[Any, Any]]) -> list[Any]:
             for i, head, x, single in group:
                 results[i] = _answer_alone(head, x, single)
     return results
+
+
+def _encode_together(items: list[tuple[Any, Any]]) -> dict[int, torch.Tensor]:
+    """Text requests to heads whose pre-processors share one model-backed encoder,
+    encoded in one call ({item index: [1, 1, dim]}). Such an encoder costs far more per
+    text than a head's forward, and one batch of texts costs much less than encoding them
+    one by one. A group that fails is left to encode request by request (and keep its own
+    error)."""
+    by_encoder: dict[int, tuple[Any, list]] = {}
+    for i, (head, data) in enumerate(items):
+        if isinstance(head, Exception) or not isinstance(data, str):
+            continue
+        encoder = getattr(head.engine.preprocessor, "shared_text_encoder", None)
+        if encoder is not None:
+            by_encoder.setdefault(id(encoder), (encoder, []))[1].append((i, data))
+    out: dict[int, torch.Tensor] = {}
+    for encoder, rows in by_encoder.values():
+        if len(rows) < 2:
+            continue
+        try:
+            vectors = encoder.encode([text for _, text in rows])
+        except Exception:  # noqa: BLE001
+            continue
+        for k, (i, _) in enumerate(rows):
+            out[i] = vectors[k:k + 1].unsqueeze(1)  # as the pre-processor shapes one text
+    return out
 
 
 def _answer_stacked(group: list, results: list) -> None:

@@ -1,112 +1,21 @@
 """Pre-processors (input -> model tensor), post-processors (model output -> plain
-Python values) and the offline text encoders behind the default pre-processor.
+Python values). The text encoders behind the default pre-processor live in
+`ph.encoders`.
 
 Built-in processors follow the seed's protocol, `process(x)`, plus `is_single(data)`
 on pre-processors so one input gives one answer rather than a list of one.
 """
 from __future__ import annotations
 
-import functools
-import math
-import re
-import zlib
 from numbers import Number
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .components import POSTPROCESSORS, PREPROCESSORS, Registry
-from .errors import BadInputError, ConfigError
-
-ENCODERS = Registry("text encoder")
-_WORD = re.compile(r"\w+", re.UNICODE)
-WORD_CACHE_SIZE = 20_000  # words whose hashed features are kept (at most ~40 MB)
-
-
-@ENCODERS.register("hashing")
-class HashingEncoder:
-    """Deterministic, offline text -> vector (signed feature hashing, L2-normalised).
-
-    Features: words, word bigrams and character n-grams of each word, so related
-    word forms share dimensions. No vocabulary, no download; the same text gives the
-    same vector on every machine.
-    """
-
-    def __init__(self, dim: int, char_ngrams: Sequence[int] = (3, 5), bigrams: bool = True):
-        self.dim = dim
-        self.ngram_sizes = range(char_ngrams[0], char_ngrams[1] + 1)
-        self.bigrams = bigrams
-
-    def word_features(self, word: str) -> list[str]:
-        return _word_features(word, self.ngram_sizes)
-
-    def features(self, text: str) -> list[str]:
-        words = _WORD.findall(text.lower())
-        feats = [f for word in words for f in self.word_features(word)]
-        if self.bigrams:
-            feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
-        return feats
-
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        out = torch.zeros(len(texts), self.dim)
-        for row, text in enumerate(texts):
-            words = _WORD.findall(text.lower())
-            counts: dict[int, float] = {}
-            codes = [c for word in words for c in _hashed_word(word, self.dim, self.ngram_sizes)]
-            if self.bigrams:
-                codes += [_hash(f"b:{a} {b}", self.dim) for a, b in zip(words, words[1:])]
-            for index, sign in codes:
-                counts[index] = counts.get(index, 0.0) + sign
-            if counts:
-                norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
-                out[row, list(counts)] = torch.tensor(list(counts.values())) / norm
-        return out
-
-
-def _word_features(word: str, ngram_sizes: range) -> list[str]:
-    padded = f"<{word}>"
-    return [f"w:{word}"] + [padded[i:i + n] for n in ngram_sizes
-                            for i in range(max(1, len(padded) - n + 1))]
-
-
-@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
-def _hashed_word(word: str, dim: int, ngram_sizes: range) -> tuple[tuple[int, float], ...]:
-    """A word's features, hashed once per process: vocabularies are small and repeat
-    (sums of +-1 are exact, so the order features are added in does not matter)."""
-    return tuple(_hash(f, dim) for f in _word_features(word, ngram_sizes))
-
-
-def _hash(feature: str, dim: int) -> tuple[int, float]:
-    code = zlib.crc32(feature.encode("utf-8"))
-    return code % dim, (1.0 if code & 0x80000000 else -1.0)
-
-
-@ENCODERS.register("sentence_transformers")
-class SentenceTransformersEncoder:
-    """A locally installed sentence-transformers model (never downloaded: offline mode)."""
-
-    def __init__(self, dim: int, model: str = "all-MiniLM-L6-v2", device: str = "cpu"):
-        import os
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ConfigError("Inference.preprocess.args.encoder: 'sentence_transformers' needs the "
-                              "sentence-transformers package and a locally installed model; "
-                              "install them or use encoder: hashing") from None
-        try:
-            self.model = SentenceTransformer(model, device=device, local_files_only=True)
-        except Exception as exc:
-            raise ConfigError(f"Inference.preprocess.args.encoder_args.model: cannot load '{model}' "
-                              f"from local files ({exc}); give the path of an installed model") from None
-        got = self.model.get_sentence_embedding_dimension()
-        if got != dim:
-            raise ConfigError(f"Inference.preprocess.args: encoder '{model}' makes {got}-dim vectors "
-                              f"but embedding_length is {dim}; set Model.args.embedding_length: {got}")
-        self.dim = dim
-
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        return torch.as_tensor(self.model.encode(list(texts), convert_to_numpy=True))
+from .components import POSTPROCESSORS, PREPROCESSORS
+from .encoders import (ENCODERS, HashingEncoder, SentenceTransformersEncoder,  # noqa: F401
+                       make_encoder)  # (the encoders' old home: importable from here too)
+from .errors import BadInputError
 
 
 class VectorPreProcessor:
@@ -163,14 +72,18 @@ class PersonalizedHeadPreProcessor(VectorPreProcessor):
     """Text or embeddings -> [batch, 1, embedding_length] for PersonalizedHead.
 
     Takes a string, a list of strings, a vector (list of floats) or a list of vectors.
-    `embedding_length` defaults to Model.args.embedding_length.
+    `embedding_length` defaults to Model.args.embedding_length. `encoder` (see
+    `ph.encoders`) turns text into vectors; a model-backed one is loaded once per process
+    and shared by every head naming the same `encoder_args`.
     """
 
     def __init__(self, embedding_length: int = 768, encoder: str = "hashing",
                  encoder_args: dict | None = None):
         self.dim = embedding_length
-        cls = ENCODERS.get(encoder, "Inference.preprocess.args.encoder")
-        self.encoder = cls(embedding_length, **(encoder_args or {}))
+        self.encoder = make_encoder(encoder, encoder_args, embedding_length)
+        # A model-backed encoder shared by many heads: the stacked pass encodes the texts
+        # of all its heads in one call (ph.batching) instead of one by one.
+        self.shared_text_encoder = self.encoder if getattr(self.encoder, "shared", False) else None
         self.expected = (f"a string, a list of strings, a vector of {embedding_length} numbers, "
                          "or a list of such vectors")
 

@@ -28,6 +28,7 @@ from .children import (FollowMap, check_parent, follows_parent, merge_trainer_on
 from .components import UserCode
 from .config import config_diff, deep_merge, load_config
 from .data import DataContext
+from .encoders import model_path
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
 from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
                      as_ph_error)
@@ -68,6 +69,7 @@ class HeadRegistry:
                 raise ConfigError("python: must be the source text of your Python file")
             digest = self.store.save_code(python)
         code, _ = self._collect_code(overrides, digest)
+        self._check_model_folder(overrides)
         validate_config(overrides, code, source="the head list")
         self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time()})
 
@@ -92,6 +94,7 @@ class HeadRegistry:
         base, python = self._head_list()
         merged = deep_merge(base, self._load(config, "config"))
         code, code_ids = self._collect_code(merged, python)
+        self._check_model_folder(merged)
         full = validate_config(merged, code, source=f"head '{uuid}'")
         state = labels = None
         if full["Inference"]["weights"]:
@@ -577,6 +580,13 @@ class HeadRegistry:
                                       f"(looked at {file})")
                 ids[python_file] = self.store.save_code(file.read_text(encoding="utf-8"))
         return UserCode({k: self.store.load_code(v) for k, v in ids.items()}), ids
+
+    def _check_model_folder(self, config: Mapping) -> None:
+        """An encoder model folder is a path like any other: the policy decides, before
+        validation loads it."""
+        folder = model_path(_dig(config, ("Inference", "preprocess", "args")))
+        if folder is not None:
+            self.policy.resolve(folder, "Inference.preprocess.args.encoder_args.model")
 
     def _code(self, record: dict) -> UserCode:
         return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})

@@ -11,6 +11,7 @@ import torch
 from .components import LOSSES, METRICS, MODELS, UserCode, UserComponent, problems_of
 from .config import check_shape, parse_monitor, with_defaults
 from .data import DataContext
+from .encoders import encoder_dim
 from .engine import build_model, build_processors
 from .errors import ConfigError
 from .training import build_loader, build_optimizer, build_scheduler
@@ -28,7 +29,7 @@ def validate_config(config: Any, code: UserCode | None = None, source: str | Non
     if not isinstance(config, Mapping):
         raise ConfigError(f"a config must be a mapping with sections Inference, Model, Trainer; "
                           f"got {type(config).__name__}", source)
-    full = with_defaults(config)
+    full = _follow_encoder(config, with_defaults(config))
     try:
         key = _digest(full, code)
     except (TypeError, ValueError):
@@ -50,6 +51,31 @@ def validate_config(config: Any, code: UserCode | None = None, source: str | Non
         _validated.pop(next(iter(_validated)))
     _validated[key] = full
     return json.loads(json.dumps(full))
+
+
+def _follow_encoder(given: Mapping, full: dict) -> dict:
+    """`full` with Model.args.embedding_length set to the size of the vectors the
+    pre-processor's encoder makes (384 for all-MiniLM-L6-v2), when the user left it out:
+    the default (768) only fits the hashing encoder, which takes any size."""
+    model_args = _dig(given, "Model", "args")
+    pre_args = _dig(full, "Inference", "preprocess", "args")
+    full_args = _dig(full, "Model", "args")
+    if (isinstance(model_args, Mapping) and "embedding_length" in model_args) \
+            or not isinstance(pre_args, Mapping) or "embedding_length" in pre_args \
+            or not isinstance(full_args, dict) or "embedding_length" not in full_args:
+        return full
+    dim = encoder_dim(pre_args.get("encoder"), pre_args.get("encoder_args"))
+    if dim is not None:
+        full_args["embedding_length"] = dim
+    return full
+
+
+def _dig(mapping: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
 
 
 class _Broken:

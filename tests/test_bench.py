@@ -3,6 +3,7 @@ Speed targets are not asserted here: they live in the benchmark output (BENCHMAR
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,8 +14,10 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     results = tmp_path / "results"
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
                           "--results", str(results), "--only",
-                          "train_throughput,predict_latency,many_users,many_heads,incremental,children"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                          "train_throughput,predict_latency,many_users,many_heads,incremental,"
+                          "children,encoders"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "PH_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| measure" in out.stdout and "heads, one request each" in out.stdout
     users = json.loads((results / "many_users.json").read_text())["results"][0]
@@ -39,6 +42,12 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     incremental = json.loads((results / "incremental.json").read_text())["results"][0]
     assert incremental["incremental"]["samples"] < incremental["full"]["samples"]
     assert incremental["naive"]["samples"] < incremental["incremental"]["samples"]
+    encoders = json.loads((results / "encoders.json").read_text())
+    assert encoders["minilm_encoders_loaded_in_this_process"] == 1
+    assert [r["shared_encoder_objects"] for r in encoders["stacked"]["minilm"]] == [1]
+    for runs in encoders["accuracy"].values():
+        assert all(0 <= a <= 1 for run in runs for a in run["accuracy"])
+    assert "hashing / MiniLM" in out.stdout
 
 
 def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):

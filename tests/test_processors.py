@@ -237,14 +237,6 @@ def test_unknown_encoder_is_config_error_listing_known_encoders():
     assert "did you mean 'hashing'" in msg
 
 
-def test_sentence_transformers_encoder_without_package_is_clear_config_error():
-    with pytest.raises(ConfigError) as err:
-        PersonalizedHeadPreProcessor(embedding_length=DIM, encoder="sentence_transformers")
-    msg = str(err.value)
-    assert "sentence-transformers package" in msg
-    assert "encoder: hashing" in msg
-
-
 # --- PersonalizedHeadPostProcessor ---------------------------------------------------------
 
 def log_probs(rows: list[list[float]]) -> torch.Tensor:

