@@ -17,10 +17,12 @@ from pathlib import Path
 import torch
 
 from common import emit, parser, rss_bytes, setup, sync
+from ph.batching import DERIVE_AFTER_USES
 
 
 def rate(fn, n_requests: int, device, min_seconds: float = 2.0) -> float:
-    fn()  # warm up (loads, caches, kernels)
+    for _ in range(DERIVE_AFTER_USES):  # warm up: loads, kernels, the banks' fused weights
+        fn()
     sync(device)
     runs, start = 0, time.perf_counter()
     while True:

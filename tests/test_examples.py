@@ -92,3 +92,17 @@ def test_dict_api_example_runs_and_runs_again(tmp_path, runs):
         trained, prediction, epochs, rev = run_example(folder)["report"]
         assert trained is True and epochs == 20 and rev == revision
         assert prediction["intent"] == "get_weather" and 0.5 < prediction["confidence"] <= 1.0
+
+
+def test_feedback_loop_example_learns_a_users_correction_and_new_users_start_shared(tmp_path):
+    folder = copy_example("feedback_loop", tmp_path)
+    results = jsctl_script(folder, *(folder / "run.jsctl").read_text().splitlines())
+    assert all(r["success"] for r in results), [r.get("errors") for r in results]
+    labels, first, corrected, after, bob, weather = [r["report"][0] for r in results[1:]]
+    assert "play_music" in labels and "get_weather" in labels
+    assert first["follows"] == "shared"  # a new user answers with the shared head
+    assert corrected == {"user": "alice", "examples": 1, "training": "succeeded"}
+    assert after == {"user": "alice", "text": "spin my chill vibes", "answer": "play_music",
+                     "follows": None}  # alice's own head now, with her correction learnt
+    assert bob["follows"] == "shared" and bob["answer"] == first["answer"]  # bob is unchanged
+    assert weather["answer"] == "get_weather"  # and alice's head kept the rest
