@@ -67,6 +67,10 @@ def bench_n(n: int, device: torch.device, seconds: float) -> dict:
                         "stacked_rps": round(rate(model_stacked, n, device, seconds))},
               "end_to_end": {"loop_rps": round(rate(e2e_loop, n, device, seconds)),
                              "batched_rps": round(rate(e2e_batched, n, device, seconds))}}
+    # the timed runs derived the banks' fused weights: check that path's answers too
+    fused_diff = max((a.float() - b.float()).abs().max().item()
+                     for a, b in zip(loop_out, model_stacked()))
+    result["max_abs_diff"] = max(max_diff, fused_diff)
     for level in ("model", "end_to_end"):
         row = result[level]
         fast = row.get("stacked_rps", row.get("batched_rps"))
