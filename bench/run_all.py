@@ -25,7 +25,7 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "children": ["--children", "40", "--batch", "16", "--repeat", "30"],
          "encoders": ["--threads", "1", "--seeds", "0", "--per-intent", "5", "--epochs", "2",
                       "--heads", "3", "--repeat", "5", "--passes", "2"],
-         "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1",
+         "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1", "--warmup", "1",
                         "--parts", "sweep,anchor", "--generator", "python"]}
 NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
 

@@ -58,10 +58,15 @@ def make_heads(heads_dir: Path, n: int) -> None:
         registry.create_head(f"u{i}", {"Inference": {"device": "cpu"}})
 
 
-def warm(url: str, n: int) -> None:
+def warm(url: str, n: int, seconds: float = 4, generator: str = "auto") -> None:
+    """Load every head, then run unrecorded load on many connections, so that every worker
+    has loaded every head and derived its banks' fused weights (after 8 passes) before the
+    measured points: they measure the steady state, not start-up."""
     session = requests.Session()
     for i in range(n):
         session.post(f"{url}/predict/", json={"uuid": f"u{i}", "data": "warm up"}).raise_for_status()
+    if seconds > 0:
+        loadgen.run(url, n, 32, seconds, generator=generator)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -156,6 +161,7 @@ def main() -> None:
     p.add_argument("--budget-heads", type=int, default=1000)
     p.add_argument("--budget", default="2GB")
     p.add_argument("--jaseci-repeat", type=int, default=300)
+    p.add_argument("--warmup", type=float, default=4, help="seconds of unrecorded load first")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     conns = [int(c) for c in args.connections.split(",")]
@@ -172,7 +178,7 @@ def main() -> None:
             out["points"]["anchor_constant"] = sweep(url, proc, args.heads, [conns[0], at],
                                                      args.seconds, args.generator)
     with server(ph_serve(heads_dir, "--allow-path", str(work)), work) as (url, proc):
-        warm(url, args.heads)
+        warm(url, args.heads, args.warmup, args.generator)
         if "sweep" in parts:
             out["points"]["ph_1_worker"] = sweep(url, proc, args.heads, conns, args.seconds, args.generator)
         if "vector" in parts:
@@ -184,12 +190,11 @@ def main() -> None:
             out["jaseci_walker_remote"] = jaseci_walker(url, args.jaseci_repeat)
     if "workers" in parts:
         with server(ph_serve(heads_dir, "--workers", "2"), work) as (url, proc):
-            warm(url, args.heads)
-            warm(url, args.heads)  # each worker loads its own copy
+            warm(url, args.heads, 2 * args.warmup, args.generator)  # each worker loads its own copy
             out["points"]["ph_2_workers"] = sweep(url, proc, args.heads, conns, args.seconds, args.generator)
     if "budget" in parts:
         with server(ph_serve(heads_dir, "--memory-budget", args.budget), work) as (url, proc):
-            warm(url, args.heads)
+            warm(url, args.heads, 0)  # most of its heads are meant to be cold
             budget = point(url, proc, args.budget_heads, at, max(args.seconds, 10), generator=args.generator)
             stats = requests.post(f"{url}/head_stats/", json={}).json()
             out["budget"] = {"heads": args.budget_heads, "budget": args.budget, **budget,
