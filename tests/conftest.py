@@ -21,6 +21,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 torch.set_num_threads(1)
 
 
+TINY_SOURCE = ("import torch\nclass Tiny(torch.nn.Module):\n"
+               "    def __init__(self):\n        super().__init__()\n        self.l = torch.nn.Linear(64, 8)\n"
+               "    def forward(self, x):\n        return torch.log_softmax(self.l(x.squeeze(1)), -1)\n")
+
+
+def tiny_custom_config(registry) -> dict:
+    """A head config whose model is user code without a stacked forward (its source set
+    as the registry's head-list Python)."""
+    registry.create_head_list(python=TINY_SOURCE)
+    config = small_config()
+    config["Model"] = {"type": "CustomModel", "args": {"module_name": "Tiny"}}
+    config["Inference"] = {"preprocess": {"args": {"embedding_length": 64}}}
+    return config
+
+
 def small_config(**trainer_loop) -> dict:
     """A head small enough to train in a second, with the seed's structure."""
     loop = {"epochs": 3, "save_period": 100, "tensorboard": False, "verbosity": 0,

