@@ -59,6 +59,15 @@ def serve_command(args: argparse.Namespace) -> int:
                               args.max_body_bytes)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
+    from .workers import can_spread, serve_workers
+    if args.workers > 1 and can_spread():
+        try:
+            return serve_workers(args.host, args.port, args.workers, args.log_level,
+                                 args.access_log)
+        except OSError as exc:
+            print(f"ph serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+                  "is another server using it? Choose another --port", file=sys.stderr)
+            return 2
     import uvicorn
     uvicorn.run("ph.server:serv_actions", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=args.access_log)

@@ -71,3 +71,42 @@ def test_workers_of_one_server_share_the_heads(workdir, train_json):
         call(url, "train_head", uuid="w")
         after = {str(call(url, "predict", uuid="w", data=TEXTS)) for _ in range(20)}
         assert len(after) == 1 and call(url, "check_head", uuid="w")["revision"] == 1
+
+
+def test_workers_listen_on_their_own_sockets_so_long_lived_connections_spread(workdir):
+    with ph_server(workdir, "--workers", "2") as url:
+        sessions = [requests.Session() for _ in range(16)]  # one keep-alive connection each
+        pids = [s.get(url + "/healthz", timeout=30).json()["pid"] for s in sessions]
+        assert len(set(pids)) == 2, pids  # all 16 on one worker: 1 in 32,768 if spread
+        for session, pid in zip(sessions, pids):  # each connection stays with its worker
+            assert session.get(url + "/healthz", timeout=30).json()["pid"] == pid
+
+
+def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(workdir):
+    import os
+    import signal
+    with ph_server(workdir, "--workers", "2") as url:
+        pids = {requests.get(url + "/healthz", timeout=30).json()["pid"] for _ in range(20)}
+        victim = pids.pop()
+        os.kill(victim, signal.SIGKILL)
+        deadline, seen = time.time() + 60, set()
+        while time.time() < deadline and not (seen - pids - {victim}):
+            try:
+                seen.add(requests.get(url + "/healthz", timeout=5).json()["pid"])
+            except requests.RequestException:
+                pass  # a connection the dead worker had accepted
+            time.sleep(0.1)
+        assert victim not in seen and seen - pids, (victim, pids, seen)
+
+
+def test_serve_refuses_a_port_another_program_holds(workdir):
+    import socket
+    import subprocess
+    from servers import BIN
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = subprocess.run([str(BIN / "ph"), "serve", "--port", str(port), "--workers", "2"],
+                             cwd=workdir, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "cannot listen" in out.stderr and "--port" in out.stderr
