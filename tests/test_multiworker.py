@@ -75,6 +75,7 @@ def test_workers_of_one_server_share_the_heads(workdir, train_json):
 
 def test_workers_listen_on_their_own_sockets_so_long_lived_connections_spread(workdir):
     with ph_server(workdir, "--workers", "2") as url:
+        wait_for_workers(url, 2)
         sessions = [requests.Session() for _ in range(16)]  # one keep-alive connection each
         pids = [s.get(url + "/healthz", timeout=30).json()["pid"] for s in sessions]
         assert len(set(pids)) == 2, pids  # all 16 on one worker: 1 in 32,768 if spread
@@ -86,7 +87,7 @@ def test_a_worker_that_dies_is_replaced_and_the_port_keeps_answering(workdir):
     import os
     import signal
     with ph_server(workdir, "--workers", "2") as url:
-        pids = {requests.get(url + "/healthz", timeout=30).json()["pid"] for _ in range(20)}
+        pids = wait_for_workers(url, 2)
         victim = pids.pop()
         os.kill(victim, signal.SIGKILL)
         deadline, seen = time.time() + 60, set()
@@ -110,3 +111,13 @@ def test_serve_refuses_a_port_another_program_holds(workdir):
         out = subprocess.run([str(BIN / "ph"), "serve", "--port", str(port), "--workers", "2"],
                              cwd=workdir, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "cannot listen" in out.stderr and "--port" in out.stderr
+
+
+def wait_for_workers(url: str, n: int, timeout: float = 120) -> set:
+    """The pids of n workers, once each answers (a worker listens once it has started)."""
+    pids, deadline = set(), time.time() + timeout
+    while len(pids) < n and time.time() < deadline:
+        pids.add(requests.get(url + "/healthz", timeout=30).json()["pid"])  # a new connection
+        time.sleep(0.05)
+    assert len(pids) == n, pids
+    return pids
