@@ -27,7 +27,9 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
                       "--heads", "3", "--repeat", "5", "--passes", "2"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1", "--warmup", "1",
                         "--parts", "sweep,anchor", "--generator", "python"]}
-NEEDS_SERVER = ("serve_load",)  # fastapi, uvicorn (and Jaseci for its walker part)
+# not on the GPU machine (--core-only): serve_load needs fastapi, uvicorn and Jaseci,
+# encoders the encoder extra (sentence-transformers)
+NOT_CORE_ONLY = ("serve_load", "encoders")
 
 
 def summary(results: dict) -> str:
@@ -153,12 +155,10 @@ def main() -> None:
             continue
         cmd = [sys.executable, str(HERE / f"{name}.py"), "--device", args.device,
                "--out", str(out_dir / f"{name}.json"), *extra]
-        if args.core_only and name == "encoders":
-            continue  # the encoder extra (sentence-transformers) is not installed there
+        if args.core_only and name in NOT_CORE_ONLY:
+            continue
         if args.core_only and name == "predict_latency":
             cmd += ["--skip-jaseci", "--skip-http"]
-        if args.core_only and name in NEEDS_SERVER:
-            continue
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         subprocess.run(cmd, check=True, cwd=HERE, stdout=subprocess.DEVNULL)
         results[name] = json.loads((out_dir / f"{name}.json").read_text())

@@ -22,8 +22,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +35,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the offline intent-data generator
 from intent_data import as_label_lists, make_split  # noqa: E402
+from servers import free_port, stop, wait_for  # noqa: E402
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 ENDED = ("succeeded", "failed", "stopped")
@@ -59,9 +58,7 @@ class Server:
     """`ph serve` in `work` on a free loopback port; stopped with its process group."""
 
     def __init__(self, work: Path, workers: int):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / "server.log"
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -71,24 +68,14 @@ class Server:
                  "--workers", str(workers), "--heads-dir", str(work / "heads"),
                  "--allow-path", str(work), "--log-level", "warning"],
                 cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline and self.proc.poll() is None:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(self.url + "/healthz", timeout=2).ok:
-                    return
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"ph serve did not start: {self.log.read_text()[-2000:]}")
+        try:
+            wait_for(self.url + "/healthz", self.proc, timeout=120)
+        except (RuntimeError, TimeoutError):
+            self.stop()
+            raise RuntimeError(f"ph serve did not start: {self.log.read_text()[-2000:]}") from None
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        stop(self.proc)
 
 
 class Soak:
