@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import SECTION_KEYS, config_diff, deep_merge
 from .errors import BadInputError, ConfigError, ConflictError, NotFoundError, did_you_mean
-from .store import HeadStore, check_uuid
+from .stores import check_uuid
 
 
 def follows_parent(record: Mapping) -> str | None:
@@ -47,7 +47,7 @@ def check_parent(uuid: str, parent: Any) -> str:
     return parent
 
 
-def read_parent(store: HeadStore, parent: str) -> dict:
+def read_parent(store, parent: str) -> dict:
     """The record of the head a new child will follow (call under the parent's lock).
 
     Raises:
@@ -66,7 +66,7 @@ def read_parent(store: HeadStore, parent: str) -> dict:
     return record
 
 
-def refuse_if_followed(store: HeadStore, uuid: str, doing: str) -> None:
+def refuse_if_followed(store, uuid: str, doing: str) -> None:
     """Raise a ConflictError if untrained children follow `uuid` (call under its lock).
 
     Each recorded follower is checked against its record; links left by trained or

@@ -22,7 +22,7 @@ from .errors import PHError, TrainingError
 from .jobstate import ACTIVE
 from .paths import PathPolicy
 from .registry import HeadRegistry
-from .store import check_uuid, new_uuid
+from .stores import check_uuid, new_uuid
 from .training import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
@@ -83,7 +83,7 @@ def _stop_flag(store, job_id: str) -> Path:
 
 def run_job(heads_dir: str, job_id: str) -> int:
     """Body of the job process: train, record progress per epoch, record the outcome."""
-    from .store import HeadStore
+    from .stores import LocalStore as HeadStore
     store = HeadStore(heads_dir)
     job = store.read_job(job_id)
     spec = job["policy"]

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from .errors import NotFoundError
-from .store import HeadStore
+
 
 ACTIVE = ("queued", "running")
 STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
@@ -19,7 +19,7 @@ FIELDS = ("id", "uuid", "state", "epoch", "epochs", "metrics", "error", "summary
 children: dict[str, subprocess.Popen] = {}  # job processes this process started
 
 
-def job_status(store: HeadStore, job_id: str) -> dict:
+def job_status(store, job_id: str) -> dict:
     """The job's state; a job whose process died without saying so is recorded failed."""
     job = store.read_job(job_id)
     proc = children.get(job_id)
@@ -37,7 +37,7 @@ def job_status(store: HeadStore, job_id: str) -> dict:
     return {k: job.get(k) for k in FIELDS}
 
 
-def is_active(store: HeadStore, job_id: str) -> bool:
+def is_active(store, job_id: str) -> bool:
     """True while the job is queued or running (a job with no record is not)."""
     try:
         return job_status(store, job_id)["state"] in ACTIVE

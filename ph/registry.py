@@ -1,6 +1,8 @@
-"""HeadRegistry: uuid -> head, for one process, over a HeadStore shared with others.
+"""HeadRegistry: uuid -> head, for one process, over a store shared with others
+(`ph.stores`: the local heads folder, or Redis + an object store).
 
-Every call checks the head's record on disk (one stat), so a head created, trained,
+Every call checks the head's signature in the store (a stat for the folder, a local
+lookup kept current by Redis notifications for RedisStore), so a head created, trained,
 reloaded or deleted by another process is seen on the next call. Loaded heads live in
 a memory-bounded cache.
 
@@ -35,7 +37,7 @@ from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, P
 from .example_log import ExampleLimits
 from .learning import HeadFacts, check_examples, choose_data, plan_examples
 from .paths import PathPolicy
-from .store import HeadStore, check_uuid, new_uuid
+from .stores import check_uuid, new_uuid, open_store
 from .training import run_training
 from .validate import validate_config
 
@@ -48,8 +50,9 @@ class HeadRegistry:
     """Creates, serves and trains the heads in one heads folder."""
 
     def __init__(self, heads_dir: str | os.PathLike = "heads", policy: PathPolicy | None = None,
-                 memory_budget: int | None = None, limits: ExampleLimits | None = None):
-        self.store = HeadStore(heads_dir)
+                 memory_budget: int | None = None, limits: ExampleLimits | None = None,
+                 store: str | None = None):
+        self.store = open_store(store, heads_dir)
         self.policy = policy or PathPolicy()
         self.limits = limits or ExampleLimits.from_env()
         self.cache = HeadCache(memory_budget, on_evict=self._unload)

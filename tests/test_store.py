@@ -13,7 +13,7 @@ import torch
 
 from ph.errors import BadInputError, ConflictError, HeadNotFoundError
 from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
-from ph.store import HeadStore, check_uuid, new_uuid
+from ph.stores import LocalStore as HeadStore, check_uuid, new_uuid
 
 
 def record(uuid: str, **extra) -> dict:

@@ -1,4 +1,4 @@
-"""HeadStore: the heads folder on disk. Survives restarts; shared by processes.
+"""LocalStore: the heads folder on disk. Survives restarts; shared by processes.
 
 Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/head.json          config, label map, revision, weights file, runs
@@ -18,7 +18,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid as uuidlib
@@ -27,29 +26,13 @@ from typing import Any, Iterator
 
 import torch
 
-from .example_log import ExampleLog
-from .errors import BadInputError, ConflictError, HeadNotFoundError, NotFoundError, WeightsError
-from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
+from ..example_log import ExampleLog
+from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
+from ..fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
+from .base import RUNS_KEPT, check_uuid
 
-UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-RUNS_KEPT = 20
-
-
-def check_uuid(uuid: Any) -> str:
-    """The uuid if it is safe as a folder name (it can never name a path outside the store)."""
-    if not isinstance(uuid, str) or not UUID_PATTERN.fullmatch(uuid) or ".." in uuid:
-        shown = repr(uuid) if not isinstance(uuid, str) or len(uuid) <= 40 else repr(uuid[:40] + "...")
-        raise BadInputError(f"uuid {shown} is not valid: use 1 to 128 letters, digits, '_', '-' "
-                            "or '.', starting with a letter or digit (or omit it to get a new uuid4)")
-    return uuid
-
-
-def new_uuid() -> str:
-    return str(uuidlib.uuid4())
-
-
-class HeadStore:
-    """Files of every head under one root folder."""
+class LocalStore:
+    """Files of every head under one root folder (the default store: no servers needed)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
