@@ -16,6 +16,7 @@ from .errors import BadInputError, ConfigError, PHError
 from .example_log import ExampleLimits
 from .paths import PathPolicy
 from .registry import HeadRegistry, default_heads_dir
+from .stores import store_url
 
 _registry: HeadRegistry | None = None
 _registry_lock = threading.Lock()
@@ -23,7 +24,7 @@ _registry_lock = threading.Lock()
 
 def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
           policy: PathPolicy | None = None, max_examples_per_call: int | None = None,
-          max_examples_per_head: int | None = None) -> HeadRegistry:
+          max_examples_per_head: int | None = None, store: str | None = None) -> HeadRegistry:
     """(Re)create the process-wide registry; Jaseci calls this with a module's context.
 
     Args:
@@ -35,17 +36,21 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
             $PH_MAX_EXAMPLES_PER_CALL or 1000).
         max_examples_per_head: examples one head may hold (default:
             $PH_MAX_EXAMPLES_PER_HEAD or 100000).
+        store: where heads live (default: $PH_STORE, else the heads folder): a distributed
+            store's URL, redis://HOST:PORT/DB?objects=s3://BUCKET/PREFIX (see ph.stores);
+            heads_dir is then only this machine's cache.
     """
     global _registry
     with _registry_lock:
-        if _registry is not None and heads_dir is memory_budget is policy is None \
+        if _registry is not None and heads_dir is memory_budget is policy is store is None \
                 and max_examples_per_call is max_examples_per_head is None:
             return _registry  # Jaseci calls setup() with no context on every module load
         budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
         _registry = HeadRegistry(heads_dir or default_heads_dir(), policy,
                                  parse_bytes(budget) if budget not in (None, "") else None,
                                  ExampleLimits.from_env(max_examples_per_call,
-                                                        max_examples_per_head))
+                                                        max_examples_per_head),
+                                 store_url(store))
         return _registry
 
 

@@ -8,6 +8,10 @@ import sys
 
 from .server import ServerSettings, is_loopback
 
+STORE_HELP = ("where heads live: a distributed store, redis://[:PASSWORD@]HOST:PORT/DB?"
+              "objects=s3://BUCKET/PREFIX[&endpoint=URL] (default $PH_STORE; none: the "
+              "local --heads-dir folder)")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ph", description="Personalized heads for Jaseci")
@@ -19,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
-                       help="folder of the heads (shared by every worker)")
+                       help="folder of the heads (shared by every worker); with --store, "
+                            "only this machine's cache")
+    serve.add_argument("--store", default=os.environ.get("PH_STORE") or None, help=STORE_HELP)
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--token", default=os.environ.get("PH_TOKEN"),
                        help="clients must send it (Bearer, or http://user:TOKEN@host:port); "
@@ -45,8 +51,32 @@ def main(argv: list[str] | None = None) -> int:
                        help="largest request body accepted; a larger one gets a 413 "
                             "(default $PH_MAX_BODY_BYTES or 32 MiB)")
     serve.add_argument("--log-level", default="info")
+    worker = commands.add_parser("worker", help="run a training worker for a distributed store",
+                                 formatter_class=formatter)
+    worker.add_argument("--store", default=os.environ.get("PH_STORE") or None, help=STORE_HELP)
+    worker.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
+                        help="this machine's cache of weights and code")
+    worker.add_argument("--queues", default=os.environ.get("PH_TRAIN_QUEUES", "ph-train"),
+                        help="comma-separated queues to take jobs from (ph-train: CPU jobs; "
+                             "ph-gpu: jobs of heads whose Inference.device names cuda)")
+    worker.add_argument("--ready-file", help="touch this file once the worker takes jobs")
+    worker.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return worker_command(args)
     return serve_command(args)
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    from .errors import PHError
+    from .worker import run_worker
+    logging.basicConfig(level=args.log_level.upper())
+    try:
+        return run_worker(args.store, args.heads_dir, [q for q in args.queues.split(",") if q],
+                          args.ready_file, args.log_level)
+    except PHError as exc:
+        print(f"ph worker: {exc}", file=sys.stderr)
+        return 2
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -54,7 +84,8 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"ph serve: serving on {args.host} needs a token (--token or PH_TOKEN); "
               "without one only 127.0.0.1 may be used", file=sys.stderr)
         return 2
-    settings = ServerSettings(args.heads_dir, args.token, args.allow_code, args.allow_path,
+    settings = ServerSettings(args.heads_dir, args.store, args.token, args.allow_code,
+                              args.allow_path,
                               args.memory_budget, args.batch_window_ms, args.workers, args.threads,
                               args.max_body_bytes)
     os.environ.update(settings.to_env())  # every worker builds its app from these

@@ -81,6 +81,14 @@ class TooLargeError(PHError):
     http_status = 413
 
 
+class StoreUnavailableError(PHError):
+    """The store's Redis or object store cannot be reached now; nothing was changed, and
+    the same call can be made again once it is back."""
+
+    kind = "unavailable"
+    http_status = 503
+
+
 class TrainingError(PHError):
     """Training started but failed; the head's current weights are unchanged."""
 

@@ -1,9 +1,11 @@
 """Background training: each job runs in its own process, so serving stays responsive
 and a crash or kill cannot touch the serving process or the head's current weights.
 
-The job's state lives in `<heads>/_jobs/<id>.json`, so any worker can report it. A job
-owns its head from the moment start_job returns its id (see HeadRegistry.check_idle).
-Run as `python -m ph.jobs HEADS_DIR JOB_ID` (started by `start_job`).
+The job's state lives in the store, so any server can report or stop it. A job owns its
+head from the moment start_job returns its id (see HeadRegistry.check_idle). With the
+local store the job is a new process on this machine (`python -m ph.jobs HEADS_DIR
+JOB_ID`); with a distributed store it is a message to the training workers (`ph
+worker`), which run `run_job` in theirs.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import time
 from pathlib import Path
 
 from . import jobstate
-from .errors import PHError, TrainingError
+from .errors import ConfigError, PHError, TrainingError
 from .jobstate import ACTIVE
 from .paths import PathPolicy
 from .registry import HeadRegistry
-from .stores import check_uuid, new_uuid
+from .stores import check_uuid, new_uuid, open_store
+from .stores.job_queue import queue_for
 from .training import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
@@ -42,11 +45,20 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
            "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
            "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
-           "summary": None, "pid": None,
+           "summary": None, "pid": None, "attempt": 1, "retries": job_retries(),
+           "queue": queue_for(full),
            "policy": {"roots": (None if policy.allowed_roots is None
                                 else [str(r) for r in policy.allowed_roots]),
                       "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
     registry.accept_job(record, job)  # 409 if the head is training; from here the job owns it
+    if registry.store.distributed:
+        try:
+            registry.store.enqueue(job)
+        except PHError as exc:
+            job.update(state="failed", error=f"could not queue the job: {exc}")
+            registry.store.write_job(job)
+            raise
+        return {"job_id": job["id"], "uuid": uuid, "state": "queued", "queue": job["queue"]}
     jobstate.reap()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "ph.jobs", str(registry.store.root), job["id"]],
@@ -69,41 +81,50 @@ def job_status(registry: HeadRegistry, job_id: str) -> dict:
 def stop_job(registry: HeadRegistry, job_id: str) -> dict:
     """Ask a job to stop (queued or running); the head keeps its previous weights.
 
-    A flag file, not a signal: the job checks it twice a second, so no process id (which
-    the system may have reused) is ever signalled."""
+    A flag in the store, not a signal: the job checks it twice a second, so no process
+    id (which the system may have reused) is ever signalled."""
     job = registry.store.read_job(job_id)
     if job["state"] in ACTIVE:
-        _stop_flag(registry.store, job_id).touch()
+        registry.store.request_stop(job_id)
     return job_status(registry, job_id)
 
 
-def _stop_flag(store, job_id: str) -> Path:
-    return store.job_path(job_id).with_suffix(".stop")
+def job_retries() -> int:
+    """How often a job whose worker died is sent again ($PH_JOB_RETRIES, default 0)."""
+    raw = os.environ.get("PH_JOB_RETRIES") or "0"
+    if not raw.isdigit():
+        raise ConfigError(f"PH_JOB_RETRIES: must be a whole number >= 0, got {raw!r}")
+    return int(raw)
 
 
-def run_job(heads_dir: str, job_id: str) -> int:
-    """Body of the job process: train, record progress per epoch, record the outcome."""
-    from .stores import LocalStore as HeadStore
-    store = HeadStore(heads_dir)
+def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: int = 1,
+            stop_on_sigterm: bool = True) -> int:
+    """Body of the job process or worker task: train, record progress per epoch, record
+    the outcome. Returns 0 when the job succeeded."""
+    store = open_store(store_url, heads_dir)
+    if not store.claim_job(job_id, attempt):
+        log.info("job %s attempt %d is already taken by another worker", job_id, attempt)
+        return 1
     job = store.read_job(job_id)
     spec = job["policy"]
     policy = PathPolicy(None if spec["roots"] is None else tuple(Path(r) for r in spec["roots"]),
                         spec["allow_code"], Path(spec["base_dir"]))
-    registry = HeadRegistry(heads_dir, policy)
-    yield_cpu_to_serving()
+    registry = HeadRegistry(heads_dir, policy, store=store)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    flag = _stop_flag(store, job_id)
-    threading.Thread(target=_watch, args=(flag, stop), daemon=True).start()
+    if stop_on_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store.beat(job_id)  # alive before it says running
+    threading.Thread(target=_watch, args=(store, job_id, stop), daemon=True).start()
     job.update(state="running", pid=os.getpid(), started=time.time())
     store.write_job(job)
+    asked_to_stop = store.stop_requested(job_id)
 
     def on_epoch(record: dict) -> None:
         job.update(epoch=record["epoch"], metrics=record)
         store.write_job(job)
 
     try:
-        if flag.exists():
+        if asked_to_stop:
             raise TrainingStopped("the job was stopped before it started; the head keeps its "
                                   "previous weights")
         summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
@@ -116,8 +137,9 @@ def run_job(heads_dir: str, job_id: str) -> int:
     except Exception as exc:  # noqa: BLE001  (report anything; the head is untouched)
         job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     job["ended"] = time.time()
+    stop.set()  # ends the watcher
     store.write_job(job)
-    flag.unlink(missing_ok=True)
+    store.clear_stop(job_id)
     return 0 if job["state"] == "succeeded" else 1
 
 
@@ -131,12 +153,19 @@ def yield_cpu_to_serving(niceness: int = JOB_NICENESS) -> None:
         Path("/proc/self/autogroup").write_text(str(niceness))
 
 
-def _watch(flag: Path, stop: threading.Event) -> None:
+def _watch(store, job_id: str, stop: threading.Event) -> None:
+    """Stop the run when asked; tell the store the job lives (its heartbeat)."""
     while not stop.wait(0.5):
-        if flag.exists():
-            stop.set()
+        try:
+            store.beat(job_id)
+            if store.stop_requested(job_id):
+                stop.set()
+        except PHError as exc:  # the store is away for a moment: keep training
+            log.warning("job %s: %s", job_id, exc)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
+    yield_cpu_to_serving()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     sys.exit(run_job(sys.argv[1], sys.argv[2]))

@@ -1,11 +1,11 @@
-"""Whether a background training job is still alive, from its record and its process.
+"""Whether a background training job is still alive, from its record and what its store
+knows of its process (a local process id, or a distributed worker's heartbeat).
 
 Below the registry (which refuses to change a head while its job lives) and below
 `ph.jobs` (which starts and reports jobs), so neither has to import the other.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
@@ -13,7 +13,6 @@ from .errors import NotFoundError
 
 
 ACTIVE = ("queued", "running")
-STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 FIELDS = ("id", "uuid", "state", "epoch", "epochs", "metrics", "error", "summary", "created",
           "started", "ended")
 children: dict[str, subprocess.Popen] = {}  # job processes this process started
@@ -26,10 +25,14 @@ def job_status(store, job_id: str) -> dict:
     if proc is not None and proc.poll() is not None:
         children.pop(job_id, None)
         job = store.read_job(job_id)
-    pid = job.get("pid") or (proc.pid if proc is not None else None)
-    if job["state"] in ACTIVE and not _alive(pid, proc, job):
+    if job["state"] in ACTIVE and not store.job_alive(job, proc):
         job = store.read_job(job_id)  # it may have finished just now
-        if job["state"] in ACTIVE:
+        if job["state"] in ACTIVE and job.get("attempt", 1) <= job.get("retries", 0):
+            job.update(state="queued", attempt=job.get("attempt", 1) + 1, pid=None,
+                       error=f"attempt {job.get('attempt', 1)} lost its worker; sent again")
+            store.write_job(job)
+            store.enqueue(job)
+        elif job["state"] in ACTIVE:
             job.update(state="failed", ended=time.time(),
                        error="the training process ended without finishing (killed or crashed); "
                              "the head keeps its previous weights")
@@ -50,17 +53,3 @@ def reap() -> None:
     for job_id, proc in list(children.items()):
         if proc.poll() is not None:
             children.pop(job_id, None)
-
-
-def _alive(pid: int | None, proc: subprocess.Popen | None, job: dict) -> bool:
-    if proc is not None:
-        return proc.poll() is None
-    if not pid:  # queued: give the process time to start and write its pid
-        return time.time() - job.get("created", 0) < STARTUP_GRACE_S
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -44,6 +44,7 @@ class ServerSettings:
     """What the operator decides; read from PH_* variables so every worker agrees."""
 
     heads_dir: str = "heads"
+    store: str | None = None  # a distributed store's URL (ph.stores); None: heads_dir
     token: str | None = None
     allow_code: bool = False
     allow_paths: list[str] = field(default_factory=list)
@@ -57,6 +58,7 @@ class ServerSettings:
     def from_env(cls) -> "ServerSettings":
         paths = os.environ.get("PH_ALLOW_PATHS", "")
         return cls(heads_dir=os.environ.get("PH_HEADS_DIR", "heads"),
+                   store=os.environ.get("PH_STORE") or None,
                    token=os.environ.get("PH_TOKEN") or None,
                    allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
                    allow_paths=[p for p in paths.split(os.pathsep) if p],
@@ -67,7 +69,8 @@ class ServerSettings:
                    max_body_bytes=int(os.environ.get("PH_MAX_BODY_BYTES") or DEFAULT_MAX_BODY))
 
     def to_env(self) -> dict[str, str]:
-        return {"PH_HEADS_DIR": str(self.heads_dir), "PH_TOKEN": self.token or "",
+        return {"PH_HEADS_DIR": str(self.heads_dir), "PH_STORE": self.store or "",
+                "PH_TOKEN": self.token or "",
                 "PH_ALLOW_CODE": "1" if self.allow_code else "",
                 "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
                 "PH_MEMORY_BUDGET": self.memory_budget or "",
@@ -160,7 +163,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app; sets up this process's registry with the server's path policy."""
     settings = settings or ServerSettings.from_env()
     policy = PathPolicy.restricted(settings.allow_paths, settings.allow_code)
-    api.setup(settings.heads_dir, settings.memory_budget, policy)
+    api.setup(settings.heads_dir, settings.memory_budget, policy, store=settings.store)
     torch.set_num_threads(settings.compute_threads())
     app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
                   docs_url=None, redoc_url=None, openapi_url=None)

@@ -45,7 +45,7 @@ def is_distributed(url: str | None) -> bool:
     return bool(url) and urlsplit(str(url)).scheme in DISTRIBUTED_SCHEMES
 
 
-def open_store(url: str | None, heads_dir: str | os.PathLike = "heads") -> Any:
+def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Any:
     """The store `url` names (see the module docstring); `heads_dir` is the local folder
     (LocalStore) or this machine's object cache (RedisStore).
 
@@ -54,6 +54,8 @@ def open_store(url: str | None, heads_dir: str | os.PathLike = "heads") -> Any:
     """
     if url is None or url == "":
         return LocalStore(heads_dir)
+    if not isinstance(url, (str, os.PathLike)):
+        return url  # already a store
     url = str(url)
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):

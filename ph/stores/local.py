@@ -31,8 +31,12 @@ from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsErr
 from ..fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
 from .base import RUNS_KEPT, check_uuid
 
+JOB_STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
+
 class LocalStore:
     """Files of every head under one root folder (the default store: no servers needed)."""
+
+    distributed = False
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -244,6 +248,39 @@ class LocalStore:
 
     def _job_pointer(self, uuid: str) -> Path:
         return self.root / "_jobs" / f"{check_uuid(uuid)}.head"
+
+    def request_stop(self, job_id: str) -> None:
+        """Ask the job to stop: a flag file, not a signal, so no process id (which the
+        system may have reused) is ever signalled."""
+        self.job_path(job_id).with_suffix(".stop").touch()
+
+    def stop_requested(self, job_id: str) -> bool:
+        return self.job_path(job_id).with_suffix(".stop").exists()
+
+    def clear_stop(self, job_id: str) -> None:
+        self.job_path(job_id).with_suffix(".stop").unlink(missing_ok=True)
+
+    def claim_job(self, job_id: str, attempt: int) -> bool:
+        """Always True: a local job has exactly one process, started for it."""
+        return True
+
+    def beat(self, job_id: str) -> None:
+        """Nothing to do: a local job is alive while its process is (see job_alive)."""
+
+    def job_alive(self, job: dict, proc: Any = None) -> bool:
+        """Whether the job's process lives (`proc`: the Popen, if this process started it)."""
+        if proc is not None:
+            return proc.poll() is None
+        pid = job.get("pid")
+        if not pid:  # queued: give the process time to start and write its pid
+            return time.time() - job.get("created", 0) < JOB_STARTUP_GRACE_S
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     @contextlib.contextmanager
     def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:

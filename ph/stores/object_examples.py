@@ -1,0 +1,87 @@
+"""ObjectExampleLog: a head's stored examples for RedisStore, with ExampleLog's interface
+and guarantees (ids never reused, a call stored whole or not at all, durable when it
+returns, deleted examples gone from storage).
+
+Each add_examples call becomes one immutable chunk object; one Redis key holds the
+summary and the chunk names, and switches in one write after the chunk is uploaded. A
+crash before that switch leaves an orphan chunk nobody names: the call was never
+acknowledged. Deleting writes the kept rows as one new chunk, switches, then removes
+the old chunks. Writers hold the head's lock (the registry takes it).
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid as uuidlib
+from dataclasses import asdict, replace
+from typing import TYPE_CHECKING, Iterator
+
+from ..example_log import LogSummary, _line
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
+
+
+class ObjectExampleLog:
+    def __init__(self, store: "RedisStore", uuid: str, inc: str):
+        self.store, self.uuid, self.inc = store, uuid, inc
+        self._key = store.key("ex", uuid, inc)
+
+    def _state(self) -> tuple[LogSummary, list[str]]:
+        raw = self.store._call(self.store.redis.get, self._key)
+        if raw is None:
+            return LogSummary(), []
+        state = json.loads(raw)
+        summary = LogSummary(**{**state["summary"], "names": set(state["summary"]["names"])})
+        return summary, state["chunks"]
+
+    def summary(self) -> LogSummary:
+        return self._state()[0]
+
+    def iter(self) -> Iterator[dict]:
+        for chunk in self._state()[1]:
+            for line in self.store.objects.get(chunk).splitlines():
+                yield json.loads(line)
+
+    def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
+        out: list[dict] = []
+        for position, row in enumerate(self.iter()):
+            if limit is not None and len(out) >= limit:
+                break
+            if position >= offset:
+                out.append(row)
+        return out
+
+    def append(self, rows: list[dict]) -> LogSummary:
+        summary, chunks = self._state()
+        after = replace(summary, names=set(summary.names))
+        stored, now = [], round(time.time(), 3)
+        for row in rows:
+            stored.append({"id": after.last_id + 1, **row, "added": now})
+            after.add(stored[-1])
+        chunk = self._put(stored)
+        self._switch(after, chunks + [chunk])
+        return after
+
+    def delete(self, ids: set[int] | None = None) -> int:
+        summary, chunks = self._state()
+        kept = [] if ids is None else [row for row in self.iter() if row["id"] not in ids]
+        removed = summary.count - len(kept)
+        if removed == 0:
+            return 0
+        after = LogSummary(last_id=summary.last_id)  # ids are never reused
+        for row in kept:
+            after.add(row)
+        after.last_id = summary.last_id
+        self._switch(after, [self._put(kept)] if kept else [])
+        self.store._forget_objects(chunks)
+        return removed
+
+    def _put(self, rows: list[dict]) -> str:
+        name = f"heads/{self.uuid}/{self.inc}/examples/{uuidlib.uuid4().hex}.jsonl"
+        self.store.objects.put(name, b"".join(_line(row) for row in rows))
+        return name
+
+    def _switch(self, summary: LogSummary, chunks: list[str]) -> None:
+        state = {"summary": {**asdict(summary), "names": sorted(summary.names)}, "chunks": chunks}
+        self.store._call(self.store.redis.set, self._key, json.dumps(state))

@@ -1,0 +1,112 @@
+"""ObjectStore: immutable blobs (weights, user code, example chunks) in an S3-compatible
+store, with a local cache folder.
+
+Every object ph writes is immutable: a new revision or chunk gets a new key. So a copy
+cached on local disk never goes stale, a reader never sees half an object, and the only
+thing that must switch atomically is the Redis record that names the key.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlsplit
+
+from ..errors import StoreUnavailableError
+from ..fileio import atomic_write_bytes
+
+# Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,
+# not after botocore's default minutes of retries.
+CONNECT_TIMEOUT_S = 2
+READ_TIMEOUT_S = 30
+ATTEMPTS = 2
+
+
+class ObjectStore:
+    """Blobs under `s3://BUCKET/PREFIX`, cached in `cache_dir`."""
+
+    def __init__(self, location: str, endpoint: str | None, cache_dir: Path):
+        import boto3
+        from botocore.config import Config
+
+        parts = urlsplit(location)
+        self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
+        self.endpoint = endpoint or "AWS S3"
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint,
+            config=Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                          retries={"max_attempts": ATTEMPTS, "mode": "standard"}))
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def put(self, name: str, data: bytes) -> None:
+        with self._errors(f"writing {name}"):
+            self._client.put_object(Bucket=self.bucket, Key=self.key(name), Body=data)
+
+    def get(self, name: str) -> bytes:
+        """The object's bytes. Raises FileNotFoundError if there is none."""
+        with self._errors(f"reading {name}"):
+            try:
+                return self._client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read()
+            except self._client.exceptions.NoSuchKey:
+                raise FileNotFoundError(f"s3://{self.bucket}/{self.key(name)}") from None
+
+    def cached(self, name: str) -> Path:
+        """A local file with the object's bytes, downloaded once per machine (objects
+        never change, so a cached copy is always current)."""
+        digest = hashlib.sha256(self.key(name).encode()).hexdigest()[:40]
+        path = self.cache_dir / digest[:2] / digest
+        if not path.exists():
+            atomic_write_bytes(path, self.get(name))
+        return path
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Names (without this store's prefix) of the objects under `prefix`."""
+        strip = len(self.key(""))
+        with self._errors(f"listing {prefix}"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.key(prefix))
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield item["Key"][strip:]
+
+    def delete(self, names: list[str]) -> None:
+        for start in range(0, len(names), 1000):  # the API's limit per call
+            batch = [{"Key": self.key(n)} for n in names[start:start + 1000]]
+            with self._errors("deleting objects"):
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+
+    def delete_prefix(self, prefix: str) -> None:
+        self.delete(list(self.list(prefix)))
+
+    def check(self) -> None:
+        """Raise a clear error now if the bucket cannot be reached (used at start-up)."""
+        with self._errors("checking the bucket"):
+            self._client.head_bucket(Bucket=self.bucket)
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Connection failures and server errors become StoreUnavailableError (503)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404"):
+                raise FileNotFoundError(doing) from None
+            raise StoreUnavailableError(
+                f"the object store ({self.endpoint}, bucket '{self.bucket}') refused {doing}: "
+                f"{code or exc}; check the bucket exists and the credentials "
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) allow it") from None
+        except (BotoCoreError, OSError) as exc:
+            raise StoreUnavailableError(
+                f"the object store ({self.endpoint}) cannot be reached while {doing} "
+                f"({type(exc).__name__}); nothing was changed: try again when it is back") from None
+

@@ -1,0 +1,534 @@
+"""RedisStore: heads shared by many machines. Redis holds what must switch atomically
+(head records and revisions, locks, training leases, jobs); an S3-compatible object
+store holds the bulk (weights, user code, example chunks), each object immutable.
+
+Keys (NS is the URL's namespace, default "ph"):
+    NS:h:<uuid>         the head's record (JSON, config replaced by its content id)
+    NS:cfg:<sha>        a config, by content (a million heads of one config share it)
+    NS:heads            sorted set of every uuid (paged listing)
+    NS:lock:<uuid>      a short mutex for a head's writers
+    NS:train:<uuid>     the training lease: the token of the run that owns it
+    NS:ex:<uuid>:<inc>  the head's example log (summary and chunk names)
+    NS:fol:<parent>     the untrained children following a head
+    NS:list             the head list (default config)
+    NS:job:<id>, NS:latest:<uuid>, NS:stop:<id>, NS:beat:<id>   background jobs
+    channel NS:changes  the uuid of every head that changed ("" for the head list)
+Objects: heads/<uuid>/<inc>/weights-<rev>-<token>.pt, heads/<uuid>/<inc>/examples/...,
+code/<digest>.py. `inc` (incarnation) is new each time a uuid is created, so a replaced
+or deleted head's objects can never be mistaken for the new one's.
+
+Seeing changes without a cost per predict: every write publishes the uuid on
+NS:changes; each process keeps the signatures it has read in memory and drops one when
+its uuid is published. While the subscription is down, nothing is trusted from memory
+(every call reads Redis), and on reconnecting everything is dropped once.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
+                      WeightsError)
+from .base import RUNS_KEPT, check_uuid
+from .object_examples import ObjectExampleLog
+from .objects import ObjectStore
+
+log = logging.getLogger("ph.stores")
+LOCK_TIMEOUT_S = 60  # a dead holder's head lock frees itself after this
+LOCK_WAIT_S = 30
+FINISHED_JOB_TTL_S = 7 * 24 * 3600
+
+# Replace a record only if its version is the one the writer read (and, for a training
+# run, only while the run still holds the head's lease): fencing, so a worker that lost
+# its lease or raced a newer write cannot publish.
+_SWITCH = """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+if tostring(cjson.decode(cur)['v']) ~= ARGV[1] then return -2 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -3 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[3], ARGV[4])
+return 1
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _redis_errors(method):
+    """Redis being unreachable becomes a StoreUnavailableError (503) naming it."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        import redis
+        try:
+            return method(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self.unavailable(exc) from None
+    return wrapper
+
+
+class RedisStore:
+    """Head records in Redis, their objects in S3; same methods as LocalStore."""
+
+    distributed = True
+
+    def __init__(self, redis_url: str, objects: str, endpoint: str | None, namespace: str,
+                 cache_dir: Path):
+        import redis
+
+        self.url = redis_url
+        self.ns = namespace
+        self.root = Path(cache_dir).resolve()
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                          health_check_interval=15)
+        self.objects = ObjectStore(objects, endpoint, self.root / "_objects")
+        self.lease_s = float(os.environ.get("PH_TRAIN_LEASE_S") or 30)
+        self.job_ttl_s = int(os.environ.get("PH_JOB_RECORDS_MAX_AGE_S") or FINISHED_JOB_TTL_S)
+        self._switch = self.redis.register_script(_SWITCH)
+        self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
+        self._configs: dict[str, str] = {}  # content id -> config JSON (immutable)
+        self._sigs: dict[str, tuple] = {}  # uuid -> signature, valid while subscribed
+        self._changes = 0  # bumped on every notification: a read that raced one is not kept
+        self._sig_lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._leases = threading.local()  # uuid -> token of the training run in this thread
+        self._closed = threading.Event()
+        threading.Thread(target=self._listen, daemon=True, name="ph-store-changes").start()
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.ns, *parts))
+
+    def unavailable(self, exc: Exception) -> StoreUnavailableError:
+        where = self.url.split("@")[-1]
+        return StoreUnavailableError(f"Redis ({where}) cannot be reached ({type(exc).__name__}: "
+                                     f"{exc}); nothing was changed: try again when it is back")
+
+    # --- heads ---------------------------------------------------------------------------
+    def exists(self, uuid: str) -> bool:
+        try:
+            self.signature(uuid)
+            return True
+        except NotFoundError:
+            return False
+
+    def signature(self, uuid: str) -> tuple:
+        """Changes whenever the head's record is rewritten; from memory while the change
+        notifications are flowing (no round trip), else from Redis."""
+        if self._subscribed.is_set():
+            sig = self._sigs.get(uuid)
+            if sig is not None:
+                return sig
+        return self._signature_of(self._read_raw(uuid), uuid)
+
+    def _signature_of(self, record: dict, uuid: str) -> tuple:
+        return (record["inc"], record["v"])
+
+    @_redis_errors
+    def _read_raw(self, uuid: str) -> dict:
+        changes = self._changes
+        raw = self.redis.get(self.key("h", check_uuid(uuid)))
+        if raw is None:
+            self._sigs.pop(uuid, None)
+            raise HeadNotFoundError(f"no head with uuid '{uuid}'; create it with "
+                                    "create_head(uuid=...) or list them with list_heads()")
+        record = json.loads(raw)
+        with self._sig_lock:  # not if a notification arrived since the read began
+            if changes == self._changes and self._subscribed.is_set():
+                self._sigs[uuid] = (record["inc"], record["v"])
+        return record
+
+    def read(self, uuid: str) -> dict:
+        record = self._read_raw(uuid)
+        record["config"] = json.loads(self._config(record.pop("config_id")))
+        return record
+
+    @_redis_errors
+    def _config(self, config_id: str) -> str:
+        text = self._configs.get(config_id)
+        if text is None:
+            raw = self.redis.get(self.key("cfg", config_id))
+            if raw is None:
+                raise WeightsError(f"config {config_id} of a head is missing from Redis; "
+                                   "create the head again")
+            text = self._configs[config_id] = raw.decode("utf-8")
+        return text
+
+    @_redis_errors
+    def _store_config(self, config: dict) -> str:
+        text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        config_id = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+        if config_id not in self._configs:
+            self.redis.set(self.key("cfg", config_id), text)
+            self._configs[config_id] = text
+        return config_id
+
+    def _stored(self, record: dict) -> dict:
+        """The record as kept in Redis: config by content id."""
+        stored = {k: v for k, v in record.items() if k != "config"}
+        stored["config_id"] = self._store_config(record["config"])
+        return stored
+
+    @_redis_errors
+    def create(self, uuid: str, record: dict, state: dict | None = None,
+               replace: bool = False) -> None:
+        """Publish a new head (its weights uploaded first) in one Redis write; fails if
+        the uuid exists, unless `replace`, which swaps the old head for the new one in
+        that same write (there is no moment without a head) and then removes the old
+        one's objects."""
+        check_uuid(uuid)
+        inc = uuidlib.uuid4().hex[:12]
+        record = {**record, "inc": inc, "v": 1}
+        if state is not None:
+            name = f"heads/{uuid}/{inc}/weights-1-{uuidlib.uuid4().hex[:8]}.pt"
+            self.objects.put(name, _tensor_bytes(state))
+            record.update(revision=1, weights=name)
+        text = json.dumps(self._stored(record))
+        old = self.redis.get(self.key("h", uuid)) if replace else None
+        with self.redis.pipeline() as pipe:
+            pipe.set(self.key("h", uuid), text, nx=not replace)
+            pipe.zadd(self.key("heads"), {uuid: 0})
+            pipe.publish(self.key("changes"), uuid)
+            created = pipe.execute()[0]
+        if not created:
+            if record.get("weights"):
+                self._forget_objects([record["weights"]])
+            raise ConflictError(f"head '{uuid}' already exists")
+        self._sigs.pop(uuid, None)
+        if old is not None:
+            self._remove_data(uuid, json.loads(old)["inc"])
+
+    @_redis_errors
+    def write(self, uuid: str, record: dict) -> dict:
+        """Rewrite a head's record (it must not have changed since `record` was read)."""
+        new = {**record, "v": record["v"] + 1}
+        self._publish(uuid, record["v"], new)
+        return new
+
+    def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
+                      run: dict | None = None) -> dict:
+        """Upload new weights, then switch the record to them; a run that lost its
+        training lease, or a record changed since it was read, is refused (409)."""
+        revision = record["revision"] + 1
+        name = f"heads/{uuid}/{record['inc']}/weights-{revision}-{uuidlib.uuid4().hex[:8]}.pt"
+        self.objects.put(name, _tensor_bytes(state))
+        new = {**record, "revision": revision, "weights": name, "labels": labels,
+               "updated": time.time()}
+        if run is not None:
+            new["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
+        try:
+            new = self.write(uuid, new)
+        except BaseException:
+            self._forget_objects([name])
+            raise
+        if record.get("weights"):
+            self._forget_objects([record["weights"]])
+        return new
+
+    def _publish(self, uuid: str, expected_v: int, new: dict) -> None:
+        token = getattr(self._leases, uuid, None) or ""
+        result = self._switch(keys=[self.key("h", uuid), self.key("train", uuid),
+                                    self.key("changes")],
+                              args=[str(expected_v), json.dumps(self._stored(new)), token, uuid])
+        self._sigs.pop(uuid, None)
+        if result == -1:
+            raise HeadNotFoundError(f"head '{uuid}' was deleted meanwhile")
+        if result == -2:
+            raise ConflictError(f"head '{uuid}' was changed by another call meanwhile; nothing "
+                                "was written: try again")
+        if result == -3:
+            raise ConflictError(f"head '{uuid}': this training run lost its lease (it was too "
+                                "slow to renew it, or Redis lost it), so its weights were not "
+                                "published; the head keeps its current weights. Train again")
+
+    def read_current(self, uuid: str) -> tuple[dict, dict | None]:
+        """(record, its weights), read together even while a writer switches them."""
+        for _ in range(5):
+            record = self.read(uuid)
+            try:
+                return record, self.read_weights(uuid, record)
+            except FileNotFoundError:
+                continue  # switched to newer weights between the two reads: read again
+        raise WeightsError(f"head '{uuid}': its weights object {record.get('weights')} is missing "
+                           f"from the object store; load weights again with load_weights")
+
+    def read_weights(self, uuid: str, record: dict) -> dict | None:
+        if not record.get("weights"):
+            return None
+        return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
+                          weights_only=True)
+
+    @_redis_errors
+    def delete(self, uuid: str) -> None:
+        """Remove a head in one Redis write; its objects go after."""
+        raw = self.redis.get(self.key("h", check_uuid(uuid)))
+        if raw is None:
+            raise HeadNotFoundError(f"no head with uuid '{uuid}' to delete")
+        with self.redis.pipeline() as pipe:
+            pipe.delete(self.key("h", uuid))
+            pipe.zrem(self.key("heads"), uuid)
+            pipe.publish(self.key("changes"), uuid)
+            pipe.execute()
+        self._sigs.pop(uuid, None)
+        self._remove_data(uuid, json.loads(raw)["inc"])
+
+    def _remove_data(self, uuid: str, inc: str) -> None:
+        """A removed incarnation's examples and objects (nothing reads them any more)."""
+        self.redis.delete(self.key("ex", uuid, inc))
+        try:
+            self.objects.delete_prefix(f"heads/{uuid}/{inc}/")
+        except StoreUnavailableError as exc:  # unreachable: left for an operator's sweep
+            log.warning("objects of removed head %s (%s) were not deleted: %s", uuid, inc, exc)
+
+    def _forget_objects(self, names: list[str]) -> None:
+        with contextlib.suppress(StoreUnavailableError):
+            self.objects.delete(names)
+
+    @_redis_errors
+    def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Uuids in sorted order, from `offset` (at most `limit`)."""
+        stop = -1 if limit is None else offset + limit - 1
+        if limit == 0:
+            return []
+        return [u.decode() for u in self.redis.zrange(self.key("heads"), offset, stop)]
+
+    @_redis_errors
+    def count(self) -> int:
+        return self.redis.zcard(self.key("heads"))
+
+    def examples(self, uuid: str) -> ObjectExampleLog:
+        record = self._read_raw(uuid)
+        return ObjectExampleLog(self, uuid, record["inc"])
+
+    # --- locks and training leases --------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, uuid: str) -> Iterator[None]:
+        """Serialize writers of one head across machines (a lease: a dead holder's lock
+        frees itself after LOCK_TIMEOUT_S)."""
+        import redis
+        lock = self.redis.lock(self.key("lock", check_uuid(uuid)), timeout=LOCK_TIMEOUT_S,
+                               blocking_timeout=LOCK_WAIT_S, thread_local=True)
+        try:
+            acquired = lock.acquire()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self.unavailable(exc) from None
+        if not acquired:
+            raise ConflictError(f"head '{uuid}' is busy (another call has held its lock for "
+                                f"{LOCK_WAIT_S} s); try again")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                lock.release()
+
+    @contextlib.contextmanager
+    def locks(self, *uuids: str) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for uuid in sorted(set(uuids)):
+                stack.enter_context(self.lock(uuid))
+            yield
+
+    @contextlib.contextmanager
+    def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
+        """Held while a head trains, on any machine: a lease renewed by this process. If
+        it is lost (this process stalled, or Redis lost it) the run cannot publish."""
+        key, token = self.key("train", check_uuid(uuid)), uuidlib.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        lease_ms = int(self.lease_s * 1000)
+        while not self._call(self.redis.set, key, token, nx=True, px=lease_ms):
+            if time.monotonic() > deadline:
+                raise ConflictError(f"head '{uuid}' is already training; wait for that run "
+                                    "to finish (train_status) and try again")
+            time.sleep(0.05)
+        done = threading.Event()
+        renewer = threading.Thread(target=self._keep_lease, args=(key, token, lease_ms, done),
+                                   daemon=True)
+        renewer.start()
+        setattr(self._leases, uuid, token)
+        try:
+            yield
+        finally:
+            delattr(self._leases, uuid)
+            done.set()
+            renewer.join()
+            with contextlib.suppress(Exception):
+                self._release(keys=[key], args=[token])
+
+    def _keep_lease(self, key: str, token: str, lease_ms: int, done: threading.Event) -> None:
+        import redis
+        while not done.wait(self.lease_s / 3):
+            try:
+                if not self._renew(keys=[key], args=[token, lease_ms]):
+                    log.warning("training lease %s was lost; the run will not publish", key)
+                    return
+            except redis.RedisError as exc:  # keep trying until the lease would expire
+                log.warning("could not renew training lease %s: %s", key, exc)
+
+    @_redis_errors
+    def is_training(self, uuid: str) -> bool:
+        return bool(self.redis.exists(self.key("train", check_uuid(uuid))))
+
+    def _call(self, fn, *args, **kwargs):
+        import redis
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self.unavailable(exc) from None
+
+    # --- followers --------------------------------------------------------------------------
+    @_redis_errors
+    def add_follower(self, parent: str, child: str) -> None:
+        self.redis.sadd(self.key("fol", check_uuid(parent)), check_uuid(child))
+
+    @_redis_errors
+    def remove_follower(self, parent: str, child: str) -> None:
+        self.redis.srem(self.key("fol", check_uuid(parent)), check_uuid(child))
+
+    @_redis_errors
+    def followers(self, parent: str) -> list[str]:
+        return sorted(m.decode() for m in self.redis.smembers(self.key("fol", check_uuid(parent))))
+
+    # --- head list and user code -------------------------------------------------------------
+    @_redis_errors
+    def write_head_list(self, record: dict) -> None:
+        self.redis.set(self.key("list"), json.dumps(record))
+        self.redis.publish(self.key("changes"), "")
+
+    @_redis_errors
+    def read_head_list(self) -> dict | None:
+        raw = self.redis.get(self.key("list"))
+        return json.loads(raw) if raw is not None else None
+
+    def save_code(self, source: str) -> str:
+        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+        self.objects.put(f"code/{digest}.py", source.encode("utf-8"))
+        return digest
+
+    def load_code(self, digest: str) -> str:
+        return self.objects.cached(f"code/{digest}.py").read_text(encoding="utf-8")
+
+    # --- jobs -------------------------------------------------------------------------------
+    @_redis_errors
+    def write_job(self, job: dict) -> None:
+        """Finished job records expire after PH_JOB_RECORDS_MAX_AGE_S (default 7 days)."""
+        finished = job.get("state") not in ("queued", "running")
+        self.redis.set(self.key("job", check_uuid(job["id"])), json.dumps(job),
+                       ex=self.job_ttl_s if finished else None)
+
+    @_redis_errors
+    def read_job(self, job_id: str) -> dict:
+        raw = self.redis.get(self.key("job", check_uuid(job_id)))
+        if raw is None:
+            raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
+                                "returns the job id (finished jobs are kept for "
+                                f"{self.job_ttl_s // 3600} hours)")
+        return json.loads(raw)
+
+    @_redis_errors
+    def latest_job(self, uuid: str) -> str | None:
+        raw = self.redis.get(self.key("latest", check_uuid(uuid)))
+        return raw.decode() if raw else None
+
+    @_redis_errors
+    def set_latest_job(self, uuid: str, job_id: str) -> None:
+        self.redis.set(self.key("latest", check_uuid(uuid)), check_uuid(job_id))
+
+    @_redis_errors
+    def request_stop(self, job_id: str) -> None:
+        self.redis.set(self.key("stop", check_uuid(job_id)), 1, ex=self.job_ttl_s)
+
+    @_redis_errors
+    def stop_requested(self, job_id: str) -> bool:
+        return bool(self.redis.exists(self.key("stop", check_uuid(job_id))))
+
+    @_redis_errors
+    def clear_stop(self, job_id: str) -> None:
+        self.redis.delete(self.key("stop", check_uuid(job_id)))
+
+    @_redis_errors
+    def beat(self, job_id: str) -> None:
+        """The job's worker is alive (for the next lease period)."""
+        self.redis.set(self.key("beat", check_uuid(job_id)), 1, px=int(self.lease_s * 1000))
+
+    @_redis_errors
+    def job_alive(self, job: dict, proc: Any = None) -> bool:
+        """A queued job waits for a worker however long that takes; a running one is alive
+        while its worker keeps beating."""
+        if job["state"] == "queued":
+            return True
+        return bool(self.redis.exists(self.key("beat", check_uuid(job["id"]))))
+
+    def enqueue(self, job: dict) -> None:
+        """Send the job to the training workers (`ph worker`) on its queue."""
+        from kombu.exceptions import OperationalError
+
+        from .job_queue import enqueue
+        try:
+            enqueue(self.url, job)
+        except OperationalError as exc:
+            raise self.unavailable(exc) from None
+
+    @_redis_errors
+    def claim_job(self, job_id: str, attempt: int) -> bool:
+        """True for the one worker that takes this attempt of the job (a message sent
+        twice, by two servers that both saw the last worker die, runs once)."""
+        return bool(self.redis.set(self.key("claim", check_uuid(job_id), str(attempt)), 1,
+                                   nx=True, ex=self.job_ttl_s))
+
+    # --- change notifications ------------------------------------------------------------------
+    def _listen(self) -> None:
+        import redis
+        while not self._closed.is_set():
+            pubsub = self.redis.pubsub()
+            try:
+                pubsub.subscribe(self.key("changes"))
+                while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+                    pass  # from its confirmation on, no change can be missed
+                self._dropped_all()
+                self._subscribed.set()
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        with self._sig_lock:
+                            self._changes += 1
+                            self._sigs.pop(message["data"].decode(), None)
+            except (redis.RedisError, OSError) as exc:
+                log.info("change notifications interrupted (%s); reading Redis on every call "
+                         "until they are back", exc)
+            finally:
+                self._subscribed.clear()
+                self._dropped_all()
+                with contextlib.suppress(Exception):
+                    pubsub.close()
+            self._closed.wait(0.5)
+
+    def _dropped_all(self) -> None:
+        with self._sig_lock:
+            self._changes += 1
+            self._sigs.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+def _tensor_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
