@@ -157,8 +157,9 @@ def delete_examples(uuid: str, ids: list | None = None) -> dict:
     return get_registry().delete_examples(uuid, ids)
 
 
-def list_heads() -> list:
-    return get_registry().list_heads()
+def list_heads(offset: int = 0, limit: int = 1000) -> list:
+    """Uuids of the heads in sorted order: `limit` (at most 10000) from position `offset`."""
+    return get_registry().list_heads(offset, limit)
 
 
 def delete_head(uuid: str) -> bool:

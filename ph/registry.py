@@ -43,6 +43,7 @@ from .validate import validate_config
 
 CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postprocess"),
               ("Trainer", "dataloader"))
+LIST_PAGE, LIST_PAGE_MAX = 1000, 10_000  # list_heads: default and largest page
 MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edited by hand
 
 
@@ -360,12 +361,7 @@ class HeadRegistry:
     def list_examples(self, uuid: str, offset: int = 0, limit: int = 100) -> list[dict]:
         """Stored examples from position `offset` (at most `limit`), oldest first."""
         self.store.signature(check_uuid(uuid))  # raises if the head does not exist
-        for name, value in (("offset", offset), ("limit", limit)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise BadInputError(f"{name}: must be a whole number >= 0, got {value!r}")
-        if limit > self.limits.per_call:
-            raise BadInputError(f"limit: at most {self.limits.per_call} examples per call, got "
-                                f"{limit}; page with offset")
+        _check_page(offset, limit, self.limits.per_call, "examples")
         return self.store.examples(uuid).read(offset, limit)
 
     def delete_examples(self, uuid: str, ids: list | None = None) -> dict:
@@ -392,8 +388,11 @@ class HeadRegistry:
             return loaded.engine.preprocessor
         return build_processors(record["config"], self._code(record))[0]
 
-    def list_heads(self) -> list[str]:
-        return self.store.list()
+    def list_heads(self, offset: int = 0, limit: int = LIST_PAGE) -> list[str]:
+        """Uuids in sorted order from position `offset`, at most `limit` (a store may
+        hold millions: page through them)."""
+        _check_page(offset, limit, LIST_PAGE_MAX, "uuids")
+        return self.store.list(offset, limit)
 
     def delete_head(self, uuid: str) -> bool:
         with self.store.lock(check_uuid(uuid)):
@@ -593,6 +592,14 @@ class HeadRegistry:
 
     def _code(self, record: dict) -> UserCode:
         return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})
+
+
+def _check_page(offset: Any, limit: Any, most: int, what: str) -> None:
+    for name, value in (("offset", offset), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadInputError(f"{name}: must be a whole number >= 0, got {value!r}")
+    if limit > most:
+        raise BadInputError(f"limit: at most {most} {what} per call, got {limit}; page with offset")
 
 
 def _uses_code(spec: Any) -> bool:

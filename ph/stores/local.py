@@ -153,9 +153,16 @@ class LocalStore:
         with contextlib.suppress(OSError):  # its followers' folder, if empty
             (self.root / "_children" / uuid).rmdir()
 
-    def list(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if not p.name.startswith(("_", ".")) and (p / "head.json").is_file())
+    def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
+        """Uuids in sorted order, from `offset` (at most `limit`)."""
+        names = sorted(e.name for e in os.scandir(self.root) if not e.name.startswith(("_", ".")))
+        page, end = [], None if limit is None else offset + limit
+        for name in names[offset:]:  # a page of heads costs a page of checks
+            if end is not None and offset + len(page) >= end:
+                break
+            if (self.root / name / "head.json").is_file():
+                page.append(name)
+        return page
 
     @contextlib.contextmanager
     def lock(self, uuid: str) -> Iterator[None]:
