@@ -96,8 +96,13 @@ class RedisStore:
         self.url = redis_url
         self.ns = namespace
         self.root = Path(cache_dir).resolve()
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        # Ride out a blip (two quick retries), then say clearly that Redis is away.
         self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                          health_check_interval=15)
+                                          health_check_interval=15,
+                                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         self.objects = ObjectStore(objects, endpoint, self.root / "_objects")
         self.lease_s = float(os.environ.get("PH_TRAIN_LEASE_S") or 30)
         self.job_ttl_s = int(os.environ.get("PH_JOB_RECORDS_MAX_AGE_S") or FINISHED_JOB_TTL_S)
