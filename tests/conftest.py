@@ -120,6 +120,42 @@ def store_url(redis_server, s3_server, monkeypatch):
     return distributed_url(redis_server.url, s3_server.endpoint, TEST_BUCKET, unique, unique)
 
 
+@pytest.fixture(params=["local", "distributed"])
+def any_store(request):
+    """Each store backend in turn, as the `store` setting: None (the local heads folder),
+    then a distributed store URL of this test's own (`store_url`). A test of a
+    backend-neutral behaviour takes this (or `any_registry`), so the two cannot drift."""
+    if request.param == "local":
+        return None
+    return request.getfixturevalue("store_url")
+
+
+@pytest.fixture
+def any_registry(workdir, any_store):
+    """A HeadRegistry on each store backend in turn (see `any_store`)."""
+    from ph.registry import HeadRegistry
+    registry = HeadRegistry(workdir / "heads", store=any_store)
+    yield registry
+    close_store(registry.store)
+
+
+def close_store(store) -> None:
+    """Stop a RedisStore's notification thread (nothing to do for a local store)."""
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+
+
+def stored_example_bytes(store) -> bytes:
+    """Every byte of every head's stored examples as the store keeps them (the local
+    folder's examples.jsonl files; a distributed store's example chunk objects), to check
+    that deleted examples are gone from storage, not merely hidden."""
+    if not getattr(store, "distributed", False):
+        return b"".join(p.read_bytes() for p in sorted(store.root.rglob("examples.jsonl")))
+    return b"".join(store.objects.get(name) for name in store.objects.list("heads/")
+                    if "/examples/" in name)
+
+
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path

@@ -22,14 +22,24 @@ def scored_config(**loop) -> dict:
     return config
 
 
-@pytest.fixture
-def family(registry, train_json):
+def make_family(registry):
     """A trained shared head 'shared' and three untrained children."""
     registry.create_head("shared", scored_config())
     registry.train("shared")
     for uid in ("kid0", "kid1", "kid2"):
         registry.create_head(uid, parent="shared")
     return registry
+
+
+@pytest.fixture
+def family(registry, train_json):
+    return make_family(registry)
+
+
+@pytest.fixture
+def any_family(any_registry, train_json):
+    """`family` on each store backend (`any_registry`)."""
+    return make_family(any_registry)
 
 
 def scores(answers) -> torch.Tensor:
@@ -46,16 +56,18 @@ def weights(registry, uid) -> dict:
     return registry.store.read_weights(uid, record)
 
 
-def test_an_untrained_child_answers_as_its_parent_and_check_head_says_so(family):
-    assert same_answers(family.predict("kid0", TEXTS), family.predict("shared", TEXTS))
-    info = family.check_head("kid0")
-    parent = family.check_head("shared")
+def test_an_untrained_child_answers_as_its_parent_and_check_head_says_so(any_family):
+    assert same_answers(any_family.predict("kid0", TEXTS), any_family.predict("shared", TEXTS))
+    info = any_family.check_head("kid0")
+    parent = any_family.check_head("shared")
     assert info["follows_parent"] == info["parent"] == "shared"
     assert not info["trained"] and info["revision"] == 0 and info["parent_revision"] == 1
     assert info["labels"] == parent["labels"] and "order_food" in info["labels"]
     assert parent["followers"] == 3 and parent["follows_parent"] is None
-    assert family.predict("kid0", TEXTS[0])["prediction"] == "order_food"
-    assert not list(family.store.head_dir("kid0").glob("weights-*"))  # no copy of the weights
+    assert any_family.predict("kid0", TEXTS[0])["prediction"] == "order_food"
+    assert any_family.store.read("kid0")["weights"] is None  # no copy of the weights
+    if not any_family.store.distributed:
+        assert not list(any_family.store.head_dir("kid0").glob("weights-*"))
 
 
 def test_untrained_children_follow_the_parents_retraining_in_any_process(family, train_json):
@@ -85,44 +97,44 @@ def test_untrained_children_share_the_parents_head_and_answer_in_one_stacked_pas
         assert same_answers([answer], [alone[i % 4]])
 
 
-def test_first_training_starts_from_the_parents_weights_and_label_map(family, workdir):
+def test_first_training_starts_from_the_parents_weights_and_label_map(any_family, workdir):
     greetings = {"greet": ["hello there", "hi friend", "good morning", "hey you"] * 4,
                  "order_food": ["order a pizza", "get me sushi", "I want noodles", "a burger"] * 4}
     write_json(workdir / "kid.json", greetings)
     frozen = {"Trainer": {"optimizer": {"args": {"lr": 0.0}},
                           "dataloader": {"args": {"train_json": "kid.json"}}}}
-    summary = family.train("kid0", frozen)  # lr 0: the weights it starts from are kept
+    summary = any_family.train("kid0", frozen)  # lr 0: the weights it starts from are kept
     assert summary["updated"] and summary["revision"] == 1
-    parent_labels = family.check_head("shared")["labels"]
-    info = family.check_head("kid0")
+    parent_labels = any_family.check_head("shared")["labels"]
+    info = any_family.check_head("kid0")
     assert info["labels"] == parent_labels + ["greet"]  # earlier indices unchanged
     assert info["trained"] and info["follows_parent"] is None and info["parent"] == "shared"
-    own, parents = weights(family, "kid0"), weights(family, "shared")
+    own, parents = weights(any_family, "kid0"), weights(any_family, "shared")
     assert own.keys() == parents.keys() and all(torch.equal(own[k], parents[k]) for k in own)
-    assert family.check_head("shared")["followers"] == 2
-    assert family.loaded("kid0") is not family.loaded("shared")
+    assert any_family.check_head("shared")["followers"] == 2
+    assert any_family.loaded("kid0") is not any_family.loaded("shared")
 
 
-def test_a_trained_child_keeps_its_weights_when_the_parent_trains_again(family):
-    family.train("kid2", {"Trainer": {"optimizer": {"args": {"lr": 0.01}}}})
-    mine = family.predict("kid2", TEXTS)
-    own, parents = weights(family, "kid2"), weights(family, "shared")
+def test_a_trained_child_keeps_its_weights_when_the_parent_trains_again(any_family):
+    any_family.train("kid2", {"Trainer": {"optimizer": {"args": {"lr": 0.01}}}})
+    mine = any_family.predict("kid2", TEXTS)
+    own, parents = weights(any_family, "kid2"), weights(any_family, "shared")
     assert any(not torch.equal(own[k], parents[k]) for k in own)  # it learnt on its own
-    family.train("shared", {"Trainer": {"optimizer": {"args": {"lr": 0.01}}}})
-    assert family.check_head("kid2")["revision"] == 1
-    assert same_answers(family.predict("kid2", TEXTS), mine)
-    after = weights(family, "kid2")
+    any_family.train("shared", {"Trainer": {"optimizer": {"args": {"lr": 0.01}}}})
+    assert any_family.check_head("kid2")["revision"] == 1
+    assert same_answers(any_family.predict("kid2", TEXTS), mine)
+    after = weights(any_family, "kid2")
     assert all(torch.equal(after[k], own[k]) for k in own)
-    assert same_answers(family.predict("kid0", TEXTS), family.predict("shared", TEXTS))
+    assert same_answers(any_family.predict("kid0", TEXTS), any_family.predict("shared", TEXTS))
 
 
-def test_loading_weights_into_a_child_gives_it_its_own(family, workdir):
+def test_loading_weights_into_a_child_gives_it_its_own(any_family, workdir):
     path = workdir / "w.pt"
-    torch.save(weights(family, "shared"), path)
-    family.load_weights("kid1", str(path))
-    info = family.check_head("kid1")
+    torch.save(weights(any_family, "shared"), path)
+    any_family.load_weights("kid1", str(path))
+    info = any_family.check_head("kid1")
     assert info["trained"] and info["follows_parent"] is None and info["labels"]
-    assert family.check_head("shared")["followers"] == 2
+    assert any_family.check_head("shared")["followers"] == 2
 
 
 def test_a_child_takes_the_parents_config_and_may_change_only_trainer(family):
@@ -158,47 +170,49 @@ def test_a_trained_child_can_be_a_parent(family):
     assert same_answers(family.predict("grandkid", TEXTS), family.predict("kid0", TEXTS))
 
 
-def test_creating_a_child_again_is_idempotent_and_another_parent_is_a_conflict(family):
-    family.create_head("other", scored_config())
-    assert family.create_head("kid0", parent="shared") == "kid0"
+def test_creating_a_child_again_is_idempotent_and_another_parent_is_a_conflict(any_family):
+    any_family.create_head("other", scored_config())
+    assert any_family.create_head("kid0", parent="shared") == "kid0"
     with pytest.raises(ConflictError, match="already exists \\(it is a child of 'shared'\\).*replace=True"):
-        family.create_head("kid0", parent="other")
+        any_family.create_head("kid0", parent="other")
     with pytest.raises(ConflictError, match="it is a child of 'shared'"):
-        family.create_head("kid0", scored_config())
-    family.create_head("kid0", parent="other", replace=True)
-    assert family.check_head("kid0")["follows_parent"] == "other"
-    assert family.check_head("shared")["followers"] == 2
-    assert same_answers(family.predict("kid0", TEXTS), family.predict("other", TEXTS))
+        any_family.create_head("kid0", scored_config())
+    any_family.create_head("kid0", parent="other", replace=True)
+    assert any_family.check_head("kid0")["follows_parent"] == "other"
+    assert any_family.check_head("shared")["followers"] == 2
+    assert same_answers(any_family.predict("kid0", TEXTS), any_family.predict("other", TEXTS))
 
 
-def test_a_followed_parent_cannot_be_deleted_or_replaced_until_its_children_train_or_go(family):
-    for action in (lambda: family.delete_head("shared"),
-                   lambda: family.create_head("shared", scored_config(epochs=9), replace=True)):
+def test_a_followed_parent_cannot_be_deleted_or_replaced_until_its_children_train_or_go(any_family):
+    for action in (lambda: any_family.delete_head("shared"),
+                   lambda: any_family.create_head("shared", scored_config(epochs=9), replace=True)):
         with pytest.raises(ConflictError, match=r"3 untrained child head\(s\) answer with its weights "
                                                 r"\('kid0', 'kid1', 'kid2'\)\. Train each child"):
             action()
-    assert family.check_head("shared")["revision"] == 1
-    family.train("kid0")
-    family.delete_head("kid1")
-    (family.store.root / "_children" / "shared" / "ghost").touch()  # a crashed create's link
+    assert any_family.check_head("shared")["revision"] == 1
+    any_family.train("kid0")
+    any_family.delete_head("kid1")
+    any_family.store.add_follower("shared", "ghost")  # a crashed create's link
     with pytest.raises(ConflictError, match="1 untrained child"):
-        family.delete_head("shared")
-    family.delete_head("kid2")
-    assert family.delete_head("shared")
-    assert not (family.store.root / "_children" / "shared").exists()
-    assert family.check_head("kid0")["trained"]  # a trained child lives on without its parent
-    assert family.predict("kid0", TEXTS)
+        any_family.delete_head("shared")
+    any_family.delete_head("kid2")
+    assert any_family.delete_head("shared")
+    assert any_family.store.followers("shared") == []
+    if not any_family.store.distributed:
+        assert not (any_family.store.root / "_children" / "shared").exists()
+    assert any_family.check_head("kid0")["trained"]  # a trained child lives on without its parent
+    assert any_family.predict("kid0", TEXTS)
 
 
-def test_a_child_whose_parent_vanished_says_so(family):
-    family.create_head("lonely", scored_config())
-    family.create_head("orphan", parent="lonely")
-    family.store.delete("lonely")  # as a hand-made removal would (delete_head refuses)
+def test_a_child_whose_parent_vanished_says_so(any_family):
+    any_family.create_head("lonely", scored_config())
+    any_family.create_head("orphan", parent="lonely")
+    any_family.store.delete("lonely")  # as a hand-made removal would (delete_head refuses)
     with pytest.raises(HeadNotFoundError, match="follows its parent 'lonely', which no longer exists"):
-        family.predict("orphan", "hi")
+        any_family.predict("orphan", "hi")
     with pytest.raises(HeadNotFoundError, match="no weights to start training from"):
-        family.train("orphan")
-    assert family.check_head("orphan")["parent_revision"] is None
+        any_family.train("orphan")
+    assert any_family.check_head("orphan")["parent_revision"] is None
 
 
 def test_a_child_of_a_head_with_user_code_keeps_the_parents_code(registry, train_json):
@@ -213,19 +227,19 @@ def test_a_child_of_a_head_with_user_code_keeps_the_parents_code(registry, train
     assert len(registry.predict("kid", TEXTS)) == len(TEXTS)
 
 
-def test_creating_children_while_the_parent_is_deleted_never_leaves_an_orphan(registry):
-    registry.create_head("shared", small_config())
+def test_creating_children_while_the_parent_is_deleted_never_leaves_an_orphan(any_registry):
+    any_registry.create_head("shared", small_config())
     outcomes = []
 
     def create(i):
         try:
-            outcomes.append(registry.create_head(f"kid{i}", parent="shared"))
+            outcomes.append(any_registry.create_head(f"kid{i}", parent="shared"))
         except HeadNotFoundError:
             outcomes.append("no parent")
 
     def delete():
         try:
-            outcomes.append(registry.delete_head("shared"))
+            outcomes.append(any_registry.delete_head("shared"))
         except ConflictError:
             outcomes.append("refused")
 
@@ -235,9 +249,9 @@ def test_creating_children_while_the_parent_is_deleted_never_leaves_an_orphan(re
         t.start()
     for t in threads:
         t.join()
-    kids = [u for u in registry.list_heads() if u.startswith("kid")]
-    if registry.store.exists("shared"):
+    kids = [u for u in any_registry.list_heads() if u.startswith("kid")]
+    if any_registry.store.exists("shared"):
         assert "refused" in outcomes and True not in outcomes
-        assert registry.check_head("shared")["followers"] == len(kids) == len(outcomes) - 1
+        assert any_registry.check_head("shared")["followers"] == len(kids) == len(outcomes) - 1
     else:
         assert kids == [] and True in outcomes

@@ -11,16 +11,40 @@ import time
 
 import pytest
 
-from conftest import small_config
+from conftest import close_store, small_config, stored_example_bytes
 from ph import example_log
 from ph.errors import ConfigError
 from ph.example_log import ExampleLimits, ExampleLog
 from ph.registry import HeadRegistry
+from ph.stores import LocalStore, open_store
 
 
 @pytest.fixture
 def log(tmp_path):
     return ExampleLog(tmp_path / "examples.jsonl")
+
+
+@pytest.fixture
+def any_log(any_store, tmp_path):
+    """(log, reopen) on each store backend: head 'h''s example log, and a function that
+    opens it again as another process would (its own store and cache, nothing remembered)."""
+    stores = []
+
+    def reopen(folder="heads"):
+        example_log._summaries.clear()  # what a local log remembers of the file
+        stores.append(open_store(any_store, tmp_path / folder))
+        return stores[-1].examples("h")
+
+    stores.append(open_store(any_store, tmp_path / "heads"))
+    stores[0].create("h", {"uuid": "h", "config": {}, "revision": 0, "labels": None})
+    yield stores[0].examples("h"), lambda: reopen("heads" if any_store is None else "elsewhere")
+    for store in stores:
+        close_store(store)
+
+
+def log_store(log):
+    """The store a log belongs to (a local log: the heads folder it lies in)."""
+    return getattr(log, "store", None) or LocalStore(log.path.parent.parent)
 
 
 def rows(*texts, label="a"):
@@ -33,14 +57,16 @@ def fresh_summary(log):
     return log.summary()
 
 
-def test_appends_get_increasing_ids_and_read_pages_in_order(log):
+def test_appends_get_increasing_ids_and_read_pages_in_order(any_log):
+    log, reopen = any_log
     assert log.summary().count == 0 and log.read() == []
     assert log.append(rows("x", "y")).count == 2
     summary = log.append(rows("z", label="b"))
     assert (summary.count, summary.last_id, summary.names) == (3, 3, {"a", "b"})
     assert [(r["id"], r["text"]) for r in log.read()] == [(1, "x"), (2, "y"), (3, "z")]
     assert [r["id"] for r in log.read(offset=1, limit=1)] == [2]
-    assert fresh_summary(log).count == 3
+    assert [r["text"] for r in log.iter()] == ["x", "y", "z"]
+    assert reopen().summary().count == 3
 
 
 def test_a_torn_last_call_is_ignored_then_cut_off_by_the_next_append(log):
@@ -62,23 +88,25 @@ def test_an_unreadable_whole_line_is_skipped(log):
     assert [r["text"] for r in log.read()] == ["one", "two"]
 
 
-def test_deleted_examples_leave_the_file_and_ids_are_never_reused(log):
+def test_deleted_examples_leave_storage_and_ids_are_never_reused(any_log):
+    log, reopen = any_log
     log.append(rows("secret", "public", "other"))
     assert log.delete({1, 3}) == 2
-    assert b"secret" not in log.path.read_bytes()
+    assert b"secret" not in stored_example_bytes(log_store(log))
     assert [r["text"] for r in log.read()] == ["public"]
     assert log.delete({42}) == 0
-    assert log.delete() == 1 and log.read() == [] and b"public" not in log.path.read_bytes()
-    assert fresh_summary(log).last_id == 3
+    assert log.delete() == 1 and log.read() == []
+    assert b"public" not in stored_example_bytes(log_store(log))
+    assert reopen().summary().last_id == 3
     assert log.append(rows("new")).last_id == 4
 
 
-def test_another_writer_s_appends_are_seen(log, tmp_path):
+def test_another_writer_s_appends_are_seen(any_log):
+    log, reopen = any_log
     log.append(rows("a"))
-    other = ExampleLog(tmp_path / "examples.jsonl")
-    example_log._summaries.clear()  # as if in another process
-    other.append(rows("b", "c"))
+    reopen().append(rows("b", "c"))  # as another process would
     assert log.summary().count == 3 and log.append(rows("d")).last_id == 4
+    assert [r["id"] for r in reopen().read()] == [1, 2, 3, 4]
 
 
 def test_limits_come_from_arguments_or_the_environment(monkeypatch):
@@ -92,6 +120,7 @@ def test_limits_come_from_arguments_or_the_environment(monkeypatch):
 WRITER = """
 import sys
 from ph.registry import HeadRegistry
+from ph.stores import LocalStore, open_store
 registry = HeadRegistry(sys.argv[1])
 for i in range(100000):
     texts = [f"ack {i} {j}" for j in range(3)]

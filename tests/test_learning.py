@@ -43,6 +43,13 @@ def head(registry):
     return "u"
 
 
+@pytest.fixture
+def any_head(any_registry):
+    """`head` on each store backend (`any_registry`)."""
+    any_registry.create_head("u", small_config())
+    return "u"
+
+
 @pytest.mark.parametrize("examples, match", [
     ([{"text": "ok", "label": 1}, {"text": "x", "label": 9}], "record 1: label 9 is outside 0..7"),
     ([{"text": "ok", "label": [1.0, 2.0]}], "record 0: label is a vector, but this head is a classifier"),
@@ -69,10 +76,10 @@ def test_a_bad_call_names_the_record_and_stores_nothing(registry, head, examples
     assert [r["text"] for r in registry.list_examples(head)] == ["first"]
 
 
-def test_labels_must_agree_with_the_examples_already_stored(registry, head):
-    registry.add_examples(head, {"greet": ["hi", "hello"]})
+def test_labels_must_agree_with_the_examples_already_stored(any_registry, any_head):
+    any_registry.add_examples(any_head, {"greet": ["hi", "hello"]})
     with pytest.raises(BadInputError, match="record 0.*the head's 2 stored examples have class names"):
-        registry.add_examples(head, [{"text": "yo", "label": 1}])
+        any_registry.add_examples(any_head, [{"text": "yo", "label": 1}])
 
 
 def test_vector_heads_take_vectors_of_their_size_with_vector_targets(registry):
@@ -104,14 +111,14 @@ def test_limits_per_call_and_per_head_are_clear_and_store_nothing(workdir):
         registry.list_examples("u", 0, 10)
 
 
-def test_train_head_without_train_json_trains_on_the_stored_examples(registry, intents, workdir):
-    registry.create_head("u", text_config())
+def test_train_head_without_train_json_trains_on_the_stored_examples(any_registry, intents, workdir):
+    any_registry.create_head("u", text_config())
     assert not (workdir / "train.json").exists()
-    registry.add_examples("u", as_label_lists(intents[0]))
-    summary = registry.train("u")
+    any_registry.add_examples("u", as_label_lists(intents[0]))
+    summary = any_registry.train("u")
     assert summary["updated"] and summary["examples"] == {"stored": len(intents[0])}
     assert summary["n_train"] + summary["n_valid"] == len(intents[0])
-    assert registry.check_head("u")["examples_seen"] == len(intents[0])
+    assert any_registry.check_head("u")["examples_seen"] == len(intents[0])
 
 
 def test_with_a_train_json_it_trains_on_both_and_the_label_map_only_grows(registry, train_json,
@@ -149,26 +156,26 @@ def test_a_background_job_trains_on_the_stored_examples(fresh_api, intents):
     assert "greet" in ph.check_head("bg")["labels"]
 
 
-def test_incremental_training_learns_a_new_label_and_keeps_the_old_ones(registry, intents):
+def test_incremental_training_learns_a_new_label_and_keeps_the_old_ones(any_registry, intents):
     train, held = intents
     old = [r for r in train if r["label"] != NEW]
     new = [r for r in train if r["label"] == NEW][:20]
     held_old = [r for r in held if r["label"] != NEW]
     held_new = [r for r in held if r["label"] == NEW]
     random.seed(0)  # the head's initial weights (the thresholds hold with margin for others)
-    registry.create_head("u", text_config(epochs=15))
-    registry.add_examples("u", old)
-    registry.train("u")
-    old_before = accuracy(registry, "u", held_old)
+    any_registry.create_head("u", text_config(epochs=15))
+    any_registry.add_examples("u", old)
+    any_registry.train("u")
+    old_before = accuracy(any_registry, "u", held_old)
     assert old_before >= 0.8
-    registry.add_examples("u", new)
-    summary = registry.train("u", incremental=True)
+    any_registry.add_examples("u", new)
+    summary = any_registry.train("u", incremental=True)
     info = summary["examples"]
     assert info["new"] == 20 and info["replayed_per_epoch"] == 40 and info["older"] == len(old)
     assert summary["n_train"] + summary["n_valid"] <= 60  # grows with the new examples only
-    assert accuracy(registry, "u", held_new) >= 0.7
-    assert accuracy(registry, "u", held_old) >= old_before - 0.1
-    assert registry.train("u", incremental=True)["updated"] is False  # nothing new since
+    assert accuracy(any_registry, "u", held_new) >= 0.7
+    assert accuracy(any_registry, "u", held_old) >= old_before - 0.1
+    assert any_registry.train("u", incremental=True)["updated"] is False  # nothing new since
 
 
 def test_naive_fine_tuning_forgets_what_replay_keeps(registry, intents):

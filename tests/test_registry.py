@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from conftest import ROOT, small_config, write_json
+from conftest import ROOT, small_config, stored_example_bytes, write_json
 from ph.config import load_config
 from ph.errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError,
                        PermissionDeniedError, TrainingError, WeightsError)
@@ -27,59 +27,68 @@ def trained(registry, train_json):
     return uid
 
 
+@pytest.fixture
+def trained_any(any_registry, train_json):
+    """`trained` on each store backend (`any_registry`)."""
+    any_registry.create_head_list(small_config())
+    uid = any_registry.create_head("alice")
+    any_registry.train(uid)
+    return uid
+
+
 def weight_files(registry, uid):
     return sorted(p.name for p in registry.store.head_dir(uid).glob("weights-*.pt"))
 
 
-def test_create_without_uuid_returns_a_new_uuid4(registry):
-    uid = registry.create_head(config=small_config())
+def test_create_without_uuid_returns_a_new_uuid4(any_registry):
+    uid = any_registry.create_head(config=small_config())
     assert len(uid) == 36 and uid.count("-") == 4
-    assert registry.list_heads() == [uid]
+    assert any_registry.list_heads() == [uid]
 
 
-def test_training_switches_the_head_to_new_weights(registry, train_json):
-    registry.create_head_list(small_config(epochs=4))
-    uid = registry.create_head("alice")
-    summary = registry.train(uid)
+def test_training_switches_the_head_to_new_weights(any_registry, train_json):
+    any_registry.create_head_list(small_config(epochs=4))
+    uid = any_registry.create_head("alice")
+    summary = any_registry.train(uid)
     assert summary["updated"] and summary["revision"] == 1
-    info = registry.check_head(uid)
+    info = any_registry.check_head(uid)
     assert info["trained"] and info["revision"] == 1 and info["runs"] == 1
     assert info["labels"] == sorted(info["labels"]) and "order_food" in info["labels"]
-    after = registry.predict(uid, TEXTS)
+    after = any_registry.predict(uid, TEXTS)
     assert [info["labels"][p] for p in after][:2] == ["order_food", "get_weather"]
-    assert registry.predict(uid, TEXTS[0]) == after[0]
+    assert any_registry.predict(uid, TEXTS[0]) == after[0]
 
 
-def test_train_without_auto_update_leaves_the_head_as_it_was(registry, train_json):
-    uid = registry.create_head("bob", small_config())
-    before = registry.predict(uid, TEXTS)
-    summary = registry.train(uid, auto_update=False)
+def test_train_without_auto_update_leaves_the_head_as_it_was(any_registry, train_json):
+    uid = any_registry.create_head("bob", small_config())
+    before = any_registry.predict(uid, TEXTS)
+    summary = any_registry.train(uid, auto_update=False)
     assert not summary["updated"]
-    assert registry.check_head(uid)["revision"] == 0
-    assert registry.predict(uid, TEXTS) == before
+    assert any_registry.check_head(uid)["revision"] == 0
+    assert any_registry.predict(uid, TEXTS) == before
 
 
-def test_create_again_with_the_same_config_keeps_trained_weights(registry, trained):
-    predictions = registry.predict(trained, TEXTS)
-    assert registry.create_head("alice") == "alice"
-    assert registry.check_head("alice")["revision"] == 1
-    assert registry.predict("alice", TEXTS) == predictions
+def test_create_again_with_the_same_config_keeps_trained_weights(any_registry, trained_any):
+    predictions = any_registry.predict(trained_any, TEXTS)
+    assert any_registry.create_head("alice") == "alice"
+    assert any_registry.check_head("alice")["revision"] == 1
+    assert any_registry.predict("alice", TEXTS) == predictions
 
 
-def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(registry, trained):
+def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(any_registry, trained_any):
     with pytest.raises(ConflictError) as err:
-        registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}})
+        any_registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}})
     message = str(err.value)
     assert "Model.args.n_classes: 8 -> 9" in message and "delete_head" in message and "replace" in message
-    assert registry.check_head("alice")["revision"] == 1
-    registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}}, replace=True)
-    assert registry.check_head("alice")["revision"] == 0
-    assert registry.get_config("alice")["Model"]["args"]["n_classes"] == 9
+    assert any_registry.check_head("alice")["revision"] == 1
+    any_registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}}, replace=True)
+    assert any_registry.check_head("alice")["revision"] == 0
+    assert any_registry.get_config("alice")["Model"]["args"]["n_classes"] == 9
 
 
-def test_replace_starts_a_head_over_even_with_the_same_config(registry, trained):
-    assert registry.create_head("alice", replace=True) == "alice"
-    assert registry.check_head("alice")["revision"] == 0 and not registry.check_head("alice")["trained"]
+def test_replace_starts_a_head_over_even_with_the_same_config(any_registry, trained_any):
+    assert any_registry.create_head("alice", replace=True) == "alice"
+    assert any_registry.check_head("alice")["revision"] == 0 and not any_registry.check_head("alice")["trained"]
 
 
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
@@ -92,15 +101,15 @@ def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained,
     assert json.loads(out.stdout) == expected
 
 
-def test_overrides_never_leak_into_the_head_list_or_other_heads(registry, train_json):
-    registry.create_head_list(small_config())
-    registry.create_head("a", {"Model": {"args": {"n_classes": 6}}})
-    registry.create_head("b")
-    assert registry.get_config("b")["Model"]["args"]["n_classes"] == 8
-    assert registry.store.read_head_list()["config"]["Model"]["args"]["n_classes"] == 8
-    registry.train("a", {"Trainer": {"trainer": {"epochs": 1}}})
-    assert registry.get_config("a")["Trainer"]["trainer"]["epochs"] == 3
-    assert registry.get_config("b")["Trainer"]["trainer"]["epochs"] == 3
+def test_overrides_never_leak_into_the_head_list_or_other_heads(any_registry, train_json):
+    any_registry.create_head_list(small_config())
+    any_registry.create_head("a", {"Model": {"args": {"n_classes": 6}}})
+    any_registry.create_head("b")
+    assert any_registry.get_config("b")["Model"]["args"]["n_classes"] == 8
+    assert any_registry.store.read_head_list()["config"]["Model"]["args"]["n_classes"] == 8
+    any_registry.train("a", {"Trainer": {"trainer": {"epochs": 1}}})
+    assert any_registry.get_config("a")["Trainer"]["trainer"]["epochs"] == 3
+    assert any_registry.get_config("b")["Trainer"]["trainer"]["epochs"] == 3
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -132,29 +141,29 @@ def test_failed_training_leaves_weights_and_files_untouched(registry, trained, w
     assert registry.train(trained)["revision"] == 2  # and the next run works
 
 
-def test_load_weights_from_best_model_reproduces_the_trained_head(registry, trained, workdir):
+def test_load_weights_from_best_model_reproduces_the_trained_head(any_registry, trained_any, workdir):
     best = workdir / "saved/models/PersonalizedHeadTrainer/alice/best_model.pt"
-    twin = registry.create_head("twin", small_config())
-    registry.load_weights(twin, str(best))
-    assert registry.predict(twin, TEXTS) == registry.predict(trained, TEXTS)
-    assert registry.check_head(twin)["labels"] == registry.check_head(trained)["labels"]
+    twin = any_registry.create_head("twin", small_config())
+    any_registry.load_weights(twin, str(best))
+    assert any_registry.predict(twin, TEXTS) == any_registry.predict(trained_any, TEXTS)
+    assert any_registry.check_head(twin)["labels"] == any_registry.check_head(trained_any)["labels"]
 
 
-def test_bad_weights_file_is_refused_and_the_head_keeps_its_weights(registry, trained, workdir):
+def test_bad_weights_file_is_refused_and_the_head_keeps_its_weights(any_registry, trained_any, workdir):
     torch.save({"fc.weight": torch.zeros(2, 2)}, workdir / "wrong.pt")
-    predictions = registry.predict(trained, TEXTS)
+    predictions = any_registry.predict(trained_any, TEXTS)
     for path in ("wrong.pt", "nope.pt"):
         with pytest.raises(WeightsError):
-            registry.load_weights(trained, path)
-    assert registry.predict(trained, TEXTS) == predictions
-    assert registry.check_head(trained)["revision"] == 1
+            any_registry.load_weights(trained_any, path)
+    assert any_registry.predict(trained_any, TEXTS) == predictions
+    assert any_registry.check_head(trained_any)["revision"] == 1
 
 
-def test_starting_weights_from_the_config_are_loaded_at_create(registry, trained, workdir):
+def test_starting_weights_from_the_config_are_loaded_at_create(any_registry, trained_any, workdir):
     best = "saved/models/PersonalizedHeadTrainer/alice/best_model.pt"
-    uid = registry.create_head("warm", {**small_config(), "Inference": {"weights": best}})
-    assert registry.check_head(uid)["revision"] == 1
-    assert registry.predict(uid, TEXTS) == registry.predict(trained, TEXTS)
+    uid = any_registry.create_head("warm", {**small_config(), "Inference": {"weights": best}})
+    assert any_registry.check_head(uid)["revision"] == 1
+    assert any_registry.predict(uid, TEXTS) == any_registry.predict(trained_any, TEXTS)
 
 
 def test_delete_removes_the_head_for_every_registry(registry, trained, workdir):
@@ -178,8 +187,8 @@ def test_two_registries_on_one_folder_see_each_others_changes(registry, train_js
     assert other.cache.peek(uid).revision == 1
 
 
-def test_a_second_training_of_the_same_head_is_refused_while_one_runs(registry, train_json):
-    uid = registry.create_head("busy", small_config(epochs=2))
+def test_a_second_training_of_the_same_head_is_refused_while_one_runs(any_registry, train_json):
+    uid = any_registry.create_head("busy", small_config(epochs=2))
     started, release, errors = threading.Event(), threading.Event(), []
 
     def first_epoch_blocks(record):
@@ -188,7 +197,7 @@ def test_a_second_training_of_the_same_head_is_refused_while_one_runs(registry, 
 
     def first_run():
         try:
-            registry.train(uid, on_epoch=first_epoch_blocks)
+            any_registry.train(uid, on_epoch=first_epoch_blocks)
         except Exception as exc:  # noqa: BLE001  (reported below)
             errors.append(exc)
 
@@ -196,14 +205,14 @@ def test_a_second_training_of_the_same_head_is_refused_while_one_runs(registry, 
     thread.start()
     try:
         assert started.wait(30)
-        assert registry.check_head(uid)["training"]
+        assert any_registry.check_head(uid)["training"]
         with pytest.raises(ConflictError, match="already training"):
-            registry.train(uid)
+            any_registry.train(uid)
     finally:
         release.set()
         thread.join(60)
-    assert not registry.check_head(uid)["training"]
-    assert not errors and registry.check_head(uid)["revision"] == 1
+    assert not any_registry.check_head(uid)["training"]
+    assert not errors and any_registry.check_head(uid)["revision"] == 1
 
 
 def test_memory_budget_evicts_least_recently_used_heads_that_reload_unchanged(workdir):
@@ -250,34 +259,50 @@ def test_restricted_policy_covers_every_path_in_a_training_config(workdir, train
     assert registry.train(uid)["updated"]  # paths inside the allowed folder are fine
 
 
-def test_check_head_of_an_unknown_uuid_says_it_does_not_exist(registry):
-    assert registry.check_head("nobody") == {"uuid": "nobody", "exists": False}
+def test_check_head_of_an_unknown_uuid_says_it_does_not_exist(any_registry):
+    assert any_registry.check_head("nobody") == {"uuid": "nobody", "exists": False}
     with pytest.raises(BadInputError, match="is not valid"):
-        registry.check_head("../x")  # a uuid that cannot exist is still an error
+        any_registry.check_head("../x")  # a uuid that cannot exist is still an error
 
 
-def test_deleting_or_replacing_a_head_removes_its_examples(registry):
-    registry.create_head("gone", small_config())
-    registry.add_examples("gone", {"greet": ["my secret phrase"]})
-    assert registry.check_head("gone")["examples"] == 1
-    registry.delete_head("gone")
-    registry.create_head("gone", small_config())
-    assert registry.list_examples("gone") == [] and registry.check_head("gone")["examples"] == 0
-    registry.add_examples("gone", {"greet": ["again"]})
-    registry.create_head("gone", small_config(), replace=True)
-    assert registry.list_examples("gone") == []
-    assert not list(registry.store.root.rglob("examples.jsonl"))
+def test_deleting_or_replacing_a_head_removes_its_examples(any_registry):
+    any_registry.create_head("gone", small_config())
+    any_registry.add_examples("gone", {"greet": ["my secret phrase"]})
+    assert any_registry.check_head("gone")["examples"] == 1
+    any_registry.delete_head("gone")
+    assert b"my secret phrase" not in stored_example_bytes(any_registry.store)
+    any_registry.create_head("gone", small_config())
+    assert any_registry.list_examples("gone") == [] and any_registry.check_head("gone")["examples"] == 0
+    any_registry.add_examples("gone", {"greet": ["again"]})
+    assert b"again" in stored_example_bytes(any_registry.store)
+    any_registry.create_head("gone", small_config(), replace=True)
+    assert any_registry.list_examples("gone") == []
+    assert stored_example_bytes(any_registry.store) == b""
     with pytest.raises(HeadNotFoundError):
-        registry.add_examples("nobody", {"greet": ["hi"]})
+        any_registry.add_examples("nobody", {"greet": ["hi"]})
 
 
-def test_delete_examples_by_id_or_all(registry):
-    registry.create_head("d", small_config())
-    registry.add_examples("d", {"a": ["one", "two", "three"]})
-    assert registry.delete_examples("d", [2, 99]) == {"uuid": "d", "deleted": 1, "examples": 2}
-    assert [r["id"] for r in registry.list_examples("d")] == [1, 3]
+def test_delete_examples_by_id_or_all(any_registry):
+    any_registry.create_head("d", small_config())
+    any_registry.add_examples("d", {"a": ["one", "two", "three"]})
+    assert any_registry.delete_examples("d", [2, 99]) == {"uuid": "d", "deleted": 1, "examples": 2}
+    assert [r["id"] for r in any_registry.list_examples("d")] == [1, 3]
     with pytest.raises(BadInputError, match="ids: must be a list of example ids"):
-        registry.delete_examples("d", "all")
-    assert registry.delete_examples("d") == {"uuid": "d", "deleted": 2, "examples": 0}
-    assert registry.add_examples("d", {"a": ["four"]}) == 1
-    assert registry.list_examples("d")[0]["id"] == 4  # ids are never reused
+        any_registry.delete_examples("d", "all")
+    assert any_registry.delete_examples("d") == {"uuid": "d", "deleted": 2, "examples": 0}
+    assert b"one" not in stored_example_bytes(any_registry.store)
+    assert any_registry.add_examples("d", {"a": ["four"]}) == 1
+    assert any_registry.list_examples("d")[0]["id"] == 4  # ids are never reused
+
+
+def test_list_heads_pages_through_every_head_in_order(any_registry):
+    uids = [any_registry.create_head(f"u{i:02d}", small_config()) for i in range(7)]
+    assert any_registry.list_heads() == uids
+    assert any_registry.list_heads(0, 3) + any_registry.list_heads(3, 3) + \
+        any_registry.list_heads(6, 3) == uids
+    assert any_registry.list_heads(7, 3) == [] and any_registry.list_heads(2, 0) == []
+    any_registry.delete_head("u01")
+    assert any_registry.list_heads(0, 2) == ["u00", "u02"]
+    for offset, limit, match in ((-1, 5, "offset"), (0, "9", "limit"), (0, 10_001, "at most")):
+        with pytest.raises(BadInputError, match=match):
+            any_registry.list_heads(offset, limit)

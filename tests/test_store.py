@@ -1,4 +1,5 @@
-"""HeadStore (ph/store.py) and crash-safe file helpers (ph/fileio.py)."""
+"""The store interface on every backend (`any_backend`: the local folder and Redis + S3),
+what only the local folder does with files, and crash-safe file helpers (ph/fileio.py)."""
 from __future__ import annotations
 
 import json
@@ -6,19 +7,26 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid as uuidlib
 
 import pytest
 import torch
 
 from ph.errors import BadInputError, ConflictError, HeadNotFoundError
+from conftest import close_store
 from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
-from ph.stores import LocalStore as HeadStore, check_uuid, new_uuid
+from ph.stores import RUNS_KEPT, LocalStore as HeadStore, check_uuid, new_uuid, open_store
 
 
 def record(uuid: str, **extra) -> dict:
     return {"uuid": uuid, "config": {"Model": {"type": "PersonalizedHead"}}, "labels": None,
             "revision": 0, **extra}
+
+
+def fields(rec: dict) -> dict:
+    """A record without a store's own bookkeeping (RedisStore's incarnation and version)."""
+    return {k: v for k, v in rec.items() if k not in ("inc", "v")}
 
 
 def weights(value: float) -> dict:
@@ -27,7 +35,16 @@ def weights(value: float) -> dict:
 
 @pytest.fixture
 def store(tmp_path) -> HeadStore:
+    """The local folder store (for what it does with files)."""
     return HeadStore(tmp_path / "heads")
+
+
+@pytest.fixture
+def any_backend(any_store, tmp_path):
+    """Each store backend in turn, as open_store gives it."""
+    store = open_store(any_store, tmp_path / "heads")
+    yield store
+    close_store(store)
 
 
 def tmp_leftovers(store: HeadStore) -> list:
@@ -74,129 +91,211 @@ def test_check_uuid_message_shortens_long_names():
     assert "y" * 41 not in str(err.value) and "..." in str(err.value)
 
 
-def test_store_refuses_path_traversal_uuids(store):
+def test_store_refuses_path_traversal_uuids(any_backend):
     with pytest.raises(BadInputError):
-        store.create("../escape", record("x"))
+        any_backend.create("../escape", record("x"))
     with pytest.raises(BadInputError):
-        store.read("..")
-    assert not (store.root.parent / "escape").exists()
+        any_backend.read("..")
+    with pytest.raises(BadInputError):
+        any_backend.delete("../escape")
+    assert not (any_backend.root.parent / "escape").exists() and any_backend.list() == []
 
 
-# --- create / read ---------------------------------------------------------------------------
+# --- create / read (every backend) ------------------------------------------------------
 
-def test_create_publishes_the_head_folder(store):
+def test_create_publishes_the_head(any_backend):
+    any_backend.create("alice", record("alice"))
+    assert any_backend.exists("alice")
+    assert fields(any_backend.read("alice")) == record("alice")
+    assert any_backend.list() == ["alice"]
+
+
+def test_create_leaves_a_head_folder_and_no_temp_files(store):
     store.create("alice", record("alice"))
-    assert store.exists("alice")
-    assert store.read("alice") == record("alice")
-    assert store.list() == ["alice"]
+    assert (store.root / "alice" / "head.json").is_file()
     assert tmp_leftovers(store) == []
 
 
-def test_create_with_weights_starts_at_revision_one(store):
-    store.create("bob", record("bob"), weights(0.5))
-    rec = store.read("bob")
-    assert rec["revision"] == 1 and rec["weights"] == "weights-1.pt"
-    assert torch.equal(store.read_weights("bob", rec)["fc.weight"], torch.full((2, 3), 0.5))
+def test_create_with_weights_starts_at_revision_one(any_backend):
+    any_backend.create("bob", record("bob"), weights(0.5))
+    rec = any_backend.read("bob")
+    assert rec["revision"] == 1 and rec["weights"]
+    assert torch.equal(any_backend.read_weights("bob", rec)["fc.weight"], torch.full((2, 3), 0.5))
 
 
-def test_second_create_of_same_uuid_conflicts_and_keeps_the_first(store):
-    store.create("alice", record("alice", note="first"), weights(1.0))
+def test_second_create_of_same_uuid_conflicts_and_keeps_the_first(any_backend):
+    any_backend.create("alice", record("alice", note="first"), weights(1.0))
     with pytest.raises(ConflictError, match="'alice' already exists"):
-        store.create("alice", record("alice", note="second"), weights(2.0))
-    rec = store.read("alice")
+        any_backend.create("alice", record("alice", note="second"), weights(2.0))
+    rec = any_backend.read("alice")
     assert rec["note"] == "first"
-    assert torch.equal(store.read_weights("alice", rec)["fc.weight"], torch.full((2, 3), 1.0))
+    assert torch.equal(any_backend.read_weights("alice", rec)["fc.weight"], torch.full((2, 3), 1.0))
+    assert any_backend.list() == ["alice"]
+
+
+def test_a_refused_create_leaves_no_files(store):
+    store.create("alice", record("alice"), weights(1.0))
+    with pytest.raises(ConflictError):
+        store.create("alice", record("alice"), weights(2.0))
     assert sorted(p.name for p in store.head_dir("alice").iterdir()) == ["head.json",
                                                                          "weights-1.pt"]
     assert tmp_leftovers(store) == []
 
 
-def test_read_unknown_head_is_not_found(store):
+def test_read_unknown_head_is_not_found(any_backend):
     with pytest.raises(HeadNotFoundError, match="nobody"):
-        store.read("nobody")
+        any_backend.read("nobody")
     with pytest.raises(HeadNotFoundError):
-        store.signature("nobody")
-    assert store.exists("nobody") is False
+        any_backend.signature("nobody")
+    assert any_backend.exists("nobody") is False
 
 
-# --- weights ---------------------------------------------------------------------------------
+def test_store_reopens_existing_heads(any_store, any_backend, tmp_path):
+    any_backend.create("keep", record("keep"), weights(4.0))
+    # the same folder, or for a distributed store another machine's (empty) cache
+    again = open_store(any_store, tmp_path / ("heads" if any_store is None else "elsewhere"))
+    try:
+        rec = again.read("keep")
+        assert torch.equal(again.read_weights("keep", rec)["fc.weight"], torch.full((2, 3), 4.0))
+    finally:
+        close_store(again)
 
-def test_read_weights_is_none_for_untrained_head(store):
-    store.create("new", record("new"))
-    assert store.read_weights("new", store.read("new")) is None
+
+# --- weights (every backend) ---------------------------------------------------------------
+
+def test_read_weights_is_none_for_untrained_head(any_backend):
+    any_backend.create("new", record("new"))
+    assert any_backend.read_weights("new", any_backend.read("new")) is None
 
 
-def test_write_weights_bumps_revision_and_replaces_the_old_file(store):
-    store.create("h", record("h"), weights(1.0))
-    first = store.read("h")
-    new = store.write_weights("h", first, weights(2.0), ["a", "b"], run={"epochs": 3})
-    assert new["revision"] == 2 and new["weights"] == "weights-2.pt"
+def test_write_weights_bumps_revision_and_switches_the_record(any_backend):
+    any_backend.create("h", record("h"), weights(1.0))
+    first = any_backend.read("h")
+    new = any_backend.write_weights("h", first, weights(2.0), ["a", "b"], run={"epochs": 3})
+    assert new["revision"] == 2 and new["weights"] != first["weights"]
     assert new["labels"] == ["a", "b"] and new["runs"] == [{"epochs": 3}]
-    assert store.read("h") == new
+    assert any_backend.read("h") == new
+    assert torch.equal(any_backend.read_weights("h", new)["fc.weight"], torch.full((2, 3), 2.0))
+
+
+def test_write_weights_replaces_the_old_file(store):
+    store.create("h", record("h"), weights(1.0))
+    new = store.write_weights("h", store.read("h"), weights(2.0), None)
+    assert new["weights"] == "weights-2.pt"
     files = sorted(p.name for p in store.head_dir("h").iterdir())
     assert files == ["head.json", "weights-2.pt"]  # old weights deleted, no temp files
-    assert torch.equal(store.read_weights("h", new)["fc.weight"], torch.full((2, 3), 2.0))
 
 
-def test_write_weights_on_untrained_head_starts_revision_one(store):
-    store.create("h", record("h"))
-    new = store.write_weights("h", store.read("h"), weights(3.0), None)
-    assert new["revision"] == 1 and new["weights"] == "weights-1.pt"
+def test_write_weights_on_untrained_head_starts_revision_one(any_backend):
+    any_backend.create("h", record("h"))
+    new = any_backend.write_weights("h", any_backend.read("h"), weights(3.0), None)
+    assert new["revision"] == 1 and new["weights"]
     assert "runs" not in new
-    assert torch.equal(store.read_weights("h", store.read("h"))["fc.bias"], torch.zeros(2))
+    assert torch.equal(any_backend.read_weights("h", any_backend.read("h"))["fc.bias"],
+                       torch.zeros(2))
 
 
-def test_write_weights_keeps_only_the_last_runs(store):
-    store.create("h", record("h"))
-    rec = store.read("h")
-    for i in range(25):
-        rec = store.write_weights("h", rec, weights(float(i)), None, run={"i": i})
-    assert [r["i"] for r in rec["runs"]] == list(range(5, 25))
-    assert rec["revision"] == 25
+def test_write_weights_keeps_only_the_last_runs(any_backend):
+    any_backend.create("h", record("h"))
+    rec = any_backend.read("h")
+    for i in range(RUNS_KEPT + 3):
+        rec = any_backend.write_weights("h", rec, weights(float(i)), None, run={"i": i})
+    assert [r["i"] for r in rec["runs"]] == list(range(3, RUNS_KEPT + 3))
+    assert rec["revision"] == RUNS_KEPT + 3 == any_backend.read("h")["revision"]
 
 
-def test_reading_weights_of_a_stale_record_raises_file_not_found(store):
+def test_reading_weights_of_a_stale_record_raises_file_not_found(any_backend):
     """The registry retries on FileNotFoundError when the weights switch under a reader."""
-    store.create("h", record("h"), weights(1.0))
-    stale = store.read("h")
-    store.write_weights("h", stale, weights(2.0), None)
+    any_backend.create("h", record("h"), weights(1.0))
+    stale = any_backend.read("h")
+    any_backend.write_weights("h", stale, weights(2.0), None)
     with pytest.raises(FileNotFoundError):
-        store.read_weights("h", stale)
+        any_backend.read_weights("h", stale)
 
 
-def test_signature_changes_after_a_write(store):
-    store.create("h", record("h"))
-    sig = store.signature("h")
-    assert store.signature("h") == sig
-    store.write_weights("h", store.read("h"), weights(1.0), None)
-    after = store.signature("h")
+def test_readers_see_the_old_weights_or_the_new_never_a_mix(any_backend):
+    """read_current pairs a record with its own weights while a writer switches them."""
+    any_backend.create("h", record("h"), weights(1.0))
+    done, seen, errors = threading.Event(), [], []
+
+    def reader():
+        try:
+            while not done.is_set():
+                rec, state = any_backend.read_current("h")
+                seen.append((rec["revision"], state["fc.weight"][0, 0].item()))
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        rec = any_backend.read("h")
+        for _ in range(8):
+            rec = any_backend.write_weights("h", rec, weights(float(rec["revision"] + 1)), None)
+    finally:
+        done.set()
+        thread.join(30)
+    assert not errors and seen
+    assert all(revision == value for revision, value in seen)
+
+
+def test_signature_changes_after_a_write(any_backend):
+    any_backend.create("h", record("h"))
+    sig = any_backend.signature("h")
+    assert any_backend.signature("h") == sig
+    any_backend.write_weights("h", any_backend.read("h"), weights(1.0), None)
+    after = any_backend.signature("h")
     assert after != sig
-    store.write("h", {**store.read("h"), "note": "x"})
-    assert store.signature("h") != after
+    any_backend.write("h", {**any_backend.read("h"), "note": "x"})
+    assert any_backend.signature("h") != after
+    assert any_backend.read("h")["note"] == "x"
 
 
-# --- delete / list -------------------------------------------------------------------------
+# --- delete / list (every backend) ----------------------------------------------------------
 
-def test_delete_removes_the_head(store):
+def test_delete_removes_the_head(any_backend):
+    any_backend.create("gone", record("gone"), weights(1.0))
+    any_backend.delete("gone")
+    assert any_backend.list() == [] and not any_backend.exists("gone")
+    with pytest.raises(HeadNotFoundError):
+        any_backend.read("gone")
+    with pytest.raises(HeadNotFoundError):
+        any_backend.signature("gone")
+
+
+def test_delete_leaves_no_files(store):
     store.create("gone", record("gone"), weights(1.0))
     store.delete("gone")
     assert not store.head_dir("gone").exists()
-    assert store.list() == []
-    with pytest.raises(HeadNotFoundError):
-        store.read("gone")
     assert tmp_leftovers(store) == []
 
 
-def test_delete_unknown_head_is_not_found(store):
+def test_delete_unknown_head_is_not_found(any_backend):
     with pytest.raises(HeadNotFoundError, match="no head with uuid 'ghost' to delete"):
-        store.delete("ghost")
+        any_backend.delete("ghost")
 
 
-def test_uuid_can_be_reused_after_delete(store):
-    store.create("again", record("again", n=1))
-    store.delete("again")
-    store.create("again", record("again", n=2))
-    assert store.read("again")["n"] == 2
+def test_uuid_can_be_reused_after_delete(any_backend):
+    any_backend.create("again", record("again", n=1), weights(1.0))
+    any_backend.delete("again")
+    any_backend.create("again", record("again", n=2))
+    rec = any_backend.read("again")
+    assert rec["n"] == 2 and any_backend.read_weights("again", rec) is None
+
+
+def test_list_pages_in_sorted_order(any_backend):
+    for uid in ("zed", "amy", "mid.1", "bo", "Cy"):
+        any_backend.create(uid, record(uid))
+    every = ["Cy", "amy", "bo", "mid.1", "zed"]
+    assert any_backend.list() == every
+    assert any_backend.list(0, 2) == every[:2]
+    assert any_backend.list(2, 2) == every[2:4]
+    assert any_backend.list(4, 10) == every[4:]
+    assert any_backend.list(3) == every[3:]
+    assert any_backend.list(5, 5) == [] and any_backend.list(50) == []
+    assert any_backend.list(1, 0) == []
+    any_backend.delete("bo")
+    assert any_backend.list(1, 2) == ["amy", "mid.1"]
 
 
 def test_list_skips_underscore_folders_and_folders_without_record(store):
@@ -207,55 +306,188 @@ def test_list_skips_underscore_folders_and_folders_without_record(store):
     (store.root / "half").mkdir()  # no head.json
     store.write_head_list({"config": {}})
     assert store.list() == ["amy", "mid.1", "zed"]
+    assert store.list(1, 1) == ["mid.1"]
 
 
-# --- head list, code, jobs ------------------------------------------------------------------
+# --- locks and training (every backend) -----------------------------------------------------
 
-def test_head_list_write_and_read(store):
-    assert store.read_head_list() is None
+def test_head_lock_excludes_another_thread(any_backend):
+    acquired = threading.Event()
+
+    def other():
+        with any_backend.lock("alice"):
+            acquired.set()
+
+    with any_backend.lock("alice"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        assert not acquired.wait(0.3)
+        with any_backend.lock("bob"):  # another head's lock is free
+            pass
+    assert acquired.wait(10)
+    thread.join(10)
+
+
+def test_locks_of_several_heads_are_taken_in_one_order(any_backend):
+    done = []
+
+    def take(order):
+        for _ in range(20):
+            with any_backend.locks(*order):
+                pass
+        done.append(order)
+
+    threads = [threading.Thread(target=take, args=(o,), daemon=True) for o in (("a", "b"), ("b", "a"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(done) == 2  # no deadlock
+
+
+def test_one_training_per_head(any_backend):
+    any_backend.create("h", record("h"))
+    assert not any_backend.is_training("h")
+    with any_backend.training("h"):
+        assert any_backend.is_training("h") and not any_backend.is_training("other")
+        with pytest.raises(ConflictError, match="'h' is already training"):
+            with any_backend.training("h", wait_s=0.1):
+                pass
+        with any_backend.training("other"):  # another head trains meanwhile
+            pass
+    assert not any_backend.is_training("h")
+    with any_backend.training("h"):  # free again
+        assert any_backend.is_training("h")
+
+
+def test_a_training_waits_for_the_one_ending(any_backend):
+    ended = threading.Event()
+
+    def short_run():
+        with any_backend.training("h"):
+            started.set()
+            time.sleep(0.3)
+        ended.set()
+
+    started = threading.Event()
+    thread = threading.Thread(target=short_run)
+    thread.start()
+    assert started.wait(10)
+    with any_backend.training("h", wait_s=10):
+        assert ended.is_set()
+    thread.join(10)
+
+
+# --- followers, head list, code (every backend) ---------------------------------------------
+
+def test_followers_are_added_and_removed_one_by_one(any_backend):
+    any_backend.create("p", record("p"))
+    assert any_backend.followers("p") == [] and any_backend.followers("nobody") == []
+    for kid in ("k2", "k1"):
+        any_backend.add_follower("p", kid)
+    any_backend.add_follower("p", "k1")  # twice is one
+    assert any_backend.followers("p") == ["k1", "k2"]
+    any_backend.remove_follower("p", "k1")
+    any_backend.remove_follower("p", "k1")  # twice is fine
+    assert any_backend.followers("p") == ["k2"]
+    assert any_backend.list() == ["p"]
+    with pytest.raises(BadInputError):
+        any_backend.add_follower("p", "../x")
+
+
+def test_followers_are_one_file_each_and_go_with_an_empty_parent(store):
+    store.create("p", record("p"))
+    store.add_follower("p", "k1")
+    assert (store.root / "_children" / "p" / "k1").is_file()
+    assert "_children" not in store.list()
+    store.remove_follower("p", "k1")
+    store.delete("p")
+    assert not (store.root / "_children" / "p").exists()
+
+
+def test_head_list_write_and_read(any_backend):
+    assert any_backend.read_head_list() is None
+    any_backend.write_head_list({"config": {"Model": {"type": "PersonalizedHead"}}, "code": {}})
+    assert any_backend.read_head_list() == {"config": {"Model": {"type": "PersonalizedHead"}},
+                                            "code": {}}
+    any_backend.write_head_list({"config": {}, "code": {"a.py": "x"}})
+    assert any_backend.read_head_list() == {"config": {}, "code": {"a.py": "x"}}
+
+
+def test_head_list_signature_changes_with_the_file(store):
     assert store.head_list_signature() is None
-    store.write_head_list({"config": {"Model": {"type": "PersonalizedHead"}}, "code": {}})
-    assert store.read_head_list() == {"config": {"Model": {"type": "PersonalizedHead"}},
-                                      "code": {}}
+    store.write_head_list({"config": {}})
     sig = store.head_list_signature()
     assert sig is not None
-    store.write_head_list({"config": {}, "code": {"a.py": "x"}})
-    assert store.read_head_list()["code"] == {"a.py": "x"}
+    store.write_head_list({"config": {"Model": {}}})
     assert store.head_list_signature() != sig
 
 
-def test_save_code_dedups_by_content(store):
-    a = store.save_code("class A:\n    pass\n")
-    b = store.save_code("class A:\n    pass\n")
-    c = store.save_code("class B:\n    pass\n")
+def test_save_code_dedups_by_content(any_backend):
+    a = any_backend.save_code("class A:\n    pass\n")
+    b = any_backend.save_code("class A:\n    pass\n")
+    c = any_backend.save_code("class B:\n    pass\n")
     assert a == b and a != c
-    assert sorted(p.stem for p in (store.root / "_code").iterdir()) == sorted([a, c])
-    assert store.load_code(a) == "class A:\n    pass\n"
-    assert store.load_code(c) == "class B:\n    pass\n"
+    assert any_backend.load_code(a) == "class A:\n    pass\n"
+    assert any_backend.load_code(c) == "class B:\n    pass\n"
 
 
-def test_job_write_and_read(store):
+def test_saved_code_is_one_file_per_content(store):
+    a = store.save_code("class A:\n    pass\n")
+    store.save_code("class A:\n    pass\n")
+    assert [p.stem for p in (store.root / "_code").iterdir()] == [a]
+
+
+# --- jobs (every backend) -------------------------------------------------------------------
+
+def test_job_write_and_read(any_backend):
     job = {"id": "job-1", "uuid": "alice", "state": "running", "progress": 0.5}
-    store.write_job(job)
-    assert store.read_job("job-1") == job
-    store.write_job({**job, "state": "done"})
-    assert store.read_job("job-1")["state"] == "done"
+    any_backend.write_job(job)
+    assert any_backend.read_job("job-1") == job
+    any_backend.write_job({**job, "state": "succeeded"})
+    assert any_backend.read_job("job-1")["state"] == "succeeded"
 
 
-def test_unknown_job_is_not_found_and_bad_job_id_is_bad_input(store):
-    with pytest.raises(HeadNotFoundError, match="no training job 'nojob'"):
-        store.read_job("nojob")
+def test_latest_job_of_a_head(any_backend):
+    assert any_backend.latest_job("alice") is None
+    any_backend.set_latest_job("alice", "job-1")
+    any_backend.set_latest_job("alice", "job-2")
+    assert any_backend.latest_job("alice") == "job-2" and any_backend.latest_job("bob") is None
     with pytest.raises(BadInputError):
-        store.read_job("../list")
+        any_backend.set_latest_job("alice", "../x")
 
 
-def test_store_reopens_existing_heads(store):
-    store.create("keep", record("keep"), weights(4.0))
-    again = HeadStore(store.root)
-    rec = again.read("keep")
-    assert torch.equal(again.read_weights("keep", rec)["fc.weight"], torch.full((2, 3), 4.0))
+def test_stop_request_is_set_seen_and_cleared(any_backend):
+    assert not any_backend.stop_requested("job-1")
+    any_backend.request_stop("job-1")
+    assert any_backend.stop_requested("job-1") and not any_backend.stop_requested("job-2")
+    any_backend.clear_stop("job-1")
+    any_backend.clear_stop("job-1")  # twice is fine
+    assert not any_backend.stop_requested("job-1")
 
 
+def test_unknown_job_is_not_found_and_bad_job_id_is_bad_input(any_backend):
+    with pytest.raises(HeadNotFoundError, match="no training job 'nojob'"):
+        any_backend.read_job("nojob")
+    with pytest.raises(BadInputError):
+        any_backend.read_job("../list")
+
+
+# --- examples (every backend) ---------------------------------------------------------------
+
+def rows(*texts, label="a"):
+    return [{"label": label, "text": t} for t in texts]
+
+
+# (the example log's own behaviours, on every backend: tests/test_example_log.py)
+def test_a_new_head_of_a_reused_uuid_has_no_examples(any_backend):
+    any_backend.create("h", record("h"))
+    any_backend.examples("h").append(rows("old"))
+    any_backend.delete("h")
+    any_backend.create("h", record("h"))
+    log = any_backend.examples("h")
+    assert log.read() == [] and log.summary().count == 0
+    assert log.append(rows("new")).count == 1
 # --- fileio ----------------------------------------------------------------------------------
 
 def test_atomic_write_bytes_replaces_the_file(tmp_path):
@@ -340,37 +572,3 @@ def test_store_head_lock_excludes_another_process(store):
     with store.lock("alice"):
         assert probe(store.root / "_locks" / "alice.lock") == "locked"
     assert probe(store.root / "_locks" / "alice.lock") == "free"
-
-
-def test_followers_are_one_file_each_and_go_with_an_empty_parent(store):
-    store.create("p", record("p"))
-    assert store.followers("p") == [] and store.followers("nobody") == []
-    for kid in ("k2", "k1"):
-        store.add_follower("p", kid)
-    assert store.followers("p") == ["k1", "k2"]
-    store.remove_follower("p", "k1")
-    store.remove_follower("p", "k1")  # twice is fine
-    assert store.followers("p") == ["k2"]
-    assert "_children" not in store.list()
-    store.remove_follower("p", "k2")
-    store.delete("p")
-    assert not (store.root / "_children" / "p").exists()
-    with pytest.raises(BadInputError):
-        store.add_follower("p", "../x")
-
-
-def test_locks_of_several_heads_are_taken_in_one_order(store):
-    done = []
-
-    def take(order):
-        for _ in range(50):
-            with store.locks(*order):
-                pass
-        done.append(order)
-
-    threads = [threading.Thread(target=take, args=(o,), daemon=True) for o in (("a", "b"), ("b", "a"))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert len(done) == 2  # no deadlock
