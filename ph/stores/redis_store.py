@@ -50,13 +50,15 @@ LOCK_TIMEOUT_S = 60  # a dead holder's head lock frees itself after this
 LOCK_WAIT_S = 30
 FINISHED_JOB_TTL_S = 7 * 24 * 3600
 
-# Replace a record only if its version is the one the writer read (and, for a training
-# run, only while the run still holds the head's lease): fencing, so a worker that lost
-# its lease or raced a newer write cannot publish.
+# Replace a record only if its incarnation and version are the ones the writer read
+# (and, for a training run, only while the run still holds the head's lease): fencing,
+# so a worker that lost its lease or raced a newer write cannot publish. The incarnation
+# counts too: a head deleted and created again starts at version 1 again.
 _SWITCH = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
-if tostring(cjson.decode(cur)['v']) ~= ARGV[1] then return -2 end
+local rec = cjson.decode(cur)
+if rec['inc'] .. ':' .. tostring(rec['v']) ~= ARGV[1] then return -2 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -3 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[3], ARGV[4])
@@ -224,7 +226,7 @@ class RedisStore:
     def write(self, uuid: str, record: dict) -> dict:
         """Rewrite a head's record (it must not have changed since `record` was read)."""
         new = {**record, "v": record["v"] + 1}
-        self._publish(uuid, record["v"], new)
+        self._publish(uuid, f"{record['inc']}:{record['v']}", new)
         return new
 
     def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
@@ -247,11 +249,12 @@ class RedisStore:
             self._forget_objects([record["weights"]])
         return new
 
-    def _publish(self, uuid: str, expected_v: int, new: dict) -> None:
+    def _publish(self, uuid: str, expected: str, new: dict) -> None:
+        """Switch the record to `new` if it is still at `expected` ("inc:v")."""
         token = getattr(self._leases, uuid, None) or ""
         result = self._switch(keys=[self.key("h", uuid), self.key("train", uuid),
                                     self.key("changes")],
-                              args=[str(expected_v), json.dumps(self._stored(new)), token, uuid])
+                              args=[expected, json.dumps(self._stored(new)), token, uuid])
         self._sigs.pop(uuid, None)
         if result == -1:
             raise HeadNotFoundError(f"head '{uuid}' was deleted meanwhile")
