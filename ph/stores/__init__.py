@@ -72,6 +72,15 @@ def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Any:
     if unknown:
         raise ConfigError(f"store: unknown setting(s) {sorted(unknown)} in '{_shown(url)}'; the "
                           "settings are objects, endpoint and namespace")
+    try:
+        parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ConfigError(f"store: the port in '{_shown(url)}' is not a number from 0 to "
+                          "65535; use redis://HOST:PORT/DB?objects=s3://BUCKET") from None
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError(f"store: the database in '{_shown(url)}' must be a number (redis://"
+                          "HOST:PORT/DB, e.g. /0)")
     from .redis_store import RedisStore  # needs redis and boto3: only imported when used
     redis_url = parts._replace(query="", fragment="").geturl()
     return RedisStore(redis_url, objects, query.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL"),
