@@ -16,10 +16,13 @@ import uuid as uuidlib
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Iterator
 
+from ..errors import ConflictError
 from ..example_log import LogSummary, _line
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
+
+READ_ATTEMPTS = 5
 
 
 class ObjectExampleLog:
@@ -39,9 +42,24 @@ class ObjectExampleLog:
         return self._state()[0]
 
     def iter(self) -> Iterator[dict]:
-        for chunk in self._state()[1]:
-            for line in self.store.objects.get(chunk).splitlines():
-                yield json.loads(line)
+        """The rows in id order. A delete by another caller replaces the chunks (and
+        removes the old ones) while they are being read: then the new chunk list is read
+        and the rows go on after the last id given (ids only grow along the log)."""
+        after = 0
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                for chunk in self._state()[1]:
+                    for line in self.store.objects.get(chunk).splitlines():
+                        row = json.loads(line)
+                        if row["id"] > after:
+                            after = row["id"]
+                            yield row
+                return
+            except FileNotFoundError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise ConflictError(f"head '{self.uuid}': its examples were rewritten "
+                                        f"{READ_ATTEMPTS} times while being read; try "
+                                        "again") from None
 
     def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
         out: list[dict] = []
