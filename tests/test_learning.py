@@ -111,7 +111,8 @@ def test_limits_per_call_and_per_head_are_clear_and_store_nothing(workdir):
         registry.list_examples("u", 0, 10)
 
 
-def test_train_head_without_train_json_trains_on_the_stored_examples(any_registry, intents, workdir):
+def test_train_head_without_train_json_trains_on_the_stored_examples(any_registry, intents,
+                                                                    workdir):
     any_registry.create_head("u", text_config())
     assert not (workdir / "train.json").exists()
     any_registry.add_examples("u", as_label_lists(intents[0]))

@@ -75,7 +75,8 @@ def test_create_again_with_the_same_config_keeps_trained_weights(any_registry, t
     assert any_registry.predict("alice", TEXTS) == predictions
 
 
-def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(any_registry, trained_any):
+def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(any_registry,
+                                                                             trained_any):
     with pytest.raises(ConflictError) as err:
         any_registry.create_head("alice", {"Model": {"args": {"n_classes": 9}}})
     message = str(err.value)
@@ -88,7 +89,8 @@ def test_create_again_with_another_config_is_a_conflict_that_says_how_to_fix(any
 
 def test_replace_starts_a_head_over_even_with_the_same_config(any_registry, trained_any):
     assert any_registry.create_head("alice", replace=True) == "alice"
-    assert any_registry.check_head("alice")["revision"] == 0 and not any_registry.check_head("alice")["trained"]
+    info = any_registry.check_head("alice")
+    assert info["revision"] == 0 and not info["trained"]
 
 
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
@@ -141,7 +143,8 @@ def test_failed_training_leaves_weights_and_files_untouched(registry, trained, w
     assert registry.train(trained)["revision"] == 2  # and the next run works
 
 
-def test_load_weights_from_best_model_reproduces_the_trained_head(any_registry, trained_any, workdir):
+def test_load_weights_from_best_model_reproduces_the_trained_head(any_registry, trained_any,
+                                                                  workdir):
     best = workdir / "saved/models/PersonalizedHeadTrainer/alice/best_model.pt"
     twin = any_registry.create_head("twin", small_config())
     any_registry.load_weights(twin, str(best))
@@ -149,7 +152,8 @@ def test_load_weights_from_best_model_reproduces_the_trained_head(any_registry, 
     assert any_registry.check_head(twin)["labels"] == any_registry.check_head(trained_any)["labels"]
 
 
-def test_bad_weights_file_is_refused_and_the_head_keeps_its_weights(any_registry, trained_any, workdir):
+def test_bad_weights_file_is_refused_and_the_head_keeps_its_weights(any_registry, trained_any,
+                                                                    workdir):
     torch.save({"fc.weight": torch.zeros(2, 2)}, workdir / "wrong.pt")
     predictions = any_registry.predict(trained_any, TEXTS)
     for path in ("wrong.pt", "nope.pt"):
@@ -272,7 +276,8 @@ def test_deleting_or_replacing_a_head_removes_its_examples(any_registry):
     any_registry.delete_head("gone")
     assert b"my secret phrase" not in stored_example_bytes(any_registry.store)
     any_registry.create_head("gone", small_config())
-    assert any_registry.list_examples("gone") == [] and any_registry.check_head("gone")["examples"] == 0
+    assert any_registry.list_examples("gone") == []
+    assert any_registry.check_head("gone")["examples"] == 0
     any_registry.add_examples("gone", {"greet": ["again"]})
     assert b"again" in stored_example_bytes(any_registry.store)
     any_registry.create_head("gone", small_config(), replace=True)
