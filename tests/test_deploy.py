@@ -26,10 +26,6 @@ DOCS = ph.deploy.manifests()
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 SECRET_KEYS = {"token", "redis-password", "aws-access-key-id", "aws-secret-access-key"}
 QUEUES = {"ph-train", "ph-gpu"}
-# `ph worker` flags as documented (flag: takes a value). Used only while ph/cli.py has no
-# `worker` subcommand; once it has one, its own parser checks the arguments instead.
-DOCUMENTED_WORKER_FLAGS = {"--store": True, "--heads-dir": True, "--queues": True,
-                           "--ready-file": True}
 # Variables the third-party images read, for containers that are not ph.
 IMAGE_READS = {"minio/minio": {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"}}
 # Where boto3 (botocore) reads its variables: an AWS_* variable a ph container sets must
@@ -169,21 +165,11 @@ def ph_parse(argv: list[str], capsys) -> _Parsed:
     pytest.fail("ph.cli.main did not parse its arguments with argparse")
 
 
-def ph_subcommands(capsys) -> set[str]:
-    parser = ph_parse(["serve"], capsys).parser
-    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-            for name in action.choices}
-
-
 def parse_container_args(container: dict, capsys) -> argparse.Namespace:
     """A ph container's command and args, parsed as `ph` parses them."""
     command = container["command"][1:] + [str(a) for a in container.get("args", [])]
-    if command[0] == "worker" and "worker" not in ph_subcommands(capsys):
-        parser = documented_worker_parser()
-        namespace = parser.parse_args(command[1:])
-    else:
-        parsed = ph_parse(command, capsys)
-        parser, namespace = subparser(parsed.parser, command[0]), parsed.namespace
+    parsed = ph_parse(command, capsys)
+    parser, namespace = subparser(parsed.parser, command[0]), parsed.namespace
     for arg in command[1:]:  # whole flags only: argparse would take an abbreviation
         if arg.startswith("--"):
             assert arg.split("=")[0] in parser._option_string_actions, \
@@ -194,13 +180,6 @@ def parse_container_args(container: dict, capsys) -> argparse.Namespace:
 def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
     return next(action.choices[command] for action in parser._actions
                 if isinstance(action, argparse._SubParsersAction))
-
-
-def documented_worker_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ph worker", allow_abbrev=False)
-    for flag, takes_value in DOCUMENTED_WORKER_FLAGS.items():
-        parser.add_argument(flag, **({} if takes_value else {"action": "store_true"}))
-    return parser
 
 
 def queues(namespace: argparse.Namespace) -> list[str]:
