@@ -123,8 +123,8 @@ class HeadRegistry:
                         f"head '{uuid}' already exists with a different config ({'; '.join(changes[:5])}). "
                         f"Use another uuid, call delete_head(uuid='{uuid}') first, or pass "
                         "replace=True to create_head to start it over (its weights are lost)")
-                self.check_idle(uuid, "create_head(replace=True)")
-                self._remove(uuid, existing, "replaced")
+                self._replace(uuid, existing, record, state)
+                return uuid
             self.store.create(uuid, record, state)
         return uuid
 
@@ -162,10 +162,25 @@ class HeadRegistry:
                         f"head '{uuid}' already exists ({'; '.join(changes[:5])}). Use another "
                         f"uuid, call delete_head(uuid='{uuid}') first, or pass replace=True to "
                         "create_head to start it over as a child (its weights are lost)")
-                self._remove(uuid, existing, "replaced")
+                self._replace(uuid, existing, record)
+                return uuid
             self.store.add_follower(parent, uuid)  # before the record: a crash leaves a stale
             self.store.create(uuid, record)       # link, which delete_head clears, never a lost one
         return uuid
+
+    def _replace(self, uuid: str, existing: dict, record: dict, state: dict | None = None) -> None:
+        """Start the head over as `record` in one switch in the store, so a crash never
+        loses it (call under its lock); refused while it trains or untrained children follow it."""
+        self.check_idle(uuid, "create_head(replace=True)")
+        refuse_if_followed(self.store, uuid, "replaced")
+        new_parent, old_parent = follows_parent(record), follows_parent(existing)
+        if new_parent:
+            self.store.add_follower(new_parent, uuid)  # before the record, as for a new child
+        self.store.create(uuid, record, state, replace=True)
+        if old_parent and old_parent != new_parent:
+            self.store.remove_follower(old_parent, uuid)
+        self._follows.pop(uuid)
+        self.cache.drop(uuid)
 
     def predict(self, uuid: str, data: Any) -> Any:
         """The head's answer for one input or a batch."""

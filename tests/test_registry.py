@@ -82,6 +82,28 @@ def test_replace_starts_a_head_over_even_with_the_same_config(registry, trained)
     assert registry.check_head("alice")["revision"] == 0 and not registry.check_head("alice")["trained"]
 
 
+
+def test_a_replace_that_fails_at_the_switch_keeps_the_old_head_whole(registry, trained,
+                                                                     monkeypatch):
+    label = registry.check_head(trained)["labels"][0]
+    registry.add_examples(trained, {label: ["my own words"]})
+    before = registry.predict(trained, TEXTS)
+
+    def crash(a, b):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr("ph.stores.local.exchange_paths", crash)
+    with pytest.raises(OSError):
+        registry.create_head(trained, small_config(), replace=True)
+    other = HeadRegistry(registry.store.root)
+    assert other.predict(trained, TEXTS) == before == registry.predict(trained, TEXTS)
+    assert other.check_head(trained)["revision"] == 1 and other.check_head(trained)["examples"] == 1
+    monkeypatch.undo()
+    registry.create_head(trained, small_config(), replace=True)
+    info = other.check_head(trained)
+    assert (info["revision"], info["examples"], info["trained"]) == (0, 0, False)
+    assert weight_files(registry, trained) == []
+
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
     untrained = registry.create_head("carol")
     expected = {uid: registry.predict(uid, TEXTS) for uid in (trained, untrained)}

@@ -209,6 +209,121 @@ def test_list_skips_underscore_folders_and_folders_without_record(store):
     assert store.list() == ["amy", "mid.1", "zed"]
 
 
+
+# --- replace: one switch from the old head to the new one ---------------------------------
+
+def old_head(store, uuid: str = "h") -> None:
+    """A trained head with stored examples, at revision 2."""
+    store.create(uuid, record(uuid, note="old"), weights(1.0))
+    store.write_weights(uuid, store.read(uuid), weights(1.5), None)
+    (store.head_dir(uuid) / "examples.jsonl").write_text("old examples\n")
+
+
+def assert_whole(store, note: str, value: float, uuid: str = "h") -> None:
+    rec, state = store.read_current(uuid)
+    assert rec["note"] == note
+    assert torch.equal(state["fc.weight"], torch.full((2, 3), value))
+
+
+def test_replace_switches_to_the_new_head_and_removes_the_old_files(store):
+    old_head(store)
+    store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "new", 2.0)
+    assert store.read("h")["revision"] == 1
+    assert sorted(p.name for p in store.head_dir("h").iterdir()) == ["head.json", "weights-1.pt"]
+    assert tmp_leftovers(store) == []
+    store.create("fresh", record("fresh"), replace=True)  # nothing to replace: a plain create
+    assert store.read("fresh") == record("fresh")
+
+
+def test_readers_see_the_old_head_or_the_new_one_whole_during_replaces(store):
+    """Every head uses weights-1.pt: a reader that mixed two heads' files would see a
+    note that does not match its weights."""
+    store.create("h", record("h", note="0"), weights(0.0))
+    seen, errors, done = set(), [], threading.Event()
+
+    def read_all_the_time():
+        while not done.is_set():
+            try:
+                rec, state = store.read_current("h")
+                assert float(state["fc.weight"][0, 0]) == float(rec["note"])
+                seen.add(rec["note"])
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    for value in range(1, 30):
+        store.create("h", record("h", note=str(value)), weights(float(value)), replace=True)
+    done.set()
+    reader.join(10)
+    assert errors == [] and len(seen) > 1
+
+
+def test_a_replace_that_fails_at_the_switch_keeps_the_old_head(store, monkeypatch):
+    old_head(store)
+
+    def broken(a, b):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr("ph.stores.local.exchange_paths", broken)
+    with pytest.raises(OSError):
+        store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "old", 1.5)
+    assert (store.head_dir("h") / "examples.jsonl").read_text() == "old examples\n"
+    assert tmp_leftovers(store) == []
+
+
+def test_without_an_atomic_exchange_replace_moves_the_old_head_aside_first(store, monkeypatch):
+    monkeypatch.setattr("ph.stores.local.exchange_paths", lambda a, b: False)
+    old_head(store)
+    store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "new", 2.0)
+    assert tmp_leftovers(store) == []
+
+
+# A process killed at the switch: `when` says where, `exchange` whether the file system
+# swaps folders atomically (else the store moves the old head aside, then the new in).
+KILLED_REPLACE = textwrap.dedent("""
+    import os, sys, torch
+    from ph.stores import local
+    root, when, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    real_exchange, real_rename, renames = local.exchange_paths, os.rename, []
+
+    def exchange_then_die(a, b):
+        if when == "before":
+            os._exit(9)
+        real_exchange(a, b)
+        os._exit(9)
+
+    def rename(a, b):
+        renames.append(a)
+        if len(renames) == 2:  # the old head is aside, the new one not yet in place
+            os._exit(9)
+        real_rename(a, b)
+
+    local.exchange_paths = exchange_then_die if exchange else (lambda a, b: False)
+    os.rename = rename
+    w = {"fc.weight": torch.full((2, 3), 2.0), "fc.bias": torch.zeros(2)}
+    local.LocalStore(root).create("h", {"uuid": "h", "note": "new", "revision": 0}, w, replace=True)
+""")
+
+
+@pytest.mark.parametrize("when, exchange, survivor", [("before", "1", ("old", 1.5)),
+                                                      ("after", "1", ("new", 2.0)),
+                                                      ("between", "0", ("old", 1.5))])
+def test_a_process_killed_while_replacing_leaves_one_head_whole(store, when, exchange, survivor):
+    old_head(store)
+    out = subprocess.run([sys.executable, "-c", KILLED_REPLACE, str(store.root), when, exchange],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 9, out.stderr
+    reopened = HeadStore(store.root)  # puts back an old head moved aside
+    assert_whole(reopened, *survivor)
+    assert reopened.list() == ["h"]
+    if survivor[0] == "old":
+        assert (store.head_dir("h") / "examples.jsonl").exists()
+    assert not any(name.startswith("replaced-") for name in tmp_leftovers(store))
+
 # --- head list, code, jobs ------------------------------------------------------------------
 
 def test_head_list_write_and_read(store):
