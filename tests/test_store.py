@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid as uuidlib
 
 import pytest
 import torch
 
-from ph.errors import BadInputError, ConflictError, HeadNotFoundError
+from ph.errors import BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError
 from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
 from ph.stores import LocalStore as HeadStore, check_uuid, new_uuid
 
@@ -363,6 +365,61 @@ def test_unknown_job_is_not_found_and_bad_job_id_is_bad_input(store):
     with pytest.raises(BadInputError):
         store.read_job("../list")
 
+
+
+# --- job records: finished ones are kept for a bounded time and number ----------------------
+
+def put_job(store, job_id: str, state: str, age_s: float = 0) -> None:
+    """A job record written `age_s` ago (without pruning, as write_job would)."""
+    path = store.job_path(job_id)
+    atomic_write_json(path, {"id": job_id, "uuid": "alice", "state": state})
+    written = time.time() - age_s
+    os.utime(path, (written, written))
+
+
+def job_ids(store) -> list:
+    return sorted(p.stem for p in (store.root / "_jobs").glob("*.json"))
+
+
+def test_only_the_newest_finished_job_records_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("PH_JOB_RECORDS_KEPT", "3")
+    store = HeadStore(tmp_path / "heads")
+    put_job(store, "old-running", "running", 100)
+    put_job(store, "old-queued", "queued", 99)
+    for i in range(5):
+        put_job(store, f"done{i}", "succeeded", 50 - i)
+    store.job_path("done0").with_suffix(".stop").touch()
+    store.write_job({"id": "last", "uuid": "alice", "state": "failed"})
+    assert job_ids(store) == ["done3", "done4", "last", "old-queued", "old-running"]
+    assert not store.job_path("done0").with_suffix(".stop").exists()
+    with pytest.raises(NotFoundError, match="no training job 'done0'.*newest 3"):
+        store.read_job("done0")
+
+
+def test_finished_job_records_older_than_the_max_age_go_and_active_ones_stay(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("PH_JOB_RECORDS_MAX_AGE_S", "3600")
+    store = HeadStore(tmp_path / "heads")
+    put_job(store, "old-done", "stopped", 7200)
+    put_job(store, "old-running", "running", 7200)  # a head's latest job, still active
+    put_job(store, "recent", "succeeded", 60)
+    store.set_latest_job("alice", "old-running")
+    store.write_job({"id": "now-running", "uuid": "bob", "state": "running"})
+    assert "old-done" in job_ids(store)  # writing an active job prunes nothing
+    store.write_job({"id": "now-done", "uuid": "bob", "state": "succeeded"})
+    assert job_ids(store) == ["now-done", "now-running", "old-running", "recent"]
+    assert store.latest_job("alice") == "old-running"
+
+
+@pytest.mark.parametrize("env, value", [("PH_JOB_RECORDS_KEPT", "0"),
+                                        ("PH_JOB_RECORDS_KEPT", "many"),
+                                        ("PH_JOB_RECORDS_MAX_AGE_S", "-5"),
+                                        ("PH_JOB_RECORDS_MAX_AGE_S", "1.5")])
+def test_job_retention_settings_are_checked_when_the_store_opens(tmp_path, monkeypatch, env,
+                                                                 value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=f"{env}: must be a whole number >= 1 .*got '{value}'"):
+        HeadStore(tmp_path / "heads")
 
 def test_store_reopens_existing_heads(store):
     store.create("keep", record("keep"), weights(4.0))

@@ -6,7 +6,7 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/examples.jsonl     the head's stored examples (ph.examples.ExampleLog)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
-    <root>/_jobs/<id>.json           background training jobs
+    <root>/_jobs/<id>.json           background training jobs (finished ones pruned: JobRetention)
     <root>/_jobs/<uuid>.head         the id of the head's latest job
     <root>/_children/<parent>/<uuid> one empty file per untrained child that follows <parent>
     <root>/_locks/                   lock files
@@ -31,7 +31,8 @@ from ..example_log import ExampleLog
 from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
 from ..fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
                       file_lock, fsync_dir)
-from .base import RUNS_KEPT, check_uuid
+from ..jobstate import ACTIVE
+from .base import RUNS_KEPT, JobRetention, check_uuid
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
@@ -40,6 +41,7 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self.job_retention = JobRetention.from_env()
         for sub in ("_children", "_code", "_jobs", "_locks", "_tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._restore_replaced()
@@ -284,14 +286,45 @@ class LocalStore:
         return self.root / "_jobs" / f"{check_uuid(job_id)}.json"
 
     def write_job(self, job: dict) -> None:
+        """Write a job's record; writing a finished one prunes old finished records."""
         atomic_write_json(self.job_path(job["id"]), job)
+        if job.get("state") not in ACTIVE:
+            self._prune_jobs()
+
+    def _prune_jobs(self) -> None:
+        """Remove the records of finished jobs beyond the newest `job_retention.kept`
+        records or older than `job_retention.max_age_s`, by when each was last written (a
+        finished record is not written again). A queued or running job's record stays,
+        whatever its age. Costs a stat per record, and a read per record past the limits."""
+        records = []
+        with os.scandir(self.root / "_jobs") as entries:
+            for entry in entries:
+                if entry.name.endswith(".json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        records.append((entry.stat().st_mtime, Path(entry.path)))
+        records.sort(reverse=True)
+        oldest_kept = time.time() - self.job_retention.max_age_s
+        for position, (written, path) in enumerate(records):
+            if position < self.job_retention.kept and written >= oldest_kept:
+                continue
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("state") in ACTIVE:
+                    continue
+            except (OSError, ValueError):
+                continue
+            path.unlink(missing_ok=True)
+            path.with_suffix(".stop").unlink(missing_ok=True)
 
     def read_job(self, job_id: str) -> dict:
         try:
             return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
         except FileNotFoundError:
+            hours = self.job_retention.max_age_s / 3600
             raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
-                                "returns the job id") from None
+                                "returns the job id. Finished jobs are forgotten after "
+                                f"{hours:g} hour{'' if hours == 1 else 's'}, and beyond the "
+                                f"newest {self.job_retention.kept} (PH_JOB_RECORDS_MAX_AGE_S, "
+                                "PH_JOB_RECORDS_KEPT)") from None
 
     def latest_job(self, uuid: str) -> str | None:
         """The id of the last background job accepted for the head, if any."""
