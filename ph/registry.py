@@ -36,7 +36,7 @@ from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, P
                      as_ph_error)
 from .example_log import ExampleLimits
 from .learning import HeadFacts, check_examples, choose_data, plan_examples
-from .paths import PathPolicy
+from .paths import PathPolicy, check_stored_path, merge_limits
 from .stores import check_uuid, new_uuid, open_store
 from .training import run_training
 from .validate import validate_config
@@ -44,6 +44,9 @@ from .validate import validate_config
 CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postprocess"),
               ("Trainer", "dataloader"))
 MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edited by hand
+STORED_PATHS = (("Trainer", "dataloader", "args", "train_json"), ("Trainer", "trainer", "save_dir"),
+                ("Trainer", "trainer", "resume"))  # paths a training takes from the head's config
+MODEL_FOLDER = "Inference.preprocess.args.encoder_args.model"
 
 
 class HeadRegistry:
@@ -74,11 +77,13 @@ class HeadRegistry:
         code, _ = self._collect_code(overrides, digest)
         self._check_model_folder(overrides)
         validate_config(overrides, code, source="the head list")
-        self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time()})
+        self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time(),
+                                    "path_limits": self.policy.limits()})
 
-    def _head_list(self) -> tuple[dict, str | None]:
-        record = self.store.read_head_list()
-        return (record["config"], record.get("python")) if record else ({}, None)
+    def _head_list(self) -> tuple[dict, str | None, list]:
+        """(config, python digest, path limits: see ph.paths) of the head list."""
+        record = self.store.read_head_list() or {"config": {}}
+        return record["config"], record.get("python"), record.get("path_limits", [])
 
     # --- heads -----------------------------------------------------------------------------
     def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False,
@@ -94,20 +99,21 @@ class HeadRegistry:
         uuid = new_uuid() if uuid is None else check_uuid(uuid)
         if parent is not None:
             return self._create_child(uuid, parent, config, replace)
-        base, python = self._head_list()
+        base, python, list_limits = self._head_list()
+        limits = merge_limits(list_limits, self.policy.limits())  # who wrote this config
         merged = deep_merge(base, self._load(config, "config"))
-        code, code_ids = self._collect_code(merged, python)
-        self._check_model_folder(merged)
+        code, code_ids = self._collect_code(merged, python, limits)
+        self._check_model_folder(merged, limits)
         full = validate_config(merged, code, source=f"head '{uuid}'")
         state = labels = None
         if full["Inference"]["weights"]:
-            path = self.policy.resolve(full["Inference"]["weights"], "Inference.weights")
+            path = self._resolve_stored(full["Inference"]["weights"], "Inference.weights", limits)
             state, extras = read_weights(path)
             labels = extras.get("labels")
             make_model(full, code, state)  # raises a WeightsError if they do not fit
         record = {"uuid": uuid, "config": full, "code": code_ids, "labels": labels, "revision": 0,
                   "weights": None, "seed": random.randrange(2**31), "created": time.time(),
-                  "runs": []}
+                  "runs": [], "path_limits": limits}
         with self.store.lock(uuid):
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
@@ -148,7 +154,8 @@ class HeadRegistry:
                                        source=f"head '{uuid}' (child of '{parent}')")
             record = {"uuid": uuid, "parent": parent, "config": full, "code": base.get("code", {}),
                       "labels": None, "revision": 0, "weights": None, "seed": base["seed"],
-                      "created": time.time(), "runs": []}
+                      "created": time.time(), "runs": [],
+                      "path_limits": merge_limits(base.get("path_limits"), self.policy.limits())}
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
                 if existing.get("parent") == parent and existing["config"] == full and not replace:
@@ -244,8 +251,13 @@ class HeadRegistry:
         full = self._merged_training_config(record, overrides) if config is not None \
             else record["config"]
         named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
-        return choose_data(full, named, incremental,
+        full = choose_data(full, named, incremental,
                            lambda: self.store.examples(record["uuid"]).summary().count)
+        if record.get("path_limits"):  # paths this call does not name come from the record
+            for key in STORED_PATHS:
+                if _dig(full, key) and _dig(overrides, key) is None:
+                    self._resolve_stored(_dig(full, key), ".".join(key), record["path_limits"])
+        return full
 
     def _merged_training_config(self, record: dict, overrides: dict) -> dict:
         head_config = record["config"]
@@ -515,6 +527,8 @@ class HeadRegistry:
 
     def _load_head(self, record: dict, state: dict | None, signature: tuple) -> LoadedHead:
         uuid = record["uuid"]
+        if record.get("path_limits"):  # the folder loads from this process's working folder
+            self._check_model_folder(record["config"], record["path_limits"], PathPolicy())
         engine = build_engine(record["config"], self._code(record), state, record.get("labels"),
                               record["seed"])
         head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
@@ -577,7 +591,8 @@ class HeadRegistry:
                               f"got {type(config).__name__}")
         return load_config(config)
 
-    def _collect_code(self, config: Mapping, python_digest: str | None) -> tuple[UserCode, dict]:
+    def _collect_code(self, config: Mapping, python_digest: str | None,
+                      limits: list | None = None) -> tuple[UserCode, dict]:
         """User sources the config refers to, read once (policy checked) and stored by content."""
         refs = {}
         for path in CODE_SPECS:
@@ -592,19 +607,28 @@ class HeadRegistry:
             if python_digest:
                 ids[python_file] = python_digest
             elif python_file:
-                file = self.policy.resolve(python_file, f"{where}.args.python_file")
+                file = self._resolve_stored(python_file, f"{where}.args.python_file", limits)
                 if not file.is_file():
                     raise ConfigError(f"{where}.args.python_file: '{python_file}' not found "
                                       f"(looked at {file})")
                 ids[python_file] = self.store.save_code(file.read_text(encoding="utf-8"))
         return UserCode({k: self.store.load_code(v) for k, v in ids.items()}), ids
 
-    def _check_model_folder(self, config: Mapping) -> None:
+    def _check_model_folder(self, config: Mapping, limits: list | None = None,
+                            policy: PathPolicy | None = None) -> None:
         """An encoder model folder is a path like any other: the policy decides, before
         validation loads it."""
         folder = model_path(_dig(config, ("Inference", "preprocess", "args")))
         if folder is not None:
-            self.policy.resolve(folder, "Inference.preprocess.args.encoder_args.model")
+            self._resolve_stored(folder, MODEL_FOLDER, limits, policy)
+
+    def _resolve_stored(self, path: str, key: str, limits: list | None,
+                        policy: PathPolicy | None = None) -> Path:
+        """A path from a config: allowed by `policy` (this caller's by default) and inside
+        the folders of every restricted caller that stored the config (see ph.paths)."""
+        full = (policy or self.policy).resolve(path, key)
+        check_stored_path(full, limits, key)
+        return full
 
     def _code(self, record: dict) -> UserCode:
         return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})
