@@ -11,14 +11,18 @@ which may use any path, would later read or write while training the head. So a
 stored config remembers the allowed folders of every restricted caller that wrote any
 part of it (`path_limits`: one list of folders per such caller; empty when only
 unrestricted callers did). A head created from the head list inherits the list's
-limits, and a child its parent's. A path taken from a stored config, when it is used
-(starting weights, python_file and the encoder model folder at create; train_json,
-save_dir and resume at training; the model folder again when the head loads), must be
-allowed by the policy of the caller using it and lie inside the folders of each
-caller in its limits. A path a caller names in its own call (a training override, a
-config file, load_weights) answers to that caller's policy only. So a remote client
-can never make anyone use a path it could not use itself. Records written before this
-rule have no limits (they count as stored by an unrestricted caller).
+limits for its whole config, and a child its parent's.
+
+A path taken from a stored config must lie inside the folders of each caller in its
+limits, as well as be allowed by the policy of the caller using it: the starting
+weights, python_file and encoder model folder when a head is created; train_json,
+save_dir and resume when it trains. The model folder is checked against the limits
+again before any process loads it (a relative one names a folder in that process's
+working folder); the loading process's own policy does not apply there, as before,
+since serving a head names no path. A path a caller names in its own call (a training
+override, a config file, load_weights) answers to that caller's policy only. So a
+remote client can never make anyone use a path it could not use itself. Records
+written before this rule have no limits (they count as stored by an unrestricted caller).
 """
 from __future__ import annotations
 

@@ -140,6 +140,7 @@ class HeadRegistry:
         overrides = self._load(config, "config")
         with self.store.locks(uuid, parent):  # the parent cannot be deleted or replaced meanwhile
             base = read_parent(self.store, parent)
+            self._check_stored_model_folder(base)  # before validation loads it
             full = base["config"]
             if overrides:
                 merged = merge_trainer_only(
@@ -245,9 +246,12 @@ class HeadRegistry:
         Which data: a train_json named in this call's `config` is used together with the
         stored examples. Without one, a head that has stored examples trains on them only
         (train_json becomes null), and a head without any uses its config's train_json as
-        before. An incremental run uses stored examples only.
+        before. An incremental run uses stored examples only. Paths taken from the stored
+        config (not named in `config`) must also lie within the record's path limits
+        (see ph.paths).
         """
         overrides = self._load(config, "config") if config is not None else {}
+        self._check_stored_model_folder(record)  # before validation loads it
         full = self._merged_training_config(record, overrides) if config is not None \
             else record["config"]
         named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
@@ -417,6 +421,7 @@ class HeadRegistry:
         loaded = self.cache.peek(record["uuid"])
         if loaded is not None and loaded.config == record["config"]:
             return loaded.engine.preprocessor
+        self._check_stored_model_folder(record)
         return build_processors(record["config"], self._code(record))[0]
 
     def list_heads(self) -> list[str]:
@@ -527,8 +532,7 @@ class HeadRegistry:
 
     def _load_head(self, record: dict, state: dict | None, signature: tuple) -> LoadedHead:
         uuid = record["uuid"]
-        if record.get("path_limits"):  # the folder loads from this process's working folder
-            self._check_model_folder(record["config"], record["path_limits"], PathPolicy())
+        self._check_stored_model_folder(record)
         engine = build_engine(record["config"], self._code(record), state, record.get("labels"),
                               record["seed"])
         head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
@@ -621,6 +625,12 @@ class HeadRegistry:
         folder = model_path(_dig(config, ("Inference", "preprocess", "args")))
         if folder is not None:
             self._resolve_stored(folder, MODEL_FOLDER, limits, policy)
+
+    def _check_stored_model_folder(self, record: dict) -> None:
+        """Before a head's encoder loads its model folder, a relative path names a folder in
+        this process's working folder: it too must lie inside the record's limits."""
+        if record.get("path_limits"):
+            self._check_model_folder(record["config"], record["path_limits"], PathPolicy())
 
     def _resolve_stored(self, path: str, key: str, limits: list | None,
                         policy: PathPolicy | None = None) -> Path:

@@ -325,7 +325,8 @@ def test_a_remote_head_list_limits_the_heads_and_children_made_from_it(remote_an
     assert app.store.read("free")["path_limits"] == [] and app.train("free")["updated"]
 
 
-def test_a_model_folder_from_a_remote_config_is_checked_where_the_head_loads(remote_and_app):
+def test_a_model_folder_from_a_remote_config_is_checked_where_the_head_loads(remote_and_app,
+                                                                            train_json):
     """A relative folder the server checked in its own working folder names another
     folder in the app's: the app checks it against the server's folders before loading."""
     remote, app = remote_and_app
@@ -334,8 +335,13 @@ def test_a_model_folder_from_a_remote_config_is_checked_where_the_head_loads(rem
     record["config"]["Inference"]["preprocess"]["args"].update(
         encoder="sentence_transformers", encoder_args={"model": "./models/m"})
     app.store.write("enc", record)  # as the server stored it, from its folder ./remote
-    with pytest.raises(PermissionDeniedError, match="encoder_args.model: .* restricted caller"):
-        app.predict("enc", TEXTS)
+    own_paths = {"Trainer": {"dataloader": {"args": {"train_json": str(train_json)}},
+                             "trainer": {"save_dir": "saved"}}}
+    for use in (lambda: app.predict("enc", TEXTS), lambda: app.train("enc", own_paths),
+                lambda: app.add_examples("enc", {"greet": ["hi"]}),
+                lambda: app.create_head("kid", own_paths, parent="enc")):
+        with pytest.raises(PermissionDeniedError, match="encoder_args.model: .* restricted caller"):
+            use()
 
 
 def test_no_call_after_create_can_change_the_encoder_model_folder(registry, trained):
