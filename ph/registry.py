@@ -475,6 +475,10 @@ class HeadRegistry:
             self.store.write_job(job)
             self.store.set_latest_job(uuid, job["id"])
 
+    def close(self) -> None:
+        """Let go of the store's connections and threads (a distributed store's listener)."""
+        self.store.close()
+
     def stats(self) -> dict:
         return {"heads_dir": str(self.store.root), **self.cache.stats()}
 

@@ -51,6 +51,9 @@ class LocalStore:
         self._restore_replaced()
         self._clean_tmp()
 
+    def close(self) -> None:
+        """Nothing to let go of: every call opens and closes its own files."""
+
     def _clean_tmp(self, older_than_s: float = 3600) -> None:
         """Remove what crashed creates and deletes left in _tmp (old enough to be dead)."""
         for entry in (self.root / "_tmp").iterdir():

@@ -507,7 +507,8 @@ class RedisStore:
             try:
                 pubsub.subscribe(self.key("changes"))
                 while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
-                    pass  # from its confirmation on, no change can be missed
+                    if self._closed.is_set():  # from the confirmation on, no change is missed
+                        return
                 self._dropped_all()
                 self._subscribed.set()
                 while not self._closed.is_set():
