@@ -45,6 +45,8 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
         if _registry is not None and heads_dir is memory_budget is policy is store is None \
                 and max_examples_per_call is max_examples_per_head is None:
             return _registry  # Jaseci calls setup() with no context on every module load
+        if _registry is not None:
+            _registry.close()
         budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
         _registry = HeadRegistry(heads_dir or default_heads_dir(), policy,
                                  parse_bytes(budget) if budget not in (None, "") else None,

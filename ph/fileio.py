@@ -5,7 +5,10 @@ Readers never see a half-written file; writers in several processes take a lock.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
+import functools
 import json
 import os
 import tempfile
@@ -68,6 +71,42 @@ def atomic_link(src: Path, dst: Path) -> None:
         return
     os.replace(tmp, dst)
     fsync_dir(Path(dst).parent)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from Linux <fcntl.h> and <linux/fs.h>
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap what two existing paths name in one atomic step (Linux renameat2 with
+    RENAME_EXCHANGE), so a reader of either path sees one side or the other, never
+    nothing. Returns False where the system or its file system cannot (e.g. NFS): the
+    caller then needs another way.
+
+    Raises:
+        OSError: the swap was possible but failed (a path is missing, no permission).
+    """
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        fsync_dir(Path(b).parent)
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    """libc's renameat2, or None where there is none (glibc before 2.28, not Linux)."""
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
 
 
 def fsync_dir(path: Path) -> None:

@@ -36,7 +36,7 @@ from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, P
                      as_ph_error)
 from .example_log import ExampleLimits
 from .learning import HeadFacts, check_examples, choose_data, plan_examples
-from .paths import PathPolicy
+from .paths import PathPolicy, check_stored_path, merge_limits
 from .stores import check_uuid, new_uuid, open_store
 from .training import run_training
 from .validate import validate_config
@@ -45,6 +45,9 @@ CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postproces
               ("Trainer", "dataloader"))
 LIST_PAGE, LIST_PAGE_MAX = 1000, 10_000  # list_heads: default and largest page
 MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edited by hand
+STORED_PATHS = (("Trainer", "dataloader", "args", "train_json"), ("Trainer", "trainer", "save_dir"),
+                ("Trainer", "trainer", "resume"))  # paths a training takes from the head's config
+MODEL_FOLDER = "Inference.preprocess.args.encoder_args.model"
 
 
 class HeadRegistry:
@@ -75,11 +78,13 @@ class HeadRegistry:
         code, _ = self._collect_code(overrides, digest)
         self._check_model_folder(overrides)
         validate_config(overrides, code, source="the head list")
-        self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time()})
+        self.store.write_head_list({"config": overrides, "python": digest, "updated": time.time(),
+                                    "path_limits": self.policy.limits()})
 
-    def _head_list(self) -> tuple[dict, str | None]:
-        record = self.store.read_head_list()
-        return (record["config"], record.get("python")) if record else ({}, None)
+    def _head_list(self) -> tuple[dict, str | None, list]:
+        """(config, python digest, path limits: see ph.paths) of the head list."""
+        record = self.store.read_head_list() or {"config": {}}
+        return record["config"], record.get("python"), record.get("path_limits", [])
 
     # --- heads -----------------------------------------------------------------------------
     def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False,
@@ -95,20 +100,21 @@ class HeadRegistry:
         uuid = new_uuid() if uuid is None else check_uuid(uuid)
         if parent is not None:
             return self._create_child(uuid, parent, config, replace)
-        base, python = self._head_list()
+        base, python, list_limits = self._head_list()
+        limits = merge_limits(list_limits, self.policy.limits())  # who wrote this config
         merged = deep_merge(base, self._load(config, "config"))
-        code, code_ids = self._collect_code(merged, python)
-        self._check_model_folder(merged)
+        code, code_ids = self._collect_code(merged, python, limits)
+        self._check_model_folder(merged, limits)
         full = validate_config(merged, code, source=f"head '{uuid}'")
         state = labels = None
         if full["Inference"]["weights"]:
-            path = self.policy.resolve(full["Inference"]["weights"], "Inference.weights")
+            path = self._resolve_stored(full["Inference"]["weights"], "Inference.weights", limits)
             state, extras = read_weights(path)
             labels = extras.get("labels")
             make_model(full, code, state)  # raises a WeightsError if they do not fit
         record = {"uuid": uuid, "config": full, "code": code_ids, "labels": labels, "revision": 0,
                   "weights": None, "seed": random.randrange(2**31), "created": time.time(),
-                  "runs": []}
+                  "runs": [], "path_limits": limits}
         with self.store.lock(uuid):
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
@@ -124,8 +130,8 @@ class HeadRegistry:
                         f"head '{uuid}' already exists with a different config ({'; '.join(changes[:5])}). "
                         f"Use another uuid, call delete_head(uuid='{uuid}') first, or pass "
                         "replace=True to create_head to start it over (its weights are lost)")
-                self.check_idle(uuid, "create_head(replace=True)")
-                self._remove(uuid, existing, "replaced")
+                self._replace(uuid, existing, record, state)
+                return uuid
             self.store.create(uuid, record, state)
         return uuid
 
@@ -135,6 +141,7 @@ class HeadRegistry:
         overrides = self._load(config, "config")
         with self.store.locks(uuid, parent):  # the parent cannot be deleted or replaced meanwhile
             base = read_parent(self.store, parent)
+            self._check_stored_model_folder(base)  # before validation loads it
             full = base["config"]
             if overrides:
                 merged = merge_trainer_only(
@@ -149,7 +156,8 @@ class HeadRegistry:
                                        source=f"head '{uuid}' (child of '{parent}')")
             record = {"uuid": uuid, "parent": parent, "config": full, "code": base.get("code", {}),
                       "labels": None, "revision": 0, "weights": None, "seed": base["seed"],
-                      "created": time.time(), "runs": []}
+                      "created": time.time(), "runs": [],
+                      "path_limits": merge_limits(base.get("path_limits"), self.policy.limits())}
             if self.store.exists(uuid):
                 existing = self.store.read(uuid)
                 if existing.get("parent") == parent and existing["config"] == full and not replace:
@@ -163,10 +171,25 @@ class HeadRegistry:
                         f"head '{uuid}' already exists ({'; '.join(changes[:5])}). Use another "
                         f"uuid, call delete_head(uuid='{uuid}') first, or pass replace=True to "
                         "create_head to start it over as a child (its weights are lost)")
-                self._remove(uuid, existing, "replaced")
+                self._replace(uuid, existing, record)
+                return uuid
             self.store.add_follower(parent, uuid)  # before the record: a crash leaves a stale
             self.store.create(uuid, record)       # link, which delete_head clears, never a lost one
         return uuid
+
+    def _replace(self, uuid: str, existing: dict, record: dict, state: dict | None = None) -> None:
+        """Start the head over as `record` in one switch in the store, so a crash never
+        loses it (call under its lock); refused while it trains or untrained children follow it."""
+        self.check_idle(uuid, "create_head(replace=True)")
+        refuse_if_followed(self.store, uuid, "replaced")
+        new_parent, old_parent = follows_parent(record), follows_parent(existing)
+        if new_parent:
+            self.store.add_follower(new_parent, uuid)  # before the record, as for a new child
+        self.store.create(uuid, record, state, replace=True)
+        if old_parent and old_parent != new_parent:
+            self.store.remove_follower(old_parent, uuid)
+        self._follows.pop(uuid)
+        self.cache.drop(uuid)
 
     def predict(self, uuid: str, data: Any) -> Any:
         """The head's answer for one input or a batch."""
@@ -224,14 +247,22 @@ class HeadRegistry:
         Which data: a train_json named in this call's `config` is used together with the
         stored examples. Without one, a head that has stored examples trains on them only
         (train_json becomes null), and a head without any uses its config's train_json as
-        before. An incremental run uses stored examples only.
+        before. An incremental run uses stored examples only. Paths taken from the stored
+        config (not named in `config`) must also lie within the record's path limits
+        (see ph.paths).
         """
         overrides = self._load(config, "config") if config is not None else {}
+        self._check_stored_model_folder(record)  # before validation loads it
         full = self._merged_training_config(record, overrides) if config is not None \
             else record["config"]
         named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
-        return choose_data(full, named, incremental,
+        full = choose_data(full, named, incremental,
                            lambda: self.store.examples(record["uuid"]).summary().count)
+        if record.get("path_limits"):  # paths this call does not name come from the record
+            for key in STORED_PATHS:
+                if _dig(full, key) and _dig(overrides, key) is None:
+                    self._resolve_stored(_dig(full, key), ".".join(key), record["path_limits"])
+        return full
 
     def _merged_training_config(self, record: dict, overrides: dict) -> dict:
         head_config = record["config"]
@@ -386,6 +417,7 @@ class HeadRegistry:
         loaded = self.cache.peek(record["uuid"])
         if loaded is not None and loaded.config == record["config"]:
             return loaded.engine.preprocessor
+        self._check_stored_model_folder(record)
         return build_processors(record["config"], self._code(record))[0]
 
     def list_heads(self, offset: int = 0, limit: int = LIST_PAGE) -> list[str]:
@@ -443,6 +475,10 @@ class HeadRegistry:
             self.store.write_job(job)
             self.store.set_latest_job(uuid, job["id"])
 
+    def close(self) -> None:
+        """Let go of the store's connections and threads (a distributed store's listener)."""
+        self.store.close()
+
     def stats(self) -> dict:
         return {"heads_dir": str(self.store.root), **self.cache.stats()}
 
@@ -499,6 +535,7 @@ class HeadRegistry:
 
     def _load_head(self, record: dict, state: dict | None, signature: tuple) -> LoadedHead:
         uuid = record["uuid"]
+        self._check_stored_model_folder(record)
         engine = build_engine(record["config"], self._code(record), state, record.get("labels"),
                               record["seed"])
         head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
@@ -561,7 +598,8 @@ class HeadRegistry:
                               f"got {type(config).__name__}")
         return load_config(config)
 
-    def _collect_code(self, config: Mapping, python_digest: str | None) -> tuple[UserCode, dict]:
+    def _collect_code(self, config: Mapping, python_digest: str | None,
+                      limits: list | None = None) -> tuple[UserCode, dict]:
         """User sources the config refers to, read once (policy checked) and stored by content."""
         refs = {}
         for path in CODE_SPECS:
@@ -576,19 +614,34 @@ class HeadRegistry:
             if python_digest:
                 ids[python_file] = python_digest
             elif python_file:
-                file = self.policy.resolve(python_file, f"{where}.args.python_file")
+                file = self._resolve_stored(python_file, f"{where}.args.python_file", limits)
                 if not file.is_file():
                     raise ConfigError(f"{where}.args.python_file: '{python_file}' not found "
                                       f"(looked at {file})")
                 ids[python_file] = self.store.save_code(file.read_text(encoding="utf-8"))
         return UserCode({k: self.store.load_code(v) for k, v in ids.items()}), ids
 
-    def _check_model_folder(self, config: Mapping) -> None:
+    def _check_model_folder(self, config: Mapping, limits: list | None = None,
+                            policy: PathPolicy | None = None) -> None:
         """An encoder model folder is a path like any other: the policy decides, before
         validation loads it."""
         folder = model_path(_dig(config, ("Inference", "preprocess", "args")))
         if folder is not None:
-            self.policy.resolve(folder, "Inference.preprocess.args.encoder_args.model")
+            self._resolve_stored(folder, MODEL_FOLDER, limits, policy)
+
+    def _check_stored_model_folder(self, record: dict) -> None:
+        """Before a head's encoder loads its model folder, a relative path names a folder in
+        this process's working folder: it too must lie inside the record's limits."""
+        if record.get("path_limits"):
+            self._check_model_folder(record["config"], record["path_limits"], PathPolicy())
+
+    def _resolve_stored(self, path: str, key: str, limits: list | None,
+                        policy: PathPolicy | None = None) -> Path:
+        """A path from a config: allowed by `policy` (this caller's by default) and inside
+        the folders of every restricted caller that stored the config (see ph.paths)."""
+        full = (policy or self.policy).resolve(path, key)
+        check_stored_path(full, limits, key)
+        return full
 
     def _code(self, record: dict) -> UserCode:
         return UserCode({k: self.store.load_code(v) for k, v in record.get("code", {}).items()})

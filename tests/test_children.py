@@ -183,6 +183,15 @@ def test_creating_a_child_again_is_idempotent_and_another_parent_is_a_conflict(a
     assert same_answers(any_family.predict("kid0", TEXTS), any_family.predict("other", TEXTS))
 
 
+def test_replacing_a_child_keeps_its_parent_link_right_and_waits_for_its_training(any_family):
+    any_family.create_head("kid0", parent="shared", replace=True)  # same parent: still followed
+    assert any_family.check_head("shared")["followers"] == 3
+    any_family.create_head("kid1", scored_config(), replace=True)  # no parent any more
+    assert any_family.check_head("shared")["followers"] == 2
+    with any_family.store.training("kid2"), pytest.raises(ConflictError, match="already training"):
+        any_family.create_head("kid2", parent="shared", replace=True)
+
+
 def test_a_followed_parent_cannot_be_deleted_or_replaced_until_its_children_train_or_go(any_family):
     for action in (lambda: any_family.delete_head("shared"),
                    lambda: any_family.create_head("shared", scored_config(epochs=9), replace=True)):

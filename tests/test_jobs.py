@@ -47,6 +47,28 @@ def test_background_training_reports_progress_and_updates_the_head(fresh_api, tr
     assert ph.predict("bg", TEXTS) == fresh.predict("bg", TEXTS)
 
 
+
+def test_a_finished_job_prunes_old_job_records_and_their_status_says_so(workdir, train_json,
+                                                                        monkeypatch):
+    monkeypatch.setenv("PH_JOB_RECORDS_MAX_AGE_S", "3600")  # the job process reads it too
+    import ph
+    import ph.api
+    from ph.errors import NotFoundError
+    from ph.fileio import atomic_write_json
+    store = ph.api.setup(heads_dir=str(workdir / "heads")).store
+    try:
+        old = store.job_path("old-job")
+        atomic_write_json(old, {"id": "old-job", "uuid": "x", "state": "succeeded"})
+        os.utime(old, (time.time() - 7200, time.time() - 7200))
+        ph.create_head(uuid="fresh", config=small_config(epochs=1))
+        job_id = ph.train_head("fresh", background=True)["job_id"]
+        assert ph.train_status("old-job")["state"] == "succeeded"  # a queued job prunes nothing
+        assert wait_job(ph.train_status, job_id)["state"] == "succeeded"
+        with pytest.raises(NotFoundError, match="no training job 'old-job'.*after 1 hour,"):
+            ph.train_status("old-job")
+    finally:
+        ph.api._registry = None
+
 def test_a_failing_job_reports_why_and_leaves_the_head_alone(fresh_api, workdir):
     import ph
     ph.create_head(uuid="bad", config=small_config())

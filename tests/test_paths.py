@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ph.errors import BadInputError, PermissionDeniedError
-from ph.paths import PathPolicy
+from ph.paths import PathPolicy, check_stored_path, merge_limits
 
 
 def test_the_local_module_may_use_any_path_relative_to_the_working_folder(workdir):
@@ -45,3 +45,16 @@ def test_user_code_needs_permission():
     PathPolicy().check_code("python")
     with pytest.raises(PermissionDeniedError, match="--allow-code"):
         PathPolicy.restricted([], allow_code=False).check_code("python")
+
+
+def test_a_stored_path_must_lie_inside_the_folders_of_every_restricted_caller_that_stored_it(
+        workdir):
+    a, b = workdir / "a", workdir / "a" / "b"
+    limits = merge_limits(PathPolicy.restricted([a]).limits(), PathPolicy().limits(),
+                          PathPolicy.restricted([b]).limits(), PathPolicy.restricted([a]).limits())
+    assert limits == [[str(a)], [str(b)]]  # an unrestricted caller adds none; each caller once
+    check_stored_path(b / "x.json", limits, "k")
+    check_stored_path(workdir / "anywhere", [], "k")  # stored by unrestricted callers only
+    with pytest.raises(PermissionDeniedError, match=f"k: '{a}/x.json' comes from a config that a "
+                                                    f"restricted caller .* \\({b}\\)"):
+        check_stored_path(a / "x.json", limits, "k")

@@ -21,7 +21,7 @@ from conftest import TEST_BUCKET, close_store, small_config
 from ph.errors import ConfigError, ConflictError, HeadNotFoundError, StoreUnavailableError
 from ph.registry import HeadRegistry
 from ph.stores import open_store
-from ph.stores.redis_store import FINISHED_JOB_TTL_S
+from ph.stores.base import JobRetention
 from servers import RedisServer, TcpProxy, distributed_url
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
@@ -426,11 +426,11 @@ def test_finished_job_records_expire_and_active_ones_do_not(store, monkeypatch):
     assert plain.ttl(key) == -1
     for state in ("succeeded", "failed", "stopped"):
         store.write_job({**job, "state": state})
-        assert 0 < plain.ttl(key) <= FINISHED_JOB_TTL_S
+        assert 0 < plain.ttl(key) <= JobRetention().max_age_s
     store.write_job({**job, "state": "queued", "attempt": 2})  # sent again: kept again
     assert plain.ttl(key) == -1
     store.request_stop("j1")
-    assert 0 < plain.ttl(store.key("stop", "j1")) <= FINISHED_JOB_TTL_S
+    assert 0 < plain.ttl(store.key("stop", "j1")) <= JobRetention().max_age_s
 
 
 def test_how_long_finished_jobs_are_kept_is_a_setting(store_url, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import ROOT, small_config, stored_example_bytes, write_json
-from ph.config import load_config
+from ph.config import deep_merge, load_config
 from ph.errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError,
                        PermissionDeniedError, TrainingError, WeightsError)
 from ph.paths import PathPolicy
@@ -92,6 +92,28 @@ def test_replace_starts_a_head_over_even_with_the_same_config(any_registry, trai
     info = any_registry.check_head("alice")
     assert info["revision"] == 0 and not info["trained"]
 
+
+
+def test_a_replace_that_fails_at_the_switch_keeps_the_old_head_whole(registry, trained,
+                                                                     monkeypatch):
+    label = registry.check_head(trained)["labels"][0]
+    registry.add_examples(trained, {label: ["my own words"]})
+    before = registry.predict(trained, TEXTS)
+
+    def crash(a, b):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr("ph.stores.local.exchange_paths", crash)
+    with pytest.raises(OSError):
+        registry.create_head(trained, small_config(), replace=True)
+    other = HeadRegistry(registry.store.root)
+    assert other.predict(trained, TEXTS) == before == registry.predict(trained, TEXTS)
+    assert other.check_head(trained)["revision"] == 1 and other.check_head(trained)["examples"] == 1
+    monkeypatch.undo()
+    registry.create_head(trained, small_config(), replace=True)
+    info = other.check_head(trained)
+    assert (info["revision"], info["examples"], info["trained"]) == (0, 0, False)
+    assert weight_files(registry, trained) == []
 
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
     untrained = registry.create_head("carol")
@@ -261,6 +283,87 @@ def test_restricted_policy_covers_every_path_in_a_training_config(workdir, train
         with pytest.raises(PermissionDeniedError, match="outside the folders"):
             registry.train(uid, overrides)
     assert registry.train(uid)["updated"]  # paths inside the allowed folder are fine
+
+
+
+# --- who may store which paths (ph.paths): a remote client's config stays within its folders
+
+@pytest.fixture
+def remote_and_app(workdir):
+    """A server's registry that allows only ./remote, and the in-process app's (any path)."""
+    (workdir / "remote").mkdir()
+    return (HeadRegistry(workdir / "heads", PathPolicy.restricted([workdir / "remote"])),
+            HeadRegistry(workdir / "heads"))
+
+
+def with_paths(train_json, save_dir) -> dict:
+    return deep_merge(small_config(), {"Trainer": {"dataloader": {"args": {"train_json": str(train_json)}},
+                                                   "trainer": {"save_dir": str(save_dir)}}})
+
+
+def test_paths_a_remote_client_stored_are_refused_to_the_app_outside_the_clients_folders(
+        remote_and_app, workdir, train_json):
+    from ph.jobs import start_job
+    remote, app = remote_and_app
+    remote.create_head("planted", with_paths(train_json, workdir / "remote" / "saved"))
+    for train in (lambda: app.train("planted"), lambda: start_job(app, "planted")):
+        with pytest.raises(PermissionDeniedError, match=r"train_json: '.*train.json' comes from a "
+                                                        r"config that a restricted caller"):
+            train()
+    assert app.training_job("planted") is None  # refused before a job was accepted
+    override = {"Trainer": {"dataloader": {"args": {"train_json": str(train_json)}}}}
+    assert app.train("planted", override)["updated"]  # a path the app names itself is its own
+    (workdir / "remote" / "train.json").write_text(train_json.read_text())
+    remote.create_head("inside", with_paths("remote/train.json", "remote/saved"))
+    assert app.train("inside")["updated"]
+    app.create_head("own", with_paths(train_json, workdir / "saved"))
+    assert app.train("own")["updated"]  # the app's own config: no limits
+
+
+def test_a_remote_head_list_limits_the_heads_and_children_made_from_it(remote_and_app, workdir,
+                                                                       train_json):
+    remote, app = remote_and_app
+    remote.create_head_list({**small_config(), "Inference": {"weights": str(workdir / "w.pt")}})
+    with pytest.raises(PermissionDeniedError, match="Inference.weights: .* restricted caller"):
+        app.create_head("from-list")
+    remote.create_head_list(small_config())
+    app.create_head("from-list")
+    app.create_head("kid", parent="from-list")
+    for uid in ("from-list", "kid"):
+        assert app.store.read(uid)["path_limits"] == [[str(workdir / "remote")]]
+        with pytest.raises(PermissionDeniedError, match="train_json: .* restricted caller"):
+            app.train(uid)
+    app.create_head_list(small_config())
+    app.create_head("free")
+    assert app.store.read("free")["path_limits"] == [] and app.train("free")["updated"]
+
+
+def test_a_model_folder_from_a_remote_config_is_checked_where_the_head_loads(remote_and_app,
+                                                                            train_json):
+    """A relative folder the server checked in its own working folder names another
+    folder in the app's: the app checks it against the server's folders before loading."""
+    remote, app = remote_and_app
+    remote.create_head("enc", small_config())
+    record = app.store.read("enc")
+    record["config"]["Inference"]["preprocess"]["args"].update(
+        encoder="sentence_transformers", encoder_args={"model": "./models/m"})
+    app.store.write("enc", record)  # as the server stored it, from its folder ./remote
+    own_paths = {"Trainer": {"dataloader": {"args": {"train_json": str(train_json)}},
+                             "trainer": {"save_dir": "saved"}}}
+    for use in (lambda: app.predict("enc", TEXTS), lambda: app.train("enc", own_paths),
+                lambda: app.add_examples("enc", {"greet": ["hi"]}),
+                lambda: app.create_head("kid", own_paths, parent="enc")):
+        with pytest.raises(PermissionDeniedError, match="encoder_args.model: .* restricted caller"):
+            use()
+
+
+def test_no_call_after_create_can_change_the_encoder_model_folder(registry, trained):
+    new_model = {"Inference": {"preprocess": {"args": {
+        "encoder": "sentence_transformers", "encoder_args": {"model": "/opt/models/x"}}}}}
+    with pytest.raises(ConfigError, match="train_head cannot change Inference"):
+        registry.train(trained, new_model)
+    with pytest.raises(ConfigError, match="cannot change Inference"):
+        registry.create_head("kid", new_model, parent=trained)
 
 
 def test_check_head_of_an_unknown_uuid_says_it_does_not_exist(any_registry):

@@ -184,18 +184,6 @@ def test_module_level_app_factory_runs_under_uvicorn_as_jsorc_starts_it(workdir)
         stop(proc)
 
 
-def test_jsorc_action_config_loads_and_starts_the_served_app():
-    from jaseci.jsorc.live_actions import action_configs, load_action_config
-    assert load_action_config("ph.deploy", "ph")
-    config = action_configs["ph"]
-    assert config["module"] == "ph" and config["local_mem_requirement"] > 0
-    container = config["remote"]["Deployment"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:2] == ["uvicorn", "ph:serv_actions"]  # as the uvicorn test runs it
-    assert {"name": "PH_HEADS_DIR", "value": "/data/heads"} in container["env"]
-    assert any(e["name"] == "PH_TOKEN" for e in container["env"])  # served beyond loopback: token
-    assert config["remote"]["Service"]["spec"]["ports"][0]["targetPort"] == 80
-
-
 def test_an_unexpected_failure_is_a_500_without_a_stack_trace(server, tmp_path_factory):
     health = requests.get(server + "/healthz", timeout=10).json()
     heads = _server_heads_dir(health["pid"])

@@ -3,6 +3,7 @@ what only the local folder does with files, and crash-safe file helpers (ph/file
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,8 @@ import uuid as uuidlib
 import pytest
 import torch
 
-from ph.errors import BadInputError, ConflictError, HeadNotFoundError
 from conftest import close_store
+from ph.errors import BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError
 from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
 from ph.stores import RUNS_KEPT, LocalStore as HeadStore, check_uuid, new_uuid, open_store
 
@@ -309,6 +310,122 @@ def test_list_skips_underscore_folders_and_folders_without_record(store):
     assert store.list(1, 1) == ["mid.1"]
 
 
+# --- replace: one switch from the old head to the new one (readers: every backend) -------
+
+def old_head(store, uuid: str = "h") -> None:
+    """A trained head with stored examples, at revision 2."""
+    store.create(uuid, record(uuid, note="old"), weights(1.0))
+    store.write_weights(uuid, store.read(uuid), weights(1.5), None)
+    (store.head_dir(uuid) / "examples.jsonl").write_text("old examples\n")
+
+
+def assert_whole(store, note: str, value: float, uuid: str = "h") -> None:
+    rec, state = store.read_current(uuid)
+    assert rec["note"] == note
+    assert torch.equal(state["fc.weight"], torch.full((2, 3), value))
+
+
+def test_replace_switches_to_the_new_head_and_removes_the_old_files(store):
+    old_head(store)
+    store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "new", 2.0)
+    assert store.read("h")["revision"] == 1
+    assert sorted(p.name for p in store.head_dir("h").iterdir()) == ["head.json", "weights-1.pt"]
+    assert tmp_leftovers(store) == []
+    store.create("fresh", record("fresh"), replace=True)  # nothing to replace: a plain create
+    assert store.read("fresh") == record("fresh")
+
+
+def test_readers_see_the_old_head_or_the_new_one_whole_during_replaces(any_backend):
+    """Every head is at revision 1: a reader that mixed two heads' records and weights
+    would see a note that does not match its weights."""
+    store = any_backend
+    store.create("h", record("h", note="0"), weights(0.0))
+    seen, errors, done = set(), [], threading.Event()
+
+    def read_all_the_time():
+        while not done.is_set():
+            try:
+                rec, state = store.read_current("h")
+                assert float(state["fc.weight"][0, 0]) == float(rec["note"])
+                seen.add(rec["note"])
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    reader = threading.Thread(target=read_all_the_time)
+    reader.start()
+    for value in range(1, 30):
+        store.create("h", record("h", note=str(value)), weights(float(value)), replace=True)
+    done.set()
+    reader.join(10)
+    assert errors == [] and len(seen) > 1
+
+
+def test_a_replace_that_fails_at_the_switch_keeps_the_old_head(store, monkeypatch):
+    old_head(store)
+
+    def broken(a, b):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr("ph.stores.local.exchange_paths", broken)
+    with pytest.raises(OSError):
+        store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "old", 1.5)
+    assert (store.head_dir("h") / "examples.jsonl").read_text() == "old examples\n"
+    assert tmp_leftovers(store) == []
+
+
+def test_without_an_atomic_exchange_replace_moves_the_old_head_aside_first(store, monkeypatch):
+    monkeypatch.setattr("ph.stores.local.exchange_paths", lambda a, b: False)
+    old_head(store)
+    store.create("h", record("h", note="new"), weights(2.0), replace=True)
+    assert_whole(store, "new", 2.0)
+    assert tmp_leftovers(store) == []
+
+
+# A process killed at the switch: `when` says where, `exchange` whether the file system
+# swaps folders atomically (else the store moves the old head aside, then the new in).
+KILLED_REPLACE = textwrap.dedent("""
+    import os, sys, torch
+    from ph.stores import local
+    root, when, exchange = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    real_exchange, real_rename, renames = local.exchange_paths, os.rename, []
+
+    def exchange_then_die(a, b):
+        if when == "before":
+            os._exit(9)
+        real_exchange(a, b)
+        os._exit(9)
+
+    def rename(a, b):
+        renames.append(a)
+        if len(renames) == 2:  # the old head is aside, the new one not yet in place
+            os._exit(9)
+        real_rename(a, b)
+
+    local.exchange_paths = exchange_then_die if exchange else (lambda a, b: False)
+    os.rename = rename
+    w = {"fc.weight": torch.full((2, 3), 2.0), "fc.bias": torch.zeros(2)}
+    local.LocalStore(root).create("h", {"uuid": "h", "note": "new", "revision": 0}, w, replace=True)
+""")
+
+
+@pytest.mark.parametrize("when, exchange, survivor", [("before", "1", ("old", 1.5)),
+                                                      ("after", "1", ("new", 2.0)),
+                                                      ("between", "0", ("old", 1.5))])
+def test_a_process_killed_while_replacing_leaves_one_head_whole(store, when, exchange, survivor):
+    old_head(store)
+    out = subprocess.run([sys.executable, "-c", KILLED_REPLACE, str(store.root), when, exchange],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 9, out.stderr
+    reopened = HeadStore(store.root)  # puts back an old head moved aside
+    assert_whole(reopened, *survivor)
+    assert reopened.list() == ["h"]
+    if survivor[0] == "old":
+        assert (store.head_dir("h") / "examples.jsonl").exists()
+    assert not any(name.startswith("replaced-") for name in tmp_leftovers(store))
+
+
 # --- locks and training (every backend) -----------------------------------------------------
 
 def test_head_lock_excludes_another_thread(any_backend):
@@ -473,6 +590,61 @@ def test_unknown_job_is_not_found_and_bad_job_id_is_bad_input(any_backend):
         any_backend.read_job("../list")
 
 
+# --- job records in the local folder: finished ones are kept for a bounded time and number
+
+def put_job(store, job_id: str, state: str, age_s: float = 0) -> None:
+    """A job record written `age_s` ago (without pruning, as write_job would)."""
+    path = store.job_path(job_id)
+    atomic_write_json(path, {"id": job_id, "uuid": "alice", "state": state})
+    written = time.time() - age_s
+    os.utime(path, (written, written))
+
+
+def job_ids(store) -> list:
+    return sorted(p.stem for p in (store.root / "_jobs").glob("*.json"))
+
+
+def test_only_the_newest_finished_job_records_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("PH_JOB_RECORDS_KEPT", "3")
+    store = HeadStore(tmp_path / "heads")
+    put_job(store, "old-running", "running", 100)
+    put_job(store, "old-queued", "queued", 99)
+    for i in range(5):
+        put_job(store, f"done{i}", "succeeded", 50 - i)
+    store.job_path("done0").with_suffix(".stop").touch()
+    store.write_job({"id": "last", "uuid": "alice", "state": "failed"})
+    assert job_ids(store) == ["done3", "done4", "last", "old-queued", "old-running"]
+    assert not store.job_path("done0").with_suffix(".stop").exists()
+    with pytest.raises(NotFoundError, match="no training job 'done0'.*newest 3"):
+        store.read_job("done0")
+
+
+def test_finished_job_records_older_than_the_max_age_go_and_active_ones_stay(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("PH_JOB_RECORDS_MAX_AGE_S", "3600")
+    store = HeadStore(tmp_path / "heads")
+    put_job(store, "old-done", "stopped", 7200)
+    put_job(store, "old-running", "running", 7200)  # a head's latest job, still active
+    put_job(store, "recent", "succeeded", 60)
+    store.set_latest_job("alice", "old-running")
+    store.write_job({"id": "now-running", "uuid": "bob", "state": "running"})
+    assert "old-done" in job_ids(store)  # writing an active job prunes nothing
+    store.write_job({"id": "now-done", "uuid": "bob", "state": "succeeded"})
+    assert job_ids(store) == ["now-done", "now-running", "old-running", "recent"]
+    assert store.latest_job("alice") == "old-running"
+
+
+@pytest.mark.parametrize("env, value", [("PH_JOB_RECORDS_KEPT", "0"),
+                                        ("PH_JOB_RECORDS_KEPT", "many"),
+                                        ("PH_JOB_RECORDS_MAX_AGE_S", "-5"),
+                                        ("PH_JOB_RECORDS_MAX_AGE_S", "1.5")])
+def test_job_retention_settings_are_checked_when_the_store_opens(any_store, tmp_path,
+                                                                 monkeypatch, env, value):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=f"{env}: must be a whole number >= 1 .*got '{value}'"):
+        open_store(any_store, tmp_path / "heads")
+
+
 # --- examples (every backend) ---------------------------------------------------------------
 
 def rows(*texts, label="a"):
@@ -488,6 +660,8 @@ def test_a_new_head_of_a_reused_uuid_has_no_examples(any_backend):
     log = any_backend.examples("h")
     assert log.read() == [] and log.summary().count == 0
     assert log.append(rows("new")).count == 1
+
+
 # --- fileio ----------------------------------------------------------------------------------
 
 def test_atomic_write_bytes_replaces_the_file(tmp_path):

@@ -6,10 +6,11 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/examples.jsonl     the head's stored examples (ph.examples.ExampleLog)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
-    <root>/_jobs/<id>.json           background training jobs
+    <root>/_jobs/<id>.json           background training jobs (finished ones pruned: JobRetention)
     <root>/_jobs/<uuid>.head         the id of the head's latest job
     <root>/_children/<parent>/<uuid> one empty file per untrained child that follows <parent>
     <root>/_locks/                   lock files
+    <root>/_tmp/                     heads being built, replaced or deleted
 """
 from __future__ import annotations
 
@@ -28,8 +29,12 @@ import torch
 
 from ..example_log import ExampleLog
 from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
-from ..fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, file_lock
-from .base import RUNS_KEPT, check_uuid
+from ..fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
+                      file_lock, fsync_dir)
+from ..jobstate import ACTIVE
+from .base import RUNS_KEPT, JobRetention, check_uuid
+
+REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
 JOB_STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 
@@ -40,13 +45,20 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
+        self.job_retention = JobRetention.from_env()
         for sub in ("_children", "_code", "_jobs", "_locks", "_tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._restore_replaced()
         self._clean_tmp()
+
+    def close(self) -> None:
+        """Nothing to let go of: every call opens and closes its own files."""
 
     def _clean_tmp(self, older_than_s: float = 3600) -> None:
         """Remove what crashed creates and deletes left in _tmp (old enough to be dead)."""
         for entry in (self.root / "_tmp").iterdir():
+            if entry.name.startswith(REPLACED):
+                continue  # _restore_replaced decides, under the head's lock
             with contextlib.suppress(OSError):
                 if time.time() - entry.stat().st_mtime > older_than_s:
                     shutil.rmtree(entry, ignore_errors=True)
@@ -81,9 +93,16 @@ class LocalStore:
             self.signature(uuid)  # raises the not-found error
             raise
 
-    def create(self, uuid: str, record: dict, state: dict | None = None) -> None:
-        """Publish a new head folder (with starting weights, if any) in one rename; fails
-        if the uuid exists."""
+    def create(self, uuid: str, record: dict, state: dict | None = None,
+               replace: bool = False) -> None:
+        """Publish a new head (with starting weights, if any) in one step.
+
+        Fails (ConflictError) if the uuid exists, unless `replace`: then the new head takes
+        the old one's place in one switch. Every reader sees the old head whole (record,
+        weights, examples) or the new one whole; a crash at any moment leaves one of them
+        whole; the old head's files are removed after the switch. Call with the head's lock
+        held when replacing.
+        """
         final = self.head_dir(uuid)
         tmp = self.root / "_tmp" / f"{uuid}-{uuidlib.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
@@ -92,12 +111,45 @@ class LocalStore:
                 record = {**record, "revision": 1, "weights": "weights-1.pt"}
                 atomic_torch_save(state, tmp / "weights-1.pt")
             atomic_write_json(tmp / "head.json", record)
-            os.rename(tmp, final)
+            if replace and final.exists():
+                self._switch_in(uuid, tmp)
+            else:
+                os.rename(tmp, final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-            if final.exists():
+            if final.exists() and not replace:
                 raise ConflictError(f"head '{uuid}' already exists") from None
             raise
+
+    def _switch_in(self, uuid: str, new: Path) -> None:
+        """Put the head folder `new` in the place of the existing head `uuid` (see create)."""
+        final = self.head_dir(uuid)
+        if exchange_paths(new, final):  # `new` now names the old head
+            shutil.rmtree(new, ignore_errors=True)
+            return
+        # No atomic exchange on this file system: move the old head aside under a name
+        # that the next LocalStore to open puts back if a crash comes before the new head
+        # is in place. Readers may find no head for that moment.
+        aside = self.root / "_tmp" / f"{REPLACED}{uuid}"
+        shutil.rmtree(aside, ignore_errors=True)  # left by a crash after a switch: stale
+        os.rename(final, aside)
+        try:
+            os.rename(new, final)
+        except BaseException:
+            os.rename(aside, final)
+            raise
+        fsync_dir(self.root)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _restore_replaced(self) -> None:
+        """Put back an old head whose replacement crashed before the new one was in place
+        (see _switch_in); one whose replacement finished is removed."""
+        for aside in (self.root / "_tmp").glob(f"{REPLACED}*"):
+            uuid = aside.name[len(REPLACED):]
+            with self.lock(uuid), contextlib.suppress(OSError):
+                if not self.head_dir(uuid).exists():
+                    os.rename(aside, self.head_dir(uuid))
+                shutil.rmtree(aside, ignore_errors=True)
 
     def write(self, uuid: str, record: dict) -> None:
         atomic_write_json(self.record_path(uuid), record)
@@ -124,13 +176,28 @@ class LocalStore:
         return record
 
     def read_current(self, uuid: str) -> tuple[dict, dict | None]:
-        """(record, its weights), read together even while a writer switches them."""
+        """(record, its weights), read together even while a writer switches them: both
+        through one open folder, so a replace between the two reads cannot mix two heads."""
+        record: dict = {}
         for _ in range(5):
-            record = self.read(uuid)
             try:
-                return record, self.read_weights(uuid, record)
+                folder = os.open(self.head_dir(uuid), os.O_RDONLY | os.O_DIRECTORY)
             except FileNotFoundError:
-                continue  # switched to newer weights between the two reads: read again
+                self.signature(uuid)  # raises the not-found error
+                continue  # replaced just now (the fallback switch has a gap)
+            try:
+                def in_folder(name: str, flags: int) -> int:
+                    return os.open(name, flags, dir_fd=folder)
+                with open("head.json", encoding="utf-8", opener=in_folder) as fh:
+                    record = json.load(fh)
+                if not record.get("weights"):
+                    return record, None
+                with open(record["weights"], "rb", opener=in_folder) as fh:
+                    return record, torch.load(fh, map_location="cpu", weights_only=True)
+            except FileNotFoundError:
+                continue  # switched to newer weights (or replaced) between the reads: again
+            finally:
+                os.close(folder)
         raise WeightsError(f"head '{uuid}': its weights file {record.get('weights')} is missing "
                            f"from {self.head_dir(uuid)}; load weights again with load_weights")
 
@@ -233,14 +300,45 @@ class LocalStore:
         return self.root / "_jobs" / f"{check_uuid(job_id)}.json"
 
     def write_job(self, job: dict) -> None:
+        """Write a job's record; writing a finished one prunes old finished records."""
         atomic_write_json(self.job_path(job["id"]), job)
+        if job.get("state") not in ACTIVE:
+            self._prune_jobs()
+
+    def _prune_jobs(self) -> None:
+        """Remove the records of finished jobs beyond the newest `job_retention.kept`
+        records or older than `job_retention.max_age_s`, by when each was last written (a
+        finished record is not written again). A queued or running job's record stays,
+        whatever its age. Costs a stat per record, and a read per record past the limits."""
+        records = []
+        with os.scandir(self.root / "_jobs") as entries:
+            for entry in entries:
+                if entry.name.endswith(".json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        records.append((entry.stat().st_mtime, Path(entry.path)))
+        records.sort(reverse=True)
+        oldest_kept = time.time() - self.job_retention.max_age_s
+        for position, (written, path) in enumerate(records):
+            if position < self.job_retention.kept and written >= oldest_kept:
+                continue
+            try:
+                if json.loads(path.read_text(encoding="utf-8")).get("state") in ACTIVE:
+                    continue
+            except (OSError, ValueError):
+                continue
+            path.unlink(missing_ok=True)
+            path.with_suffix(".stop").unlink(missing_ok=True)
 
     def read_job(self, job_id: str) -> dict:
         try:
             return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
         except FileNotFoundError:
+            hours = self.job_retention.max_age_s / 3600
             raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
-                                "returns the job id") from None
+                                "returns the job id. Finished jobs are forgotten after "
+                                f"{hours:g} hour{'' if hours == 1 else 's'}, and beyond the "
+                                f"newest {self.job_retention.kept} (PH_JOB_RECORDS_MAX_AGE_S, "
+                                "PH_JOB_RECORDS_KEPT)") from None
 
     def latest_job(self, uuid: str) -> str | None:
         """The id of the last background job accepted for the head, if any."""

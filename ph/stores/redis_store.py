@@ -39,16 +39,16 @@ from typing import Any, Iterator
 
 import torch
 
+from ..jobstate import ACTIVE
 from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
                       WeightsError)
-from .base import RUNS_KEPT, check_uuid
+from .base import RUNS_KEPT, JobRetention, check_uuid
 from .object_examples import ObjectExampleLog
 from .objects import ObjectStore
 
 log = logging.getLogger("ph.stores")
 LOCK_TIMEOUT_S = 60  # a dead holder's head lock frees itself after this
 LOCK_WAIT_S = 30
-FINISHED_JOB_TTL_S = 7 * 24 * 3600
 
 # Replace a record only if its incarnation and version are the ones the writer read
 # (and, for a training run, only while the run still holds the head's lease): fencing,
@@ -107,7 +107,9 @@ class RedisStore:
                                           retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
         self.objects = ObjectStore(objects, endpoint, self.root / "_objects")
         self.lease_s = float(os.environ.get("PH_TRAIN_LEASE_S") or 30)
-        self.job_ttl_s = int(os.environ.get("PH_JOB_RECORDS_MAX_AGE_S") or FINISHED_JOB_TTL_S)
+        # Finished job records expire (Redis TTL) after the retention's age; there are no
+        # files to count, so the age is the bound.
+        self.job_ttl_s = JobRetention.from_env().max_age_s
         self._switch = self.redis.register_script(_SWITCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
@@ -436,7 +438,7 @@ class RedisStore:
     @_redis_errors
     def write_job(self, job: dict) -> None:
         """Finished job records expire after PH_JOB_RECORDS_MAX_AGE_S (default 7 days)."""
-        finished = job.get("state") not in ("queued", "running")
+        finished = job.get("state") not in ACTIVE
         self.redis.set(self.key("job", check_uuid(job["id"])), json.dumps(job),
                        ex=self.job_ttl_s if finished else None)
 
@@ -445,8 +447,8 @@ class RedisStore:
         raw = self.redis.get(self.key("job", check_uuid(job_id)))
         if raw is None:
             raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
-                                "returns the job id (finished jobs are kept for "
-                                f"{self.job_ttl_s // 3600} hours)")
+                                f"returns the job id (finished jobs are kept for {self.job_ttl_s / 3600:g} "
+                                "hours, PH_JOB_RECORDS_MAX_AGE_S)")
         return json.loads(raw)
 
     @_redis_errors
@@ -508,7 +510,8 @@ class RedisStore:
             try:
                 pubsub.subscribe(self.key("changes"))
                 while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
-                    pass  # from its confirmation on, no change can be missed
+                    if self._closed.is_set():  # from the confirmation on, no change is missed
+                        return
                 self._dropped_all()
                 self._subscribed.set()
                 while not self._closed.is_set():
