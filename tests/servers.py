@@ -224,7 +224,9 @@ class S3Server:
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target` (host, port), one thread pair per connection.
     `block()` cuts every open connection and closes new ones as soon as they are accepted,
-    so a server looks unreachable for a while yet keeps its data; `unblock()` ends that."""
+    so a server looks unreachable for a while yet keeps its data; `unblock()` ends that.
+    `freeze()` holds every byte without closing anything (a partition neither side sees);
+    `thaw(cut=True)` ends it by closing the frozen connections, losing what they held."""
 
     def __init__(self, target: tuple[str, int]):
         self.target = target
@@ -236,6 +238,8 @@ class TcpProxy:
         self._closed = False
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True, name=f"proxy-{self.port}").start()
 
     def _accept(self) -> None:
@@ -269,6 +273,7 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -291,10 +296,23 @@ class TcpProxy:
     def unblock(self) -> None:
         self._blocked = False
 
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self, cut: bool = False) -> None:
+        """Pass bytes again; with `cut`, the connections open now are closed first (as if
+        they died in the partition: what they held is lost), and new ones pass."""
+        if cut:
+            with self._lock:
+                socks = list(self._open)
+            self._cut(*socks)
+        self._flowing.set()
+
     def close(self) -> None:
         self._closed = True
         self._listener.close()
         self.block()
+        self._flowing.set()  # frozen pumps see their closed sockets and end
 
     def __enter__(self) -> TcpProxy:
         return self

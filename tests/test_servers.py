@@ -3,6 +3,7 @@ the proxy really cuts a server off and back on, moto stores objects, and each te
 store URL of its own."""
 from __future__ import annotations
 
+import socket
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -47,6 +48,22 @@ def test_proxy_forwards_blocks_and_forwards_again(redis_server):
         assert client(redis_server.port).get("k") == b"v"  # the server itself is fine
         proxy.unblock()
         assert held.get("k") == b"v" and client(proxy.port).get("k") == b"v"
+
+
+def test_proxy_freezes_connections_without_closing_them_and_thaw_can_cut_them(redis_server):
+    with TcpProxy(("127.0.0.1", redis_server.port)) as proxy:
+        with socket.create_connection(proxy.address, timeout=5) as sock:
+            sock.sendall(b"PING\r\n")
+            assert sock.recv(100) == b"+PONG\r\n"
+            proxy.freeze()
+            sock.sendall(b"PING\r\n")
+            sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                sock.recv(100)  # nothing comes back, and nothing is closed
+            proxy.thaw(cut=True)
+            sock.settimeout(5)
+            assert sock.recv(100) == b""  # closed: the held PING never got its answer
+        assert client(proxy.port).ping()  # new connections pass again
 
 
 def test_s3_server_stores_objects_also_through_a_proxy(s3_server):

@@ -520,6 +520,10 @@ class RedisStore:
                         with self._sig_lock:
                             self._changes += 1
                             self._sigs.pop(message["data"].decode(), None)
+                    elif message is not None and message["type"] == "subscribe":
+                        # redis-py lost the connection, reconnected and subscribed again on
+                        # its own (its retry): whatever was published meanwhile was missed
+                        self._dropped_all()
             except (redis.RedisError, OSError) as exc:
                 log.info("change notifications interrupted (%s); reading Redis on every call "
                          "until they are back", exc)
