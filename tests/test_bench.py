@@ -63,3 +63,16 @@ def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):
     ph = {p["connections"]: p for p in serve["points"]["ph_1_worker"]}
     assert ph[4]["requests_per_pass"] > 1  # concurrent calls shared stacked passes
     assert 0 < ph[4]["pass_cpu_ms_per_request"] <= ph[4]["server_cpu_ms_per_request"]
+
+
+def test_distributed_benchmark_runs_on_real_redis_and_s3(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
+                          "--results", str(tmp_path), "--only", "distributed"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "distributed store, 3,000 head records" in out.stdout
+    d = json.loads((tmp_path / "distributed.json").read_text())
+    assert d["records"]["heads"] == 3000 and d["records"]["redis_bytes_per_head"] > 0
+    assert d["predict"]["distributed"]["predict_per_s_median"] > 0
+    assert d["cold"]["distributed"]["n"] == d["cold"]["local"]["n"] == 4
+    assert d["notify"]["seen_after_write"]["n"] == 20

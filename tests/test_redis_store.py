@@ -9,6 +9,7 @@ other modules that use `any_store` / `any_registry`."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from urllib.parse import urlsplit
@@ -168,6 +169,31 @@ def test_while_notifications_are_down_every_call_reads_redis(servers, monkeypatc
     assert b.store.signature("h") == sig != ("stale", 0)
     a.create_head("h", small_config(), replace=True)
     assert b.store.signature("h") != sig
+
+
+def test_a_silently_dead_notification_connection_is_distrusted_within_seconds(
+        redis_server, store_url, workdir):
+    """A partition that closes nothing (no error on the socket): the listener's echo stops
+    coming back, so memory stops being trusted within ECHO_STALE_S and the change made
+    meanwhile is read from Redis."""
+    from ph.stores.redis_store import ECHO_STALE_S
+    with TcpProxy(("127.0.0.1", redis_server.port)) as proxy:
+        a = HeadRegistry(workdir / "a", store=store_url)
+        b = HeadRegistry(workdir / "b", store=store_url.replace(f":{redis_server.port}/",
+                                                                f":{proxy.port}/"))
+        try:
+            a.create_head("h", small_config())
+            b.predict("h", TEXTS)
+            eventually(b.store._trusted, timeout=5)
+            proxy.freeze()
+            a.create_head("h", small_config(), replace=True)  # b never hears of it
+            eventually(lambda: not b.store._trusted(), timeout=ECHO_STALE_S + 1)
+            proxy.thaw(cut=True)
+            eventually(lambda: b.store.signature("h") == a.store.signature("h"), timeout=10)
+            assert b.loaded("h").signature == a.store.signature("h")
+        finally:
+            close_store(a.store)
+            close_store(b.store)
 
 
 # --- (b) fencing: a run that lost its lease cannot publish ------------------------------------
@@ -441,3 +467,21 @@ def test_how_long_finished_jobs_are_kept_is_a_setting(store_url, tmp_path, monke
         assert 0 < client_of(made).ttl(made.key("job", "j2")) <= 60
     finally:
         close_store(made)
+
+
+def test_the_object_cache_keeps_under_its_limit_dropping_the_least_recently_used(
+        store_url, workdir, monkeypatch):
+    monkeypatch.setenv("PH_CACHE_MAX_BYTES", "2500")
+    store = open_store(store_url, workdir / "cache")
+    try:
+        for i in range(4):
+            store.objects.put(f"blob-{i}", bytes(1000))
+        paths = [store.objects.cached(f"blob-{i}") for i in range(4)]
+        for i, path in enumerate(paths):
+            os.utime(path, (1000 + i, 1000 + i))  # blob-0 least recently used
+        store.objects.cached("blob-0")  # used again: now the most recent
+        store.objects.prune()
+        assert [p.exists() for p in paths] == [True, False, False, True]
+        assert store.objects.cached("blob-1").read_bytes() == bytes(1000)  # fetched again
+    finally:
+        close_store(store)

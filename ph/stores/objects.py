@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from ..errors import StoreUnavailableError
+from ..errors import ConfigError, StoreUnavailableError
 from ..fileio import atomic_write_bytes
 
 # Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,
@@ -21,6 +22,15 @@ from ..fileio import atomic_write_bytes
 CONNECT_TIMEOUT_S = 2
 READ_TIMEOUT_S = 30
 ATTEMPTS = 2
+PRUNE_EVERY = 64  # downloads between two looks at the cache's size
+
+
+def cache_limit() -> int:
+    """Bytes of objects each machine caches ($PH_CACHE_MAX_BYTES, default 10 GiB)."""
+    raw = os.environ.get("PH_CACHE_MAX_BYTES") or str(10 * 2**30)
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"PH_CACHE_MAX_BYTES: must be a whole number of bytes >= 1, got {raw!r}")
+    return int(raw)
 
 
 class ObjectStore:
@@ -35,6 +45,8 @@ class ObjectStore:
         self.endpoint = endpoint or "AWS S3"
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.max_cache_bytes = cache_limit()
+        self._downloads = 0
         self._client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint,
             config=Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
@@ -60,9 +72,29 @@ class ObjectStore:
         never change, so a cached copy is always current)."""
         digest = hashlib.sha256(self.key(name).encode()).hexdigest()[:40]
         path = self.cache_dir / digest[:2] / digest
-        if not path.exists():
+        try:
+            os.utime(path)  # recently used: pruned last
+        except FileNotFoundError:
             atomic_write_bytes(path, self.get(name))
+            self._downloads += 1
+            if self._downloads % PRUNE_EVERY == 0:
+                self.prune()
         return path
+
+    def prune(self) -> None:
+        """Keep the cache under max_cache_bytes, removing the least recently used first
+        (a removed object is downloaded again when next needed)."""
+        files = []
+        for path in self.cache_dir.glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):
+                st = path.stat()
+                files.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in files)
+        for _, size, path in sorted(files):
+            if total <= self.max_cache_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names (without this store's prefix) of the objects under `prefix`."""

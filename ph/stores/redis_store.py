@@ -49,6 +49,11 @@ from .objects import ObjectStore
 log = logging.getLogger("ph.stores")
 LOCK_TIMEOUT_S = 60  # a dead holder's head lock frees itself after this
 LOCK_WAIT_S = 30
+# The change listener's liveness: it publishes to itself every ECHO_EVERY_S; memory is
+# trusted only while an echo came back in the last ECHO_STALE_S (a silent network loss
+# then costs at most that long of stale answers).
+ECHO_EVERY_S, ECHO_TIMEOUT_S, ECHO_STALE_S = 1.0, 2.0, 3.0
+ECHO = "ph-echo"
 
 # Replace a record only if its incarnation and version are the ones the writer read
 # (and, for a training run, only while the run still holds the head's lease): fencing,
@@ -118,6 +123,7 @@ class RedisStore:
         self._changes = 0  # bumped on every notification: a read that raced one is not kept
         self._sig_lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._echoed = 0.0  # when this listener last heard its own echo
         self._leases = threading.local()  # uuid -> token of the training run in this thread
         self._closed = threading.Event()
         threading.Thread(target=self._listen, daemon=True, name="ph-store-changes").start()
@@ -141,11 +147,15 @@ class RedisStore:
     def signature(self, uuid: str) -> tuple:
         """Changes whenever the head's record is rewritten; from memory while the change
         notifications are flowing (no round trip), else from Redis."""
-        if self._subscribed.is_set():
+        if self._trusted():
             sig = self._sigs.get(uuid)
             if sig is not None:
                 return sig
         return self._signature_of(self._read_raw(uuid), uuid)
+
+    def _trusted(self) -> bool:
+        """Signatures in memory are current: subscribed, and Redis echoed recently."""
+        return self._subscribed.is_set() and time.monotonic() - self._echoed < ECHO_STALE_S
 
     def _signature_of(self, record: dict, uuid: str) -> tuple:
         return (record["inc"], record["v"])
@@ -160,7 +170,7 @@ class RedisStore:
                                     "create_head(uuid=...) or list them with list_heads()")
         record = json.loads(raw)
         with self._sig_lock:  # not if a notification arrived since the read began
-            if changes == self._changes and self._subscribed.is_set():
+            if changes == self._changes and self._trusted():
                 self._sigs[uuid] = (record["inc"], record["v"])
         return record
 
@@ -294,6 +304,7 @@ class RedisStore:
         with self.redis.pipeline() as pipe:
             pipe.delete(self.key("h", uuid))
             pipe.zrem(self.key("heads"), uuid)
+            pipe.delete(self.key("latest", uuid))  # its last job's record expires by itself
             pipe.publish(self.key("changes"), uuid)
             pipe.execute()
         self._sigs.pop(uuid, None)
@@ -514,16 +525,7 @@ class RedisStore:
                         return
                 self._dropped_all()
                 self._subscribed.set()
-                while not self._closed.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is not None and message["type"] == "message":
-                        with self._sig_lock:
-                            self._changes += 1
-                            self._sigs.pop(message["data"].decode(), None)
-                    elif message is not None and message["type"] == "subscribe":
-                        # redis-py lost the connection, reconnected and subscribed again on
-                        # its own (its retry): whatever was published meanwhile was missed
-                        self._dropped_all()
+                self._follow(pubsub)
             except (redis.RedisError, OSError) as exc:
                 log.info("change notifications interrupted (%s); reading Redis on every call "
                          "until they are back", exc)
@@ -533,6 +535,33 @@ class RedisStore:
                 with contextlib.suppress(Exception):
                     pubsub.close()
             self._closed.wait(0.5)
+
+    def _follow(self, pubsub) -> None:
+        """Drop the signature of every head whose uuid is published. Every ECHO_EVERY_S this
+        listener pings Redis on its subscribed connection: a connection that died without
+        closing (a silent network loss) shows as an echo that does not come back in time."""
+        import redis
+        sent = time.monotonic()
+        answered = sent - 1  # waiting for the first echo
+        pubsub.ping(ECHO)
+        while not self._closed.is_set():
+            message = pubsub.get_message(timeout=0.5)
+            now = time.monotonic()
+            if message is not None and message["type"] == "pong":
+                answered = self._echoed = now
+            elif message is not None and message["type"] == "message":
+                with self._sig_lock:
+                    self._changes += 1
+                    self._sigs.pop(message["data"].decode(), None)
+            elif message is not None and message["type"] == "subscribe":
+                # redis-py lost the connection, reconnected and subscribed again on its
+                # own (its retry): whatever was published meanwhile was missed
+                self._dropped_all()
+            if answered < sent and now - sent > ECHO_TIMEOUT_S:
+                raise redis.ConnectionError(f"no echo from Redis for {ECHO_TIMEOUT_S} s")
+            if now - sent >= ECHO_EVERY_S and answered >= sent:
+                sent = now
+                pubsub.ping(ECHO)
 
     def _dropped_all(self) -> None:
         with self._sig_lock:
