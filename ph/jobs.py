@@ -107,11 +107,11 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
         return 1
     job = store.read_job(job_id)
     spec = job["policy"]
-    # A worker on another machine resolves relative paths (the default save_dir: saved/)
-    # in its own working folder: the accepting server's folder means nothing there.
-    base_dir = Path.cwd() if store.distributed else Path(spec["base_dir"])
+    # The job runs under the accepting server's policy, relative paths (the default
+    # save_dir, saved/) included: a worker on another machine uses the same folder names
+    # on its own disk, so a server's --allow-path limits bind its jobs wherever they run.
     policy = PathPolicy(None if spec["roots"] is None else tuple(Path(r) for r in spec["roots"]),
-                        spec["allow_code"], base_dir)
+                        spec["allow_code"], Path(spec["base_dir"]))
     registry = HeadRegistry(heads_dir, policy, store=store)
     stop = threading.Event()
     if stop_on_sigterm:

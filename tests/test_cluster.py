@@ -51,13 +51,19 @@ class Cluster:
                                 TEST_BUCKET, self.prefix, self.ns)
         self.env = {**s3_server.env, "PH_TRAIN_LEASE_S": str(LEASE_S)}
         self._worker_stack = stack.enter_context(ExitStack())
+        # Servers of one cluster share the operator's policy: here, each its own folder
+        # plus one folder for checkpoints (the workers'), named in the head list.
+        scratch = str(self.folder("checkpoints"))
         servers = [ph_server(self.folder(name), "--store", url, "--heads-dir", "cache",
-                             "--allow-path", str(self.folder(name)), env={**self.env, **env})
+                             "--allow-path", str(self.folder(name)), "--allow-path", scratch,
+                             env={**self.env, **env})
                    for name, url, env in (("a", self.url, {"PH_JOB_RETRIES": "1"}),
                                           ("b", b_url, {}))]
         worker = ph_worker(self.url, self.folder("worker") / "cache", env=self.env)
         (self.a, self.b), (self.worker,) = _enter_together(stack, *servers), \
             _enter_together(self._worker_stack, worker)
+        call(self.a, "create_head_list",
+             config={"Trainer": {"trainer": {"save_dir": f"{scratch}/saved"}}})
 
     def folder(self, name: str) -> Path:
         path = self.root / name
@@ -175,7 +181,7 @@ def test_create_on_one_server_train_through_the_worker_predict_on_the_other_dele
     assert running["state"] in ("running", "succeeded")
     assert cluster.job_record(job["job_id"])["pid"] == cluster.worker.pid  # not a server
     done = wait_job(b, job["job_id"])
-    assert done["state"] == "succeeded" and done["epoch"] == 8, done
+    assert done["state"] == "succeeded" and done["epoch"] == 8, done["error"]
     assert done["summary"]["revision"] == 1 and done["summary"]["updated"]
 
     # b had the untrained head cached: predict first (check_head would re-read the record)
