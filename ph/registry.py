@@ -374,20 +374,23 @@ class HeadRegistry:
         Durable when this returns: the examples are fsynced under the head's lock.
         """
         record = self.store.read(check_uuid(uuid))
-        loader = record["config"]["Trainer"]["dataloader"]["type"]
-        if loader != "SnipsDataLoader":
-            raise ConfigError(f"head '{uuid}' trains with Trainer.dataloader {loader}, which reads "
-                              "its own Dataset; stored examples need SnipsDataLoader")
-        preprocessor = self._preprocessor(record)
-        with self.store.lock(uuid):
-            current = self.store.read(uuid)
-            if current["created"] != record["created"]:
-                raise ConflictError(f"head '{uuid}' was replaced while the examples were checked; "
-                                    "call add_examples again")
-            log = self.store.examples(uuid)
-            facts = HeadFacts.of(uuid, current["config"], current.get("labels"), preprocessor)
-            rows = check_examples(examples, facts, log.summary(), self.limits)
-            return log.append(rows).count
+        for _ in range(3):  # the head replaced while the examples were checked: check again
+            loader = record["config"]["Trainer"]["dataloader"]["type"]
+            if loader != "SnipsDataLoader":
+                raise ConfigError(f"head '{uuid}' trains with Trainer.dataloader {loader}, which "
+                                  "reads its own Dataset; stored examples need SnipsDataLoader")
+            preprocessor = self._preprocessor(record)
+            with self.store.lock(uuid):
+                current = self.store.read(uuid)
+                if current["created"] == record["created"]:
+                    log = self.store.examples(uuid)
+                    facts = HeadFacts.of(uuid, current["config"], current.get("labels"),
+                                         preprocessor)
+                    rows = check_examples(examples, facts, log.summary(), self.limits)
+                    return log.append(rows).count
+            record = current
+        raise ConflictError(f"head '{uuid}' was replaced again and again while the examples were "
+                            "checked; call add_examples again")
 
     def list_examples(self, uuid: str, offset: int = 0, limit: int = 100) -> list[dict]:
         """Stored examples from position `offset` (at most `limit`), oldest first."""
