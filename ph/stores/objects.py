@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, StoreUnavailableError
-from ..fileio import atomic_write_bytes
 
 # Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,
 # not after botocore's default minutes of retries.
@@ -69,17 +69,22 @@ class ObjectStore:
 
     def cached(self, name: str) -> Path:
         """A local file with the object's bytes, downloaded once per machine (objects
-        never change, so a cached copy is always current)."""
+        never change, so a cached copy is always current). Not fsynced: a copy a crash
+        damaged is dropped by `forget_cached` when it fails to load, and fetched again."""
         digest = hashlib.sha256(self.key(name).encode()).hexdigest()[:40]
         path = self.cache_dir / digest[:2] / digest
         try:
             os.utime(path)  # recently used: pruned last
         except FileNotFoundError:
-            atomic_write_bytes(path, self.get(name))
+            _write_unsynced(path, self.get(name))
             self._downloads += 1
             if self._downloads % PRUNE_EVERY == 0:
                 self.prune()
         return path
+
+    def forget_cached(self, name: str) -> None:
+        digest = hashlib.sha256(self.key(name).encode()).hexdigest()[:40]
+        (self.cache_dir / digest[:2] / digest).unlink(missing_ok=True)
 
     def prune(self) -> None:
         """Keep the cache under max_cache_bytes, removing the least recently used first
@@ -142,3 +147,12 @@ class ObjectStore:
                 f"the object store ({self.endpoint}) cannot be reached while {doing} "
                 f"({type(exc).__name__}); nothing was changed: try again when it is back") from None
 
+
+
+def _write_unsynced(path: Path, data: bytes) -> None:
+    """Write through a temp file and a rename (readers never see part of it), without
+    the fsync that durable files get: this is only a cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -292,8 +292,15 @@ class RedisStore:
     def read_weights(self, uuid: str, record: dict) -> dict | None:
         if not record.get("weights"):
             return None
-        return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
-                          weights_only=True)
+        try:
+            return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
+                              weights_only=True)
+        except StoreUnavailableError:
+            raise
+        except Exception:  # noqa: BLE001  (a cached copy a crash cut short: fetch it again)
+            self.objects.forget_cached(record["weights"])
+            return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
+                              weights_only=True)
 
     @_redis_errors
     def delete(self, uuid: str) -> None:
