@@ -2,9 +2,11 @@
 real Redis and S3 servers for the distributed store."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -159,3 +161,30 @@ def stored_example_bytes(store) -> bytes:
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
+
+
+@contextlib.contextmanager
+def training_held(registry, uid: str, on_hold=lambda: None):
+    """Train `uid` in a thread that holds at the end of its first epoch (after calling
+    `on_hold`) until the block ends; yields the list that gets the run's exception."""
+    held, release, errors = threading.Event(), threading.Event(), []
+
+    def hold(_record):
+        on_hold()
+        held.set()
+        release.wait(30)
+
+    def run():
+        try:
+            registry.train(uid, on_epoch=hold)
+        except Exception as exc:  # noqa: BLE001  (the caller checks it)
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert held.wait(30)
+        yield errors
+    finally:
+        release.set()
+        thread.join(60)

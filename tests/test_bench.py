@@ -50,12 +50,18 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert "hashing / MiniLM" in out.stdout
 
 
-def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):
+def run_quick(tmp_path, only: str) -> str:
+    """`run_all.py --quick --only ONLY` with results in tmp_path; its standard output."""
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
-                          "--results", str(tmp_path), "--only", "serve_load"],
+                          "--results", str(tmp_path), "--only", only],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "HTTP, 4 heads, 4 connections" in out.stdout
+    return out.stdout
+
+
+def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):
+    out = run_quick(tmp_path, "serve_load")
+    assert "HTTP, 4 heads, 4 connections" in out
     serve = json.loads((tmp_path / "serve_load.json").read_text())
     for name in ("ph_1_worker", "anchor", "anchor_constant"):
         for point in serve["points"][name]:
@@ -66,11 +72,7 @@ def test_serve_load_drives_ph_and_the_hand_written_server(tmp_path):
 
 
 def test_distributed_benchmark_runs_on_real_redis_and_s3(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
-                          "--results", str(tmp_path), "--only", "distributed"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "distributed store, 3,000 head records" in out.stdout
+    assert "distributed store, 3,000 head records" in run_quick(tmp_path, "distributed")
     d = json.loads((tmp_path / "distributed.json").read_text())
     assert d["records"]["heads"] == 3000 and d["records"]["redis_bytes_per_head"] > 0
     assert d["predict"]["distributed"]["predict_per_s_median"] > 0

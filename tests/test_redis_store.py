@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from urllib.parse import urlsplit
 
@@ -18,7 +17,7 @@ import pytest
 import redis
 import torch
 
-from conftest import TEST_BUCKET, close_store, small_config
+from conftest import TEST_BUCKET, close_store, small_config, training_held
 from ph.errors import ConfigError, ConflictError, HeadNotFoundError, StoreUnavailableError
 from ph.registry import HeadRegistry
 from ph.stores import open_store
@@ -224,29 +223,14 @@ def test_a_stalled_run_whose_lease_expired_cannot_overwrite_a_newer_run(store_ur
     other = HeadRegistry(workdir / "b", store=store_url)
     try:
         uid = stalled.create_head("h", small_config(epochs=2))
-        in_epoch, resume, errors = threading.Event(), threading.Event(), []
 
-        def stall(_record):  # the process stalls: from now on its renewals never land
+        def stall():  # the process stalls: from now on its renewals never land
             monkeypatch.setattr(stalled.store, "_renew", lambda keys, args: 1)
-            in_epoch.set()
-            resume.wait(30)
 
-        def run():
-            try:
-                stalled.train(uid, on_epoch=stall)
-            except Exception as exc:  # noqa: BLE001  (checked below)
-                errors.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        try:
-            assert in_epoch.wait(30)
+        with training_held(stalled, uid, on_hold=stall) as errors:
             assert other.check_head(uid)["training"]
             eventually(lambda: not other.store.is_training(uid), timeout=3)  # the lease expired
             assert other.train(uid)["revision"] == 1  # another server trains meanwhile
-        finally:
-            resume.set()
-            thread.join(60)
         assert len(errors) == 1 and isinstance(errors[0], ConflictError)
         assert "lost its lease" in str(errors[0])
         assert other.check_head(uid)["revision"] == 1

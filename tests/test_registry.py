@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
 
-from conftest import ROOT, small_config, stored_example_bytes, write_json
+from conftest import ROOT, small_config, stored_example_bytes, training_held, write_json
 from ph.config import deep_merge, load_config
 from ph.errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError,
                        PermissionDeniedError, TrainingError, WeightsError)
@@ -19,8 +18,7 @@ from ph.registry import HeadRegistry
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 
 
-@pytest.fixture
-def trained(registry, train_json):
+def train_alice(registry) -> str:
     registry.create_head_list(small_config())
     uid = registry.create_head("alice")
     registry.train(uid)
@@ -28,12 +26,14 @@ def trained(registry, train_json):
 
 
 @pytest.fixture
+def trained(registry, train_json):
+    return train_alice(registry)
+
+
+@pytest.fixture
 def trained_any(any_registry, train_json):
     """`trained` on each store backend (`any_registry`)."""
-    any_registry.create_head_list(small_config())
-    uid = any_registry.create_head("alice")
-    any_registry.train(uid)
-    return uid
+    return train_alice(any_registry)
 
 
 def weight_files(registry, uid):
@@ -215,28 +215,10 @@ def test_two_registries_on_one_folder_see_each_others_changes(registry, train_js
 
 def test_a_second_training_of_the_same_head_is_refused_while_one_runs(any_registry, train_json):
     uid = any_registry.create_head("busy", small_config(epochs=2))
-    started, release, errors = threading.Event(), threading.Event(), []
-
-    def first_epoch_blocks(record):
-        started.set()
-        release.wait(30)
-
-    def first_run():
-        try:
-            any_registry.train(uid, on_epoch=first_epoch_blocks)
-        except Exception as exc:  # noqa: BLE001  (reported below)
-            errors.append(exc)
-
-    thread = threading.Thread(target=first_run)
-    thread.start()
-    try:
-        assert started.wait(30)
+    with training_held(any_registry, uid) as errors:
         assert any_registry.check_head(uid)["training"]
         with pytest.raises(ConflictError, match="already training"):
             any_registry.train(uid)
-    finally:
-        release.set()
-        thread.join(60)
     assert not any_registry.check_head(uid)["training"]
     assert not errors and any_registry.check_head(uid)["revision"] == 1
 
