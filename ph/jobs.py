@@ -83,9 +83,17 @@ def stop_job(registry: HeadRegistry, job_id: str) -> dict:
 
     A flag in the store, not a signal: the job checks it twice a second, so no process
     id (which the system may have reused) is ever signalled."""
-    job = registry.store.read_job(job_id)
+    store = registry.store
+    job = store.read_job(job_id)
     if job["state"] in ACTIVE:
-        registry.store.request_stop(job_id)
+        store.request_stop(job_id)
+        if job["state"] == "queued" and store.distributed \
+                and store.claim_job(job_id, job.get("attempt", 1)):
+            # no worker took it yet, and now none will: stopped here (a queue no worker
+            # reads would otherwise keep it queued, and the head busy, for ever)
+            job.update(state="stopped", ended=time.time(),
+                       error="stopped before a worker took it; the head keeps its weights")
+            store.write_job(job)
     return job_status(registry, job_id)
 
 
@@ -102,10 +110,15 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     """Body of the job process or worker task: train, record progress per epoch, record
     the outcome. Returns 0 when the job succeeded."""
     store = open_store(store_url, heads_dir)
+    store.beat(job_id)  # alive from the claim on
     if not store.claim_job(job_id, attempt):
-        log.info("job %s attempt %d is already taken by another worker", job_id, attempt)
+        log.info("job %s attempt %d was taken by another worker or stopped", job_id, attempt)
         return 1
     job = store.read_job(job_id)
+    if job["state"] != "queued" or job.get("attempt", 1) != attempt:
+        log.info("job %s attempt %d is %s (attempt %s): not run", job_id, attempt,
+                 job["state"], job.get("attempt", 1))
+        return 1
     spec = job["policy"]
     # The job runs under the accepting server's policy, relative paths (the default
     # save_dir, saved/) included: a worker on another machine uses the same folder names
@@ -163,7 +176,7 @@ def _watch(store, job_id: str, stop: threading.Event) -> None:
             store.beat(job_id)
             if store.stop_requested(job_id):
                 stop.set()
-        except PHError as exc:  # the store is away for a moment: keep training
+        except Exception as exc:  # noqa: BLE001  (the store is away a moment: keep training)
             log.warning("job %s: %s", job_id, exc)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from .errors import NotFoundError
+from .errors import NotFoundError, PHError
 
 
 ACTIVE = ("queued", "running")
@@ -31,7 +31,12 @@ def job_status(store, job_id: str) -> dict:
             job.update(state="queued", attempt=job.get("attempt", 1) + 1, pid=None,
                        error=f"attempt {job.get('attempt', 1)} lost its worker; sent again")
             store.write_job(job)
-            store.enqueue(job)
+            try:
+                store.enqueue(job)
+            except PHError as exc:
+                job.update(state="failed", ended=time.time(),
+                           error=f"its worker died and sending it again failed: {exc}")
+                store.write_job(job)
         elif job["state"] in ACTIVE:
             job.update(state="failed", ended=time.time(),
                        error="the training process ended without finishing (killed or crashed); "

@@ -477,3 +477,72 @@ def test_a_damaged_cached_copy_of_weights_is_fetched_again(store):
     path = store.objects.cached(current["weights"])
     path.write_bytes(path.read_bytes()[:100])  # as a crash could leave it (not fsynced)
     assert torch.equal(store.read_weights("h", current)["fc.weight"], torch.full((2, 3), 0.5))
+
+
+# --- writes sent twice, writers whose lock ran out, jobs no worker runs ----------------------
+
+def test_a_weights_switch_sent_twice_by_a_client_retry_publishes_once(store):
+    """redis-py sends a command again when a reply was lost: the second run of the switch
+    must count as done, not refuse the write (and delete the weights it now names)."""
+    store.create("h", record("h"), weights(0.5))
+    real = store._switch
+
+    def sent_twice(**kwargs):
+        real(**kwargs)
+        return real(**kwargs)
+
+    store._switch = sent_twice
+    new = store.write_weights("h", store.read("h"), weights(2.0), None)
+    current = store.read("h")
+    assert current["weights"] == new["weights"] and current["revision"] == 2
+    assert torch.equal(store.read_weights("h", current)["fc.weight"], torch.full((2, 3), 2.0))
+
+
+def test_an_examples_writer_whose_lock_ran_out_cannot_overwrite_a_newer_write(store):
+    store.create("h", record("h"))
+    log = store.examples("h")
+    log.append([{"text": "one", "label": "a"}])
+    stale = log._state()  # a writer read the log, then stalled past its lock
+    log.append([{"text": "two", "label": "a"}])  # another server's acknowledged call
+    summary, chunks, written = stale
+    uploaded = log._put([{"id": 9, "text": "x", "label": "a"}])
+    with pytest.raises(ConflictError, match="changed by another call"):
+        log._switch(summary, chunks + [uploaded], written, [uploaded])
+    assert [row["text"] for row in log.read()] == ["one", "two"]
+    assert uploaded not in objects_of(store, "h")  # its upload was removed again
+
+
+def test_a_lock_is_renewed_while_held_and_frees_itself_when_its_holder_dies(store, monkeypatch):
+    from ph.stores import redis_store
+    monkeypatch.setattr(redis_store, "LOCK_LEASE_S", 0.3)
+    monkeypatch.setattr(redis_store, "LOCK_WAIT_S", 0.2)
+    with store.lock("h"):
+        time.sleep(1.0)  # past three leases: renewed meanwhile
+        with pytest.raises(ConflictError, match="busy"):
+            with store.lock("h"):
+                pass
+    client_of(store).set(store.key("lock", "h"), "a dead holder", px=300)
+    monkeypatch.setattr(redis_store, "LOCK_WAIT_S", 2)
+    with store.lock("h"):  # taken once the dead holder's lease ran out
+        pass
+
+
+def test_stopping_a_job_no_worker_took_stops_it_and_frees_the_head(registry):
+    from ph import jobs
+    uid = registry.create_head("h", small_config())
+    job = jobs.start_job(registry, uid)  # no worker reads the queue
+    assert jobs.job_status(registry, job["job_id"])["state"] == "queued"
+    assert jobs.stop_job(registry, job["job_id"])["state"] == "stopped"
+    assert registry.delete_head(uid)  # the head is no longer held by the job
+    from ph.jobs import run_job  # a worker that gets the message late does not run it
+    assert run_job(str(registry.store.root), job["job_id"], registry.store) == 1
+
+
+def test_a_queued_job_a_worker_took_and_died_on_is_failed(registry, monkeypatch):
+    from ph import jobs
+    uid = registry.create_head("h", small_config())
+    job = jobs.start_job(registry, uid)
+    assert registry.store.claim_job(job["job_id"], 1)  # taken, and never a heartbeat
+    status = jobs.job_status(registry, job["job_id"])
+    assert status["state"] == "failed" and "ended without finishing" in status["error"]
+    assert registry.delete_head(uid)

@@ -26,8 +26,9 @@ def record(uuid: str, **extra) -> dict:
 
 
 def fields(rec: dict) -> dict:
-    """A record without a store's own bookkeeping (RedisStore's incarnation and version)."""
-    return {k: v for k, v in rec.items() if k not in ("inc", "v")}
+    """A record without a store's own bookkeeping (RedisStore's incarnation, version and
+    write id)."""
+    return {k: v for k, v in rec.items() if k not in ("inc", "v", "w")}
 
 
 def weights(value: float) -> dict:

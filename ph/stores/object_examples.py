@@ -30,13 +30,14 @@ class ObjectExampleLog:
         self.store, self.uuid, self.inc = store, uuid, inc
         self._key = store.key("ex", uuid, inc)
 
-    def _state(self) -> tuple[LogSummary, list[str]]:
+    def _state(self) -> tuple[LogSummary, list[str], str]:
+        """(summary, chunk names, the id of the write that made them)."""
         raw = self.store._call(self.store.redis.get, self._key)
         if raw is None:
-            return LogSummary(), []
+            return LogSummary(), [], ""
         state = json.loads(raw)
         summary = LogSummary(**{**state["summary"], "names": set(state["summary"]["names"])})
-        return summary, state["chunks"]
+        return summary, state["chunks"], state.get("w", "")
 
     def summary(self) -> LogSummary:
         return self._state()[0]
@@ -48,12 +49,10 @@ class ObjectExampleLog:
         after = 0
         for attempt in range(READ_ATTEMPTS):
             try:
-                for chunk in self._state()[1]:
-                    for line in self.store.objects.get(chunk).splitlines():
-                        row = json.loads(line)
-                        if row["id"] > after:
-                            after = row["id"]
-                            yield row
+                for row in self._rows(self._state()[1]):
+                    if row["id"] > after:
+                        after = row["id"]
+                        yield row
                 return
             except FileNotFoundError:
                 if attempt == READ_ATTEMPTS - 1:
@@ -71,19 +70,19 @@ class ObjectExampleLog:
         return out
 
     def append(self, rows: list[dict]) -> LogSummary:
-        summary, chunks = self._state()
+        summary, chunks, written = self._state()
         after = replace(summary, names=set(summary.names))
         stored, now = [], round(time.time(), 3)
         for row in rows:
             stored.append({"id": after.last_id + 1, **row, "added": now})
             after.add(stored[-1])
         chunk = self._put(stored)
-        self._switch(after, chunks + [chunk])
+        self._switch(after, chunks + [chunk], written, [chunk])
         return after
 
     def delete(self, ids: set[int] | None = None) -> int:
-        summary, chunks = self._state()
-        kept = [] if ids is None else [row for row in self.iter() if row["id"] not in ids]
+        summary, chunks, written = self._state()
+        kept = [] if ids is None else [row for row in self._rows(chunks) if row["id"] not in ids]
         removed = summary.count - len(kept)
         if removed == 0:
             return 0
@@ -91,7 +90,8 @@ class ObjectExampleLog:
         for row in kept:
             after.add(row)
         after.last_id = summary.last_id
-        self._switch(after, [self._put(kept)] if kept else [])
+        new = [self._put(kept)] if kept else []
+        self._switch(after, new, written, new)
         self.store._forget_objects(chunks)
         return removed
 
@@ -100,6 +100,20 @@ class ObjectExampleLog:
         self.store.objects.put(name, b"".join(_line(row) for row in rows))
         return name
 
-    def _switch(self, summary: LogSummary, chunks: list[str]) -> None:
-        state = {"summary": {**asdict(summary), "names": sorted(summary.names)}, "chunks": chunks}
-        self.store._call(self.store.redis.set, self._key, json.dumps(state))
+    def _rows(self, chunks: list[str]) -> Iterator[dict]:
+        for chunk in chunks:
+            for line in self.store.objects.get(chunk).splitlines():
+                yield json.loads(line)
+
+    def _switch(self, summary: LogSummary, chunks: list[str], expected: str,
+                uploaded: list[str]) -> None:
+        """Switch to `chunks` if the log is still as written by `expected`: the head lock
+        serialises writers, and this catches one whose lock ran out meanwhile."""
+        write_id = uuidlib.uuid4().hex[:12]
+        state = {"summary": {**asdict(summary), "names": sorted(summary.names)},
+                 "chunks": chunks, "w": write_id}
+        if not self.store._call(self.store.switch_examples, keys=[self._key],
+                                args=[expected, json.dumps(state), write_id]):
+            self.store._forget_objects(uploaded)
+            raise ConflictError(f"head '{self.uuid}': its examples were changed by another "
+                                "call meanwhile; nothing was stored: try again")

@@ -120,6 +120,9 @@ class ObjectStore:
     def delete_prefix(self, prefix: str) -> None:
         self.delete(list(self.list(prefix)))
 
+    def close(self) -> None:
+        self._client.close()
+
     def check(self) -> None:
         """Raise a clear error now if the bucket cannot be reached (used at start-up)."""
         with self._errors("checking the bucket"):

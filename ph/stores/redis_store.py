@@ -47,13 +47,12 @@ from .object_examples import ObjectExampleLog
 from .objects import ObjectStore
 
 log = logging.getLogger("ph.stores")
-LOCK_TIMEOUT_S = 60  # a dead holder's head lock frees itself after this
+LOCK_LEASE_S = 20  # a dead holder's head lock frees itself after this
 LOCK_WAIT_S = 30
-# The change listener's liveness: it publishes to itself every ECHO_EVERY_S; memory is
+# The change listener's liveness: it publishes an echo every ECHO_EVERY_S; memory is
 # trusted only while an echo came back in the last ECHO_STALE_S (a silent network loss
 # then costs at most that long of stale answers).
 ECHO_EVERY_S, ECHO_TIMEOUT_S, ECHO_STALE_S = 1.0, 2.0, 3.0
-ECHO = "ph-echo"
 
 # Replace a record only if its incarnation and version are the ones the writer read
 # (and, for a training run, only while the run still holds the head's lease): fencing,
@@ -63,10 +62,22 @@ _SWITCH = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 local rec = cjson.decode(cur)
+if rec['w'] == ARGV[5] then return 1 end  -- this very write, sent again by a client retry
 if rec['inc'] .. ':' .. tostring(rec['v']) ~= ARGV[1] then return -2 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -3 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('PUBLISH', KEYS[3], ARGV[4])
+return 1
+"""
+# An example log switches only from the state the writer read (or is this very write,
+# sent again by a client retry).
+_EXAMPLES_SWITCH = """
+local cur = redis.call('GET', KEYS[1])
+local written = ''
+if cur then written = cjson.decode(cur)['w'] or '' end
+if written == ARGV[3] then return 1 end
+if written ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
 _RENEW = """
@@ -83,12 +94,19 @@ def _redis_errors(method):
     """Redis being unreachable becomes a StoreUnavailableError (503) naming it."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        import redis
         try:
             return method(self, *args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _unavailable_errors() as exc:
             raise self.unavailable(exc) from None
     return wrapper
+
+
+def _unavailable_errors() -> tuple:
+    """What Redis says while it cannot take a call now: unreachable, a replica after a
+    failover, out of memory."""
+    import redis
+    return (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+            redis.OutOfMemoryError)
 
 
 class RedisStore:
@@ -106,10 +124,13 @@ class RedisStore:
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
 
-        # Ride out a blip (two quick retries), then say clearly that Redis is away.
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                          health_check_interval=15,
-                                          retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+        # Ride out a blip (two quick retries; every write is safe to send twice), then say
+        # clearly that Redis is away. The change listener has a client of its own.
+        self.redis, self._listener_redis = (
+            redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                 health_check_interval=15,
+                                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
+            for _ in range(2))
         self.objects = ObjectStore(objects, endpoint, self.root / "_objects")
         self.lease_s = float(os.environ.get("PH_TRAIN_LEASE_S") or 30)
         # Finished job records expire (Redis TTL) after the retention's age; there are no
@@ -118,6 +139,7 @@ class RedisStore:
         self._switch = self.redis.register_script(_SWITCH)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self.switch_examples = self.redis.register_script(_EXAMPLES_SWITCH)
         self._configs: dict[str, str] = {}  # content id -> config JSON (immutable)
         self._sigs: dict[str, tuple] = {}  # uuid -> signature, valid while subscribed
         self._changes = 0  # bumped on every notification: a read that raced one is not kept
@@ -126,7 +148,9 @@ class RedisStore:
         self._echoed = 0.0  # when this listener last heard its own echo
         self._leases = threading.local()  # uuid -> token of the training run in this thread
         self._closed = threading.Event()
-        threading.Thread(target=self._listen, daemon=True, name="ph-store-changes").start()
+        self._listener = threading.Thread(target=self._listen, daemon=True,
+                                          name="ph-store-changes")
+        self._listener.start()
 
     def key(self, *parts: str) -> str:
         return ":".join((self.ns, *parts))
@@ -158,7 +182,9 @@ class RedisStore:
         return self._subscribed.is_set() and time.monotonic() - self._echoed < ECHO_STALE_S
 
     def _signature_of(self, record: dict, uuid: str) -> tuple:
-        return (record["inc"], record["v"])
+        """Incarnation, version and write id: the write id differs even where a failover
+        lost a write and the version number is given out again."""
+        return (record["inc"], record["v"], record.get("w"))
 
     @_redis_errors
     def _read_raw(self, uuid: str) -> dict:
@@ -171,7 +197,7 @@ class RedisStore:
         record = json.loads(raw)
         with self._sig_lock:  # not if a notification arrived since the read began
             if changes == self._changes and self._trusted():
-                self._sigs[uuid] = (record["inc"], record["v"])
+                self._sigs[uuid] = self._signature_of(record, uuid)
         return record
 
     def read(self, uuid: str) -> dict:
@@ -214,7 +240,7 @@ class RedisStore:
         one's objects."""
         check_uuid(uuid)
         inc = uuidlib.uuid4().hex[:12]
-        record = {**record, "inc": inc, "v": 1}
+        record = {**record, "inc": inc, "v": 1, "w": uuidlib.uuid4().hex[:12]}
         if state is not None:
             name = f"heads/{uuid}/{inc}/weights-1-{uuidlib.uuid4().hex[:8]}.pt"
             self.objects.put(name, _tensor_bytes(state))
@@ -226,6 +252,8 @@ class RedisStore:
             pipe.zadd(self.key("heads"), {uuid: 0})
             pipe.publish(self.key("changes"), uuid)
             created = pipe.execute()[0]
+        if not created and self._read_raw(uuid).get("inc") == inc:
+            created = True  # our own create, sent again by a client retry
         if not created:
             if record.get("weights"):
                 self._forget_objects([record["weights"]])
@@ -237,7 +265,7 @@ class RedisStore:
     @_redis_errors
     def write(self, uuid: str, record: dict) -> dict:
         """Rewrite a head's record (it must not have changed since `record` was read)."""
-        new = {**record, "v": record["v"] + 1}
+        new = {**record, "v": record["v"] + 1, "w": uuidlib.uuid4().hex[:12]}
         self._publish(uuid, f"{record['inc']}:{record['v']}", new)
         return new
 
@@ -254,7 +282,7 @@ class RedisStore:
             new["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
         try:
             new = self.write(uuid, new)
-        except BaseException:
+        except (ConflictError, HeadNotFoundError):  # refused for sure: nothing names it
             self._forget_objects([name])
             raise
         if record.get("weights"):
@@ -266,7 +294,8 @@ class RedisStore:
         token = getattr(self._leases, uuid, None) or ""
         result = self._switch(keys=[self.key("h", uuid), self.key("train", uuid),
                                     self.key("changes")],
-                              args=[expected, json.dumps(self._stored(new)), token, uuid])
+                              args=[expected, json.dumps(self._stored(new)), token, uuid,
+                                    new["w"]])
         self._sigs.pop(uuid, None)
         if result == -1:
             raise HeadNotFoundError(f"head '{uuid}' was deleted meanwhile")
@@ -319,11 +348,12 @@ class RedisStore:
 
     def _remove_data(self, uuid: str, inc: str) -> None:
         """A removed incarnation's examples and objects (nothing reads them any more)."""
-        self.redis.delete(self.key("ex", uuid, inc))
+        import redis
         try:
+            self.redis.delete(self.key("ex", uuid, inc))
             self.objects.delete_prefix(f"heads/{uuid}/{inc}/")
-        except StoreUnavailableError as exc:  # unreachable: left for an operator's sweep
-            log.warning("objects of removed head %s (%s) were not deleted: %s", uuid, inc, exc)
+        except (StoreUnavailableError, redis.RedisError) as exc:  # left for a sweep
+            log.warning("data of removed head %s (%s) was not all deleted: %s", uuid, inc, exc)
 
     def _forget_objects(self, names: list[str]) -> None:
         with contextlib.suppress(StoreUnavailableError):
@@ -348,23 +378,13 @@ class RedisStore:
     # --- locks and training leases --------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, uuid: str) -> Iterator[None]:
-        """Serialize writers of one head across machines (a lease: a dead holder's lock
-        frees itself after LOCK_TIMEOUT_S)."""
-        import redis
-        lock = self.redis.lock(self.key("lock", check_uuid(uuid)), timeout=LOCK_TIMEOUT_S,
-                               blocking_timeout=LOCK_WAIT_S, thread_local=True)
-        try:
-            acquired = lock.acquire()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise self.unavailable(exc) from None
-        if not acquired:
-            raise ConflictError(f"head '{uuid}' is busy (another call has held its lock for "
-                                f"{LOCK_WAIT_S} s); try again")
-        try:
+        """Serialize writers of one head across machines: a lease this process renews
+        while it holds it, so a long upload keeps it and a dead holder's frees itself
+        within LOCK_LEASE_S."""
+        with self._leased(self.key("lock", check_uuid(uuid)), LOCK_LEASE_S, LOCK_WAIT_S,
+                          f"head '{uuid}' is busy (another call has held its lock for "
+                          f"{LOCK_WAIT_S} s); try again"):
             yield
-        finally:
-            with contextlib.suppress(redis.RedisError):
-                lock.release()
 
     @contextlib.contextmanager
     def locks(self, *uuids: str) -> Iterator[None]:
@@ -377,47 +397,60 @@ class RedisStore:
     def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
         """Held while a head trains, on any machine: a lease renewed by this process. If
         it is lost (this process stalled, or Redis lost it) the run cannot publish."""
-        key, token = self.key("train", check_uuid(uuid)), uuidlib.uuid4().hex
+        with self._leased(self.key("train", check_uuid(uuid)), self.lease_s, wait_s,
+                          f"head '{uuid}' is already training; wait for that run to finish "
+                          "(train_status) and try again") as token:
+            setattr(self._leases, uuid, token)
+            try:
+                yield
+            finally:
+                delattr(self._leases, uuid)
+
+    @contextlib.contextmanager
+    def _leased(self, key: str, lease_s: float, wait_s: float, busy: str) -> Iterator[str]:
+        """Hold `key` (a token set with NX and an expiry), renewed every lease_s / 3 until
+        the block ends; ConflictError(`busy`) after waiting `wait_s` for it."""
+        token, lease_ms = uuidlib.uuid4().hex, int(lease_s * 1000)
         deadline = time.monotonic() + wait_s
-        lease_ms = int(self.lease_s * 1000)
         while not self._call(self.redis.set, key, token, nx=True, px=lease_ms):
+            if self._call(self.redis.get, key) == token.encode():
+                break  # our own SET, sent again by a client retry
             if time.monotonic() > deadline:
-                raise ConflictError(f"head '{uuid}' is already training; wait for that run "
-                                    "to finish (train_status) and try again")
-            time.sleep(0.05)
+                raise ConflictError(busy)
+            time.sleep(0.02)
         done = threading.Event()
         renewer = threading.Thread(target=self._keep_lease, args=(key, token, lease_ms, done),
                                    daemon=True)
         renewer.start()
-        setattr(self._leases, uuid, token)
         try:
-            yield
+            yield token
         finally:
-            delattr(self._leases, uuid)
             done.set()
             renewer.join()
             with contextlib.suppress(Exception):
-                self._release(keys=[key], args=[token])
+                if not self._release(keys=[key], args=[token]):
+                    log.warning("%s expired while held (the holder stalled for longer than "
+                                "its lease)", key)
 
     def _keep_lease(self, key: str, token: str, lease_ms: int, done: threading.Event) -> None:
         import redis
-        while not done.wait(self.lease_s / 3):
+        while not done.wait(lease_ms / 3000):
             try:
                 if not self._renew(keys=[key], args=[token, lease_ms]):
-                    log.warning("training lease %s was lost; the run will not publish", key)
+                    log.warning("lease %s was lost; a training run holding it will not "
+                                "publish", key)
                     return
             except redis.RedisError as exc:  # keep trying until the lease would expire
-                log.warning("could not renew training lease %s: %s", key, exc)
+                log.warning("could not renew lease %s: %s", key, exc)
 
     @_redis_errors
     def is_training(self, uuid: str) -> bool:
         return bool(self.redis.exists(self.key("train", check_uuid(uuid))))
 
     def _call(self, fn, *args, **kwargs):
-        import redis
         try:
             return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except _unavailable_errors() as exc:
             raise self.unavailable(exc) from None
 
     # --- followers --------------------------------------------------------------------------
@@ -450,7 +483,19 @@ class RedisStore:
         return digest
 
     def load_code(self, digest: str) -> str:
-        return self.objects.cached(f"code/{digest}.py").read_text(encoding="utf-8")
+        """The source stored under `digest`; a cached copy that does not match it (cut
+        short by a crash, or pruned meanwhile) is fetched again."""
+        name = f"code/{digest}.py"
+        for _ in range(2):
+            try:
+                data = self.objects.cached(name).read_bytes()
+            except FileNotFoundError:
+                data = b""
+            if hashlib.sha256(data).hexdigest()[:32] == digest:
+                return data.decode("utf-8")
+            self.objects.forget_cached(name)
+        raise WeightsError(f"user code {digest} does not match its digest in the object store; "
+                           "create the head list (or head) again with its source")
 
     # --- jobs -------------------------------------------------------------------------------
     @_redis_errors
@@ -497,11 +542,13 @@ class RedisStore:
 
     @_redis_errors
     def job_alive(self, job: dict, proc: Any = None) -> bool:
-        """A queued job waits for a worker however long that takes; a running one is alive
-        while its worker keeps beating."""
-        if job["state"] == "queued":
-            return True
-        return bool(self.redis.exists(self.key("beat", check_uuid(job["id"]))))
+        """A queued job waits for a worker however long that takes; once a worker took it
+        (or it is running) it is alive while that worker keeps beating."""
+        beating = bool(self.redis.exists(self.key("beat", check_uuid(job["id"]))))
+        if job["state"] == "queued":  # dead only if a worker took it and stopped beating
+            taken = self.redis.exists(self.key("claim", job["id"], str(job.get("attempt", 1))))
+            return beating or not taken
+        return beating
 
     def enqueue(self, job: dict) -> None:
         """Send the job to the training workers (`ph worker`) on its queue."""
@@ -517,14 +564,15 @@ class RedisStore:
     def claim_job(self, job_id: str, attempt: int) -> bool:
         """True for the one worker that takes this attempt of the job (a message sent
         twice, by two servers that both saw the last worker die, runs once)."""
-        return bool(self.redis.set(self.key("claim", check_uuid(job_id), str(attempt)), 1,
-                                   nx=True, ex=self.job_ttl_s))
+        key, token = self.key("claim", check_uuid(job_id), str(attempt)), uuidlib.uuid4().hex
+        return bool(self.redis.set(key, token, nx=True, ex=self.job_ttl_s)) \
+            or self.redis.get(key) == token.encode()  # our SET, sent again by a retry
 
     # --- change notifications ------------------------------------------------------------------
     def _listen(self) -> None:
         import redis
         while not self._closed.is_set():
-            pubsub = self.redis.pubsub()
+            pubsub = self._listener_redis.pubsub()
             try:
                 pubsub.subscribe(self.key("changes"))
                 while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
@@ -545,21 +593,25 @@ class RedisStore:
 
     def _follow(self, pubsub) -> None:
         """Drop the signature of every head whose uuid is published. Every ECHO_EVERY_S this
-        listener pings Redis on its subscribed connection: a connection that died without
-        closing (a silent network loss) shows as an echo that does not come back in time."""
+        listener publishes an echo of its own on the changes channel: an echo that does
+        not come back in time means notifications are not arriving (a connection that
+        died without closing, a subscription left on an old primary after a failover)."""
         import redis
+        echo = f"!echo:{uuidlib.uuid4().hex}"  # '!' is never part of a uuid
         sent = time.monotonic()
         answered = sent - 1  # waiting for the first echo
-        pubsub.ping(ECHO)
+        self._listener_redis.publish(self.key("changes"), echo)
         while not self._closed.is_set():
             message = pubsub.get_message(timeout=0.5)
             now = time.monotonic()
-            if message is not None and message["type"] == "pong":
-                answered = self._echoed = now
-            elif message is not None and message["type"] == "message":
-                with self._sig_lock:
-                    self._changes += 1
-                    self._sigs.pop(message["data"].decode(), None)
+            if message is not None and message["type"] == "message":
+                data = message["data"].decode()
+                if data == echo:
+                    answered = self._echoed = now
+                elif not data.startswith("!"):  # other servers' echoes change nothing
+                    with self._sig_lock:
+                        self._changes += 1
+                        self._sigs.pop(data, None)
             elif message is not None and message["type"] == "subscribe":
                 # redis-py lost the connection, reconnected and subscribed again on its
                 # own (its retry): whatever was published meanwhile was missed
@@ -568,7 +620,7 @@ class RedisStore:
                 raise redis.ConnectionError(f"no echo from Redis for {ECHO_TIMEOUT_S} s")
             if now - sent >= ECHO_EVERY_S and answered >= sent:
                 sent = now
-                pubsub.ping(ECHO)
+                self._listener_redis.publish(self.key("changes"), echo)
 
     def _dropped_all(self) -> None:
         with self._sig_lock:
@@ -576,7 +628,12 @@ class RedisStore:
             self._sigs.clear()
 
     def close(self) -> None:
+        """End the change listener and let go of the connections."""
         self._closed.set()
+        self._listener.join(timeout=3)
+        for client in (self.redis, self._listener_redis, self.objects):
+            with contextlib.suppress(Exception):
+                client.close()
 
 
 def _tensor_bytes(state: dict) -> bytes:
