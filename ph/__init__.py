@@ -20,7 +20,8 @@ from .api import (add_examples, check_head, create_head, create_head_list, delet
                   load_weights, predict, predict_many, setup, stop_training, train_head,
                   train_status)
 from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError,
-                     PHError, PermissionDeniedError, TooLargeError, TrainingError, WeightsError)
+                     PHError, PermissionDeniedError, StoreUnavailableError, TooLargeError,
+                     TrainingError, WeightsError)
 from .registry import HeadRegistry
 
 __version__ = "0.1.0"
@@ -28,7 +29,7 @@ __all__ = ["add_examples", "list_examples", "delete_examples", "TooLargeError", 
            "get_registry", "head_stats", "list_heads", "load_weights", "predict", "predict_many", "setup",
            "stop_training", "train_head", "train_status", "serv_actions", "HeadRegistry", "PHError",
            "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError", "NotFoundError",
-           "PermissionDeniedError", "TrainingError", "WeightsError"]
+           "PermissionDeniedError", "StoreUnavailableError", "TrainingError", "WeightsError"]
 
 
 def serv_actions():
