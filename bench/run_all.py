@@ -152,6 +152,11 @@ def serve_rows(serve: dict) -> list[tuple[str, str, str]]:
                      f"{b['rps']:,.0f} req/s, p99 {b['p99_ms']:.0f} ms", "no collapse"))
     if "training" in serve:
         rows.append(("HTTP: serving during a training job / without", f"{serve['training']['ratio']}x", ">= 0.5x"))
+    if "distributed" in serve:
+        d = serve["distributed"]
+        rows.append((f"HTTP, cached heads, {d['connections']} connections: ph serve --store "
+                     "(Redis + S3) / on the heads folder (alternating points)",
+                     f"{d['distributed_over_local']}x", ">= 1x"))
     if "jaseci_walker_remote" in serve:
         j = serve["jaseci_walker_remote"]
         rows.append(("Jaseci walker calling ph.predict via actions load remote: p50 / p99",

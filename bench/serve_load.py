@@ -51,9 +51,9 @@ def ph_serve(heads_dir: Path, *extra: str) -> list[str]:
             "warning", *extra]
 
 
-def make_heads(heads_dir: Path, n: int) -> None:
+def make_heads(heads_dir: Path, n: int, store: str | None = None) -> None:
     from ph.registry import HeadRegistry
-    registry = HeadRegistry(heads_dir)
+    registry = HeadRegistry(heads_dir, store=store)
     for i in range(n):
         registry.create_head(f"u{i}", {"Inference": {"device": "cpu"}})
 
@@ -103,6 +103,31 @@ def point(url: str, proc: subprocess.Popen | None, heads: int, connections: int,
 
 def sweep(url: str, proc, heads: int, connections: list[int], seconds: float, generator: str) -> list:
     return [point(url, proc, heads, c, seconds, generator=generator) for c in connections]
+
+
+def distributed_vs_local(heads_dir: Path, work: Path, heads: int, connections: int,
+                         seconds: float, generator: str, warmup: float, rounds: int = 3) -> dict:
+    """Cached heads over HTTP: `ph serve --store` on Redis + S3 (started here) against
+    `ph serve` on the heads folder. Both servers stay up and the measured points
+    alternate, so drift in the machine's load hits both alike."""
+    from servers import RedisServer, S3Server, distributed_url
+    with RedisServer(work / "redis") as redis_server, S3Server() as s3:
+        os.environ.update(s3.env)
+        s3.create_bucket("ph-bench")
+        url = distributed_url(redis_server.url, s3.endpoint, "ph-bench", "serve", "serve")
+        make_heads(work / "maker-cache", heads, store=url)
+        with server(ph_serve(heads_dir), work) as local, \
+                server(ph_serve(work / "cache", "--store", url), work) as dist:
+            for u, _ in (local, dist):
+                warm(u, heads, warmup, generator)
+            rps: dict = {"local": [], "distributed": []}
+            for _ in range(rounds):
+                for name, (u, proc) in (("local", local), ("distributed", dist)):
+                    rps[name].append(point(u, proc, heads, connections, seconds,
+                                           generator=generator)["rps"])
+    ratios = sorted(d / l for d, l in zip(rps["distributed"], rps["local"]))
+    return {"connections": connections, "rps": rps,
+            "distributed_over_local": round(ratios[len(ratios) // 2], 3)}
 
 
 def jaseci_walker(url: str, repeat: int) -> dict:
@@ -157,7 +182,8 @@ def main() -> None:
     p.add_argument("--connections", default="1,8,32,128")
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--generator", default="auto", choices=("auto", "wrk", "python"))
-    p.add_argument("--parts", default="sweep,workers,anchor,vector,budget,training,jaseci")
+    p.add_argument("--parts",
+                   default="sweep,workers,anchor,vector,budget,training,jaseci,distributed")
     p.add_argument("--budget-heads", type=int, default=1000)
     p.add_argument("--budget", default="2GB")
     p.add_argument("--jaseci-repeat", type=int, default=300)
@@ -199,6 +225,9 @@ def main() -> None:
             stats = requests.post(f"{url}/head_stats/", json={}).json()
             out["budget"] = {"heads": args.budget_heads, "budget": args.budget, **budget,
                              "head_stats": stats}
+    if "distributed" in parts:
+        out["distributed"] = distributed_vs_local(heads_dir, work, args.heads, at, args.seconds,
+                                                  args.generator, args.warmup)
     out["summary"] = summarize(out, at)
     emit("serve_load", args, __import__("torch").device("cpu"), out)
 
