@@ -132,12 +132,16 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     store.beat(job_id)  # alive before it says running
     threading.Thread(target=_watch, args=(store, job_id, stop), daemon=True).start()
     job.update(state="running", pid=os.getpid(), started=time.time())
-    store.write_job(job)
+    if not store.write_job(job, expect_attempt=attempt):
+        return 1  # stopped, or failed by a probe, since the check above
     asked_to_stop = store.stop_requested(job_id)
 
     def on_epoch(record: dict) -> None:
         job.update(epoch=record["epoch"], metrics=record)
-        store.write_job(job)
+        if not store.write_job(job, expect_attempt=attempt):
+            log.warning("job %s attempt %d was ended elsewhere (its worker was taken for "
+                        "dead); stopping", job_id, attempt)
+            stop.set()
 
     try:
         if asked_to_stop:
@@ -154,7 +158,9 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
         job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     job["ended"] = time.time()
     stop.set()  # ends the watcher
-    store.write_job(job)
+    if not store.write_job(job, expect_attempt=attempt):
+        log.warning("job %s attempt %d ended %s, but it was ended elsewhere first",
+                    job_id, attempt, job["state"])
     store.clear_stop(job_id)
     return 0 if job["state"] == "succeeded" else 1
 

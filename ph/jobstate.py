@@ -26,22 +26,23 @@ def job_status(store, job_id: str) -> dict:
         children.pop(job_id, None)
         job = store.read_job(job_id)
     if job["state"] in ACTIVE and not store.job_alive(job, proc):
-        job = store.read_job(job_id)  # it may have finished just now
-        if job["state"] in ACTIVE and job.get("attempt", 1) <= job.get("retries", 0):
-            job.update(state="queued", attempt=job.get("attempt", 1) + 1, pid=None,
-                       error=f"attempt {job.get('attempt', 1)} lost its worker; sent again")
-            store.write_job(job)
-            try:
-                store.enqueue(job)
-            except PHError as exc:
-                job.update(state="failed", ended=time.time(),
-                           error=f"its worker died and sending it again failed: {exc}")
-                store.write_job(job)
-        elif job["state"] in ACTIVE:
+        attempt = job.get("attempt", 1)  # written only if still active at it: else the
+        if attempt <= job.get("retries", 0):  # job ended, or another probe acted, first
+            job.update(state="queued", attempt=attempt + 1, pid=None,
+                       error=f"attempt {attempt} lost its worker; sent again")
+            if store.write_job(job, expect_attempt=attempt):
+                try:
+                    store.enqueue(job)
+                except PHError as exc:
+                    job.update(state="failed", ended=time.time(),
+                               error=f"its worker died and sending it again failed: {exc}")
+                    store.write_job(job)
+        else:
             job.update(state="failed", ended=time.time(),
                        error="the training process ended without finishing (killed or crashed); "
                              "the head keeps its previous weights")
-            store.write_job(job)
+            store.write_job(job, expect_attempt=attempt)
+        job = store.read_job(job_id)
     return {k: job.get(k) for k in FIELDS}
 
 

@@ -566,6 +566,20 @@ def test_job_write_and_read(any_backend):
     assert any_backend.read_job("job-1")["state"] == "succeeded"
 
 
+def test_a_job_write_that_expects_an_attempt_loses_to_whoever_ended_it_first(any_backend):
+    job = {"id": "job-2", "uuid": "alice", "state": "running", "attempt": 1}
+    any_backend.write_job(job)
+    assert any_backend.write_job({**job, "epoch": 3}, expect_attempt=1)  # still its attempt
+    assert any_backend.read_job("job-2")["epoch"] == 3
+    any_backend.write_job({**job, "state": "queued", "attempt": 2})  # sent again meanwhile
+    assert not any_backend.write_job({**job, "state": "succeeded"}, expect_attempt=1)
+    assert any_backend.read_job("job-2")["attempt"] == 2
+    any_backend.write_job({**job, "state": "failed", "attempt": 2})
+    assert not any_backend.write_job({**job, "state": "queued", "attempt": 3}, expect_attempt=2)
+    assert any_backend.read_job("job-2")["state"] == "failed"
+    assert not any_backend.write_job({"id": "none", "state": "failed"}, expect_attempt=1)
+
+
 def test_latest_job_of_a_head(any_backend):
     assert any_backend.latest_job("alice") is None
     any_backend.set_latest_job("alice", "job-1")

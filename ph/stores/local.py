@@ -299,11 +299,23 @@ class LocalStore:
     def job_path(self, job_id: str) -> Path:
         return self.root / "_jobs" / f"{check_uuid(job_id)}.json"
 
-    def write_job(self, job: dict) -> None:
-        """Write a job's record; writing a finished one prunes old finished records."""
-        atomic_write_json(self.job_path(job["id"]), job)
+    def write_job(self, job: dict, expect_attempt: int | None = None) -> bool:
+        """Write a job's record; writing a finished one prunes old finished records.
+
+        With `expect_attempt`, only while the stored job is still queued or running at
+        that attempt (whoever decided otherwise first wins); returns whether it wrote."""
+        with file_lock(self.root / "_locks" / f"job-{check_uuid(job['id'])}.lock"):
+            if expect_attempt is not None:
+                try:
+                    current = self.read_job(job["id"])
+                except NotFoundError:
+                    return False
+                if current["state"] not in ACTIVE or current.get("attempt", 1) != expect_attempt:
+                    return False
+            atomic_write_json(self.job_path(job["id"]), job)
         if job.get("state") not in ACTIVE:
             self._prune_jobs()
+        return True
 
     def _prune_jobs(self) -> None:
         """Remove the records of finished jobs beyond the newest `job_retention.kept`

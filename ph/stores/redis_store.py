@@ -80,6 +80,22 @@ if written ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 return 1
 """
+# A job record is written unless the writer expects an attempt and the stored job has
+# ended or moved on to another attempt (or it is this very write, sent again).
+_JOB_WRITE = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '' then
+  if not cur then return 0 end
+  local job = cjson.decode(cur)
+  if job['w'] ~= ARGV[4] then
+    if (job['state'] ~= 'queued' and job['state'] ~= 'running')
+        or tostring(job['attempt'] or 1) ~= ARGV[3] then return 0 end
+  end
+end
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -140,6 +156,7 @@ class RedisStore:
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
         self.switch_examples = self.redis.register_script(_EXAMPLES_SWITCH)
+        self._write_job = self.redis.register_script(_JOB_WRITE)
         self._configs: dict[str, str] = {}  # content id -> config JSON (immutable)
         self._sigs: dict[str, tuple] = {}  # uuid -> signature, valid while subscribed
         self._changes = 0  # bumped on every notification: a read that raced one is not kept
@@ -499,11 +516,15 @@ class RedisStore:
 
     # --- jobs -------------------------------------------------------------------------------
     @_redis_errors
-    def write_job(self, job: dict) -> None:
-        """Finished job records expire after PH_JOB_RECORDS_MAX_AGE_S (default 7 days)."""
+    def write_job(self, job: dict, expect_attempt: int | None = None) -> bool:
+        """Write a job's record (see LocalStore.write_job). Finished job records expire
+        after PH_JOB_RECORDS_MAX_AGE_S (default 7 days)."""
+        job = {**job, "w": uuidlib.uuid4().hex[:12]}
         finished = job.get("state") not in ACTIVE
-        self.redis.set(self.key("job", check_uuid(job["id"])), json.dumps(job),
-                       ex=self.job_ttl_s if finished else None)
+        return bool(self._write_job(
+            keys=[self.key("job", check_uuid(job["id"]))],
+            args=[json.dumps(job), str(self.job_ttl_s) if finished else "",
+                  "" if expect_attempt is None else str(expect_attempt), job["w"]]))
 
     @_redis_errors
     def read_job(self, job_id: str) -> dict:
@@ -512,7 +533,9 @@ class RedisStore:
             raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
                                 f"returns the job id (finished jobs are kept for {self.job_ttl_s / 3600:g} "
                                 "hours, PH_JOB_RECORDS_MAX_AGE_S)")
-        return json.loads(raw)
+        job = json.loads(raw)
+        job.pop("w", None)  # the write id is the store's own
+        return job
 
     @_redis_errors
     def latest_job(self, uuid: str) -> str | None:
