@@ -110,7 +110,17 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     """Body of the job process or worker task: train, record progress per epoch, record
     the outcome. Returns 0 when the job succeeded."""
     store = open_store(store_url, heads_dir)
-    store.beat(job_id)  # alive from the claim on
+    stop = threading.Event()
+    store.beat(job_id)  # alive from the claim on: beating until the job is recorded ended
+    threading.Thread(target=_watch, args=(store, job_id, stop), daemon=True).start()
+    try:
+        return _run_claimed(store, heads_dir, job_id, attempt, stop, stop_on_sigterm)
+    finally:
+        stop.set()
+
+
+def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threading.Event,
+                 stop_on_sigterm: bool) -> int:
     if not store.claim_job(job_id, attempt):
         log.info("job %s attempt %d was taken by another worker or stopped", job_id, attempt)
         return 1
@@ -126,11 +136,8 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     policy = PathPolicy(None if spec["roots"] is None else tuple(Path(r) for r in spec["roots"]),
                         spec["allow_code"], Path(spec["base_dir"]))
     registry = HeadRegistry(heads_dir, policy, store=store)
-    stop = threading.Event()
     if stop_on_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    store.beat(job_id)  # alive before it says running
-    threading.Thread(target=_watch, args=(store, job_id, stop), daemon=True).start()
     job.update(state="running", pid=os.getpid(), started=time.time())
     if not store.write_job(job, expect_attempt=attempt):
         return 1  # stopped, or failed by a probe, since the check above
@@ -157,7 +164,6 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     except Exception as exc:  # noqa: BLE001  (report anything; the head is untouched)
         job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
     job["ended"] = time.time()
-    stop.set()  # ends the watcher
     if not store.write_job(job, expect_attempt=attempt):
         log.warning("job %s attempt %d ended %s, but it was ended elsewhere first",
                     job_id, attempt, job["state"])

@@ -29,7 +29,7 @@ from servers import RedisServer, TcpProxy, distributed_url, ph_server, ph_worker
 from test_multiworker import call
 from test_server import post
 
-LEASE_S = 3  # PH_TRAIN_LEASE_S of every process: a dead worker's job fails after this
+LEASE_S = 5  # PH_TRAIN_LEASE_S of every process: a dead worker's job fails after this
 TESTS = Path(__file__).resolve().parent
 
 
