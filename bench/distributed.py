@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
-import os
 import random
 import statistics
 import tempfile
@@ -162,16 +161,13 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     import redis
-    from servers import RedisServer, S3Server, distributed_url
+    from servers import distributed_store
 
     parts = args.parts.split(",")
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, RedisServer(Path(tmp) / "redis") as rs, \
-            S3Server() as s3:
+    with tempfile.TemporaryDirectory() as tmp, \
+            distributed_store(tmp, "ph-bench", "bench") as (url, rs):
         folder = Path(tmp)
-        os.environ.update(s3.env)
-        s3.create_bucket("ph-bench")
-        url = distributed_url(rs.url, s3.endpoint, "ph-bench", "bench", "bench")
         client = redis.Redis.from_url(rs.url)
         if "records" in parts:
             results["records"] = bench_records(folder, url, client, args.records, args.sample,

@@ -26,10 +26,8 @@ from typing import Iterator
 import requests
 
 import loadgen
-from common import ROOT, emit, latency_ms, parser, pct
-
-sys.path.insert(0, str(ROOT / "tests"))
-from servers import free_port, stop, wait_for  # noqa: E402
+from common import emit, latency_ms, parser  # (common puts tests/ on the path)
+from servers import distributed_store, free_port, stop, wait_for
 
 
 @contextlib.contextmanager
@@ -110,11 +108,7 @@ def distributed_vs_local(heads_dir: Path, work: Path, heads: int, connections: i
     """Cached heads over HTTP: `ph serve --store` on Redis + S3 (started here) against
     `ph serve` on the heads folder. Both servers stay up and the measured points
     alternate, so drift in the machine's load hits both alike."""
-    from servers import RedisServer, S3Server, distributed_url
-    with RedisServer(work / "redis") as redis_server, S3Server() as s3:
-        os.environ.update(s3.env)
-        s3.create_bucket("ph-bench")
-        url = distributed_url(redis_server.url, s3.endpoint, "ph-bench", "serve", "serve")
+    with distributed_store(work, "ph-bench", "serve") as (url, _):
         make_heads(work / "maker-cache", heads, store=url)
         with server(ph_serve(heads_dir), work) as local, \
                 server(ph_serve(work / "cache", "--store", url), work) as dist:

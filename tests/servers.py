@@ -110,6 +110,16 @@ def _spawn(cmd: list[str], log: Path, env: dict | None = None, **kwargs) -> subp
                                 start_new_session=True, **kwargs)
 
 
+@contextlib.contextmanager
+def distributed_store(folder: str | os.PathLike, bucket: str, name: str) -> Iterator[tuple]:
+    """A distributed store on a new Redis (data in `folder`) and S3 server, for benchmarks:
+    yields (store URL, the RedisServer). Sets the S3 credentials in os.environ."""
+    with RedisServer(Path(folder) / "redis") as redis_server, S3Server() as s3:
+        os.environ.update(s3.env)
+        s3.create_bucket(bucket)
+        yield distributed_url(redis_server.url, s3.endpoint, bucket, name, name), redis_server
+
+
 def distributed_url(redis_url: str, endpoint: str, bucket: str, prefix: str, namespace: str) -> str:
     """A distributed store URL (see ph.stores), e.g. with a proxy's port in place of a server's."""
     return f"{redis_url}?objects=s3://{bucket}/{prefix}&endpoint={endpoint}&namespace={namespace}"

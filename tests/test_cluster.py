@@ -27,6 +27,7 @@ from conftest import ROOT, TEST_BUCKET, small_config
 from intent_data import as_label_lists
 from servers import RedisServer, TcpProxy, distributed_url, ph_server, ph_worker
 from test_multiworker import call
+from test_redis_store import eventually
 from test_server import post
 
 LEASE_S = 5  # PH_TRAIN_LEASE_S of every process: a dead worker's job fails after this
@@ -360,7 +361,7 @@ def test_a_redis_restart_gives_clear_503s_meanwhile_then_everything_is_back(
     finally:
         cluster.redis.start()
 
-    wait_until(lambda: post(a, "list_heads").status_code == 200
+    eventually(lambda: post(a, "list_heads").status_code == 200
                and post(b, "list_heads").status_code == 200)
     for url in (a, b):
         assert {"durable", trained} <= set(call(url, "list_heads"))
@@ -404,7 +405,7 @@ def test_a_server_whose_redis_connection_died_unnoticed_misses_no_change(cluster
         cluster.b_redis_proxy.thaw(cut=True)  # the notification to b is lost with them
     after = call(a, "predict", uuid="blip", data=texts)
     assert after != before
-    wait_until(lambda: call(b, "predict", uuid="blip", data=texts) == after, timeout=10)
+    eventually(lambda: call(b, "predict", uuid="blip", data=texts) == after, timeout=10)
     check = call(b, "check_head", uuid="blip")
     assert (check["revision"], check["loaded"]) == (2, True)
     call(b, "delete_head", uuid="blip")
@@ -466,9 +467,3 @@ def _save_untrained_weights(path: Path, seed: int) -> None:
     model = make_model(validate_config(small_config()), UserCode(), seed=seed)
     torch.save(model.state_dict(), path)
 
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert time.time() < deadline, f"not so after {timeout}s"
-        time.sleep(0.2)

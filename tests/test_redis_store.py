@@ -23,6 +23,7 @@ from ph.registry import HeadRegistry
 from ph.stores import open_store
 from ph.stores.base import JobRetention
 from servers import RedisServer, TcpProxy, distributed_url
+from test_store import record, weights
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 NOTIFY_S = 1.0  # how long a change notification may take to reach another server
@@ -48,15 +49,6 @@ def raises_now(fn, error=Exception):
             return True
         return False
     return check
-
-
-def weights(value: float) -> dict:
-    return {"fc.weight": torch.full((2, 3), value), "fc.bias": torch.zeros(2)}
-
-
-def record(uuid: str) -> dict:
-    return {"uuid": uuid, "config": {"Model": {"type": "PersonalizedHead"}}, "labels": None,
-            "revision": 0}
 
 
 def client_of(store) -> redis.Redis:
