@@ -7,6 +7,7 @@ import os
 import sys
 
 from .server import ServerSettings, is_loopback
+from .stores import store_url
 
 STORE_HELP = ("where heads live: a distributed store, redis://[:PASSWORD@]HOST:PORT/DB?"
               "objects=s3://BUCKET/PREFIX[&endpoint=URL] (default $PH_STORE; none: the "
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
                        help="folder of the heads (shared by every worker); with --store, "
                             "only this machine's cache")
-    serve.add_argument("--store", default=os.environ.get("PH_STORE") or None, help=STORE_HELP)
+    serve.add_argument("--store", default=store_url(), help=STORE_HELP)
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--token", default=os.environ.get("PH_TOKEN"),
                        help="clients must send it (Bearer, or http://user:TOKEN@host:port); "
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info")
     worker = commands.add_parser("worker", help="run a training worker for a distributed store",
                                  formatter_class=formatter)
-    worker.add_argument("--store", default=os.environ.get("PH_STORE") or None, help=STORE_HELP)
+    worker.add_argument("--store", default=store_url(), help=STORE_HELP)
     worker.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
                         help="this machine's cache of weights and code")
     worker.add_argument("--queues", default=os.environ.get("PH_TRAIN_QUEUES", "ph-train"),

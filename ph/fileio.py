@@ -22,9 +22,10 @@ os.umask(_UMASK)  # read once, at import (os.umask can only be read by setting i
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path) -> Iterator[BinaryIO]:
+def atomic_open(path: Path, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary file that replaces `path` only when the block ends without error, so
-    readers see the old file or the new one, whole."""
+    readers see the old file or the new one, whole. `durable=False` skips the fsyncs (a
+    cache a crash may cut short: its reader checks and fetches again)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -33,17 +34,19 @@ def atomic_open(path: Path) -> Iterator[BinaryIO]:
             os.fchmod(fh.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; honour the umask
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path) as fh:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, durable) as fh:
         fh.write(data)
 
 

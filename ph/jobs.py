@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 from . import jobstate
-from .errors import ConfigError, PHError, TrainingError
+from .errors import PHError, TrainingError
 from .jobstate import ACTIVE
 from .paths import PathPolicy
 from .registry import HeadRegistry
 from .stores import check_uuid, new_uuid, open_store
+from .stores.base import env_int
 from .stores.job_queue import queue_for
 from .training import TrainingStopped
 
@@ -45,7 +46,9 @@ def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool 
            "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
            "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
-           "summary": None, "pid": None, "attempt": 1, "retries": job_retries(),
+           "summary": None, "pid": None, "attempt": 1,
+           # only a queue can send a job again; a local job's process is started once
+           "retries": job_retries() if registry.store.distributed else 0,
            "queue": queue_for(full),
            "policy": {"roots": (None if policy.allowed_roots is None
                                 else [str(r) for r in policy.allowed_roots]),
@@ -99,10 +102,7 @@ def stop_job(registry: HeadRegistry, job_id: str) -> dict:
 
 def job_retries() -> int:
     """How often a job whose worker died is sent again ($PH_JOB_RETRIES, default 0)."""
-    raw = os.environ.get("PH_JOB_RETRIES") or "0"
-    if not raw.isdigit():
-        raise ConfigError(f"PH_JOB_RETRIES: must be a whole number >= 0, got {raw!r}")
-    return int(raw)
+    return env_int("PH_JOB_RETRIES", 0, 0)
 
 
 def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: int = 1,

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import api
 from .errors import BadInputError, PHError, TooLargeError
 from .paths import PathPolicy
+from .stores import store_url
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
@@ -58,7 +59,7 @@ class ServerSettings:
     def from_env(cls) -> "ServerSettings":
         paths = os.environ.get("PH_ALLOW_PATHS", "")
         return cls(heads_dir=os.environ.get("PH_HEADS_DIR", "heads"),
-                   store=os.environ.get("PH_STORE") or None,
+                   store=store_url(),
                    token=os.environ.get("PH_TOKEN") or None,
                    allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
                    allow_paths=[p for p in paths.split(os.pathsep) if p],

@@ -2,11 +2,13 @@
 never be able to name anything outside its head) and how long job records are kept."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import BadInputError, ConfigError
 
@@ -28,6 +30,24 @@ def new_uuid() -> str:
     return str(uuidlib.uuid4())
 
 
+def content_id(data: bytes) -> str:
+    """The name stored content goes by (user code, configs): the same bytes, one name."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+class SortedLocks:
+    """`locks()` for a store with `lock(uuid)`."""
+
+    @contextlib.contextmanager
+    def locks(self, *uuids: str) -> Iterator[None]:
+        """Several heads' locks, always taken in sorted order (so two callers never wait
+        on each other)."""
+        with contextlib.ExitStack() as stack:
+            for uuid in sorted(set(uuids)):
+                stack.enter_context(self.lock(uuid))
+            yield
+
+
 @dataclass(frozen=True)
 class JobRetention:
     """How many records of finished jobs (succeeded, failed, stopped) a store keeps, and
@@ -43,17 +63,26 @@ class JobRetention:
         Raises:
             ConfigError: a value is not a whole number >= 1, naming the variable.
         """
-        values = {}
-        for name, env, meaning in (
-                ("kept", "PH_JOB_RECORDS_KEPT", "how many finished job records to keep"),
-                ("max_age_s", "PH_JOB_RECORDS_MAX_AGE_S", "seconds a finished job's record is kept")):
-            raw = os.environ.get(env) or None
-            if raw is None:
-                continue
-            try:
-                values[name] = int(raw)
-            except ValueError:
-                values[name] = 0
-            if values[name] < 1:
-                raise ConfigError(f"{env}: must be a whole number >= 1 ({meaning}), got {raw!r}")
-        return cls(**values)
+        return cls(env_int("PH_JOB_RECORDS_KEPT", cls.kept, 1,
+                           "how many finished job records to keep"),
+                   env_int("PH_JOB_RECORDS_MAX_AGE_S", cls.max_age_s, 1,
+                           "seconds a finished job's record is kept"))
+
+
+def env_int(env: str, default: int, minimum: int, meaning: str = "") -> int:
+    """A whole-number setting from the environment (`default` where unset).
+
+    Raises:
+        ConfigError: not a whole number >= minimum, naming the variable.
+    """
+    raw = os.environ.get(env) or None
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ConfigError(f"{env}: must be a whole number >= {minimum}"
+                          f"{f' ({meaning})' if meaning else ''}, got {raw!r}")
+    return value

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -32,13 +31,13 @@ from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsErr
 from ..fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
                       file_lock, fsync_dir)
 from ..jobstate import ACTIVE
-from .base import RUNS_KEPT, JobRetention, check_uuid
+from .base import RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
 JOB_STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 
-class LocalStore:
+class LocalStore(SortedLocks):
     """Files of every head under one root folder (the default store: no servers needed)."""
 
     distributed = False
@@ -237,15 +236,6 @@ class LocalStore:
         with file_lock(self.root / "_locks" / f"{check_uuid(uuid)}.lock"):
             yield
 
-    @contextlib.contextmanager
-    def locks(self, *uuids: str) -> Iterator[None]:
-        """Several heads' locks, always taken in sorted order (so two callers never wait
-        on each other)."""
-        with contextlib.ExitStack() as stack:
-            for uuid in sorted(set(uuids)):
-                stack.enter_context(self.lock(uuid))
-            yield
-
     # --- followers: untrained children of a head ---------------------------------------
     # One empty file per follower, so adding or removing one never rewrites a shared file
     # and nothing on the predict path reads them: only create, delete and check_head do.
@@ -286,7 +276,7 @@ class LocalStore:
 
     def save_code(self, source: str) -> str:
         """Store a user source by content; returns its digest."""
-        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+        digest = content_id(source.encode("utf-8"))
         path = self.root / "_code" / f"{digest}.py"
         if not path.exists():
             atomic_write_bytes(path, source.encode("utf-8"))

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import threading
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError, StoreUnavailableError
+from ..errors import StoreUnavailableError
+from ..fileio import atomic_write_bytes
+from .base import env_int
 
 # Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,
 # not after botocore's default minutes of retries.
@@ -27,10 +28,7 @@ PRUNE_EVERY = 64  # downloads between two looks at the cache's size
 
 def cache_limit() -> int:
     """Bytes of objects each machine caches ($PH_CACHE_MAX_BYTES, default 10 GiB)."""
-    raw = os.environ.get("PH_CACHE_MAX_BYTES") or str(10 * 2**30)
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"PH_CACHE_MAX_BYTES: must be a whole number of bytes >= 1, got {raw!r}")
-    return int(raw)
+    return env_int("PH_CACHE_MAX_BYTES", 10 * 2**30, 1, "bytes")
 
 
 class ObjectStore:
@@ -76,7 +74,7 @@ class ObjectStore:
         try:
             os.utime(path)  # recently used: pruned last
         except FileNotFoundError:
-            _write_unsynced(path, self.get(name))
+            atomic_write_bytes(path, self.get(name), durable=False)
             self._downloads += 1
             if self._downloads % PRUNE_EVERY == 0:
                 self.prune()
@@ -151,11 +149,3 @@ class ObjectStore:
                 f"({type(exc).__name__}); nothing was changed: try again when it is back") from None
 
 
-
-def _write_unsynced(path: Path, data: bytes) -> None:
-    """Write through a temp file and a rename (readers never see part of it), without
-    the fsync that durable files get: this is only a cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import io
 import json
 import logging
@@ -42,7 +41,7 @@ import torch
 from ..jobstate import ACTIVE
 from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
                       WeightsError)
-from .base import RUNS_KEPT, JobRetention, check_uuid
+from .base import RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id
 from .object_examples import ObjectExampleLog
 from .objects import ObjectStore
 
@@ -110,10 +109,7 @@ def _redis_errors(method):
     """Redis being unreachable becomes a StoreUnavailableError (503) naming it."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except _unavailable_errors() as exc:
-            raise self.unavailable(exc) from None
+        return self._call(method, self, *args, **kwargs)
     return wrapper
 
 
@@ -125,7 +121,7 @@ def _unavailable_errors() -> tuple:
             redis.OutOfMemoryError)
 
 
-class RedisStore:
+class RedisStore(SortedLocks):
     """Head records in Redis, their objects in S3; same methods as LocalStore."""
 
     distributed = True
@@ -192,13 +188,13 @@ class RedisStore:
             sig = self._sigs.get(uuid)
             if sig is not None:
                 return sig
-        return self._signature_of(self._read_raw(uuid), uuid)
+        return self._signature_of(self._read_raw(uuid))
 
     def _trusted(self) -> bool:
         """Signatures in memory are current: subscribed, and Redis echoed recently."""
         return self._subscribed.is_set() and time.monotonic() - self._echoed < ECHO_STALE_S
 
-    def _signature_of(self, record: dict, uuid: str) -> tuple:
+    def _signature_of(self, record: dict) -> tuple:
         """Incarnation, version and write id: the write id differs even where a failover
         lost a write and the version number is given out again."""
         return (record["inc"], record["v"], record.get("w"))
@@ -214,7 +210,7 @@ class RedisStore:
         record = json.loads(raw)
         with self._sig_lock:  # not if a notification arrived since the read began
             if changes == self._changes and self._trusted():
-                self._sigs[uuid] = self._signature_of(record, uuid)
+                self._sigs[uuid] = self._signature_of(record)
         return record
 
     def read(self, uuid: str) -> dict:
@@ -236,7 +232,7 @@ class RedisStore:
     @_redis_errors
     def _store_config(self, config: dict) -> str:
         text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-        config_id = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+        config_id = content_id(text.encode("utf-8"))
         if config_id not in self._configs:
             self.redis.set(self.key("cfg", config_id), text)
             self._configs[config_id] = text
@@ -404,13 +400,6 @@ class RedisStore:
             yield
 
     @contextlib.contextmanager
-    def locks(self, *uuids: str) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for uuid in sorted(set(uuids)):
-                stack.enter_context(self.lock(uuid))
-            yield
-
-    @contextlib.contextmanager
     def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
         """Held while a head trains, on any machine: a lease renewed by this process. If
         it is lost (this process stalled, or Redis lost it) the run cannot publish."""
@@ -495,7 +484,7 @@ class RedisStore:
         return json.loads(raw) if raw is not None else None
 
     def save_code(self, source: str) -> str:
-        digest = hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+        digest = content_id(source.encode("utf-8"))
         self.objects.put(f"code/{digest}.py", source.encode("utf-8"))
         return digest
 
@@ -508,7 +497,7 @@ class RedisStore:
                 data = self.objects.cached(name).read_bytes()
             except FileNotFoundError:
                 data = b""
-            if hashlib.sha256(data).hexdigest()[:32] == digest:
+            if content_id(data) == digest:
                 return data.decode("utf-8")
             self.objects.forget_cached(name)
         raise WeightsError(f"user code {digest} does not match its digest in the object store; "
