@@ -15,7 +15,7 @@ import torch
 from .errors import BadInputError, ConfigError, PHError
 from .example_log import ExampleLimits
 from .paths import PathPolicy
-from .registry import HeadRegistry, default_heads_dir
+from .registry import LIST_PAGE, HeadRegistry, default_heads_dir
 from .stores import store_url
 
 _registry: HeadRegistry | None = None
@@ -159,8 +159,8 @@ def delete_examples(uuid: str, ids: list | None = None) -> dict:
     return get_registry().delete_examples(uuid, ids)
 
 
-def list_heads(offset: int = 0, limit: int = 1000) -> list:
-    """Uuids of the heads in sorted order: `limit` (at most 10000) from position `offset`."""
+def list_heads(offset: int = 0, limit: int = LIST_PAGE) -> list:
+    """Uuids of the heads in sorted order: `limit` (at most LIST_PAGE_MAX) from `offset`."""
     return get_registry().list_heads(offset, limit)
 
 

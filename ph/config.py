@@ -308,3 +308,12 @@ def is_int(value: Any) -> bool:
 
 def _is_count(value: Any) -> bool:
     return is_int(value) and value >= 0
+
+
+def dig(mapping: Any, path: tuple) -> Any:
+    """The value at `path` (a tuple of keys) in nested mappings; None where one is missing."""
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping

@@ -50,16 +50,6 @@ class HashingEncoder:
         self.ngram_sizes = range(char_ngrams[0], char_ngrams[1] + 1)
         self.bigrams = bigrams
 
-    def word_features(self, word: str) -> list[str]:
-        return _word_features(word, self.ngram_sizes)
-
-    def features(self, text: str) -> list[str]:
-        words = _WORD.findall(text.lower())
-        feats = [f for word in words for f in self.word_features(word)]
-        if self.bigrams:
-            feats += [f"b:{a} {b}" for a, b in zip(words, words[1:])]
-        return feats
-
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         out = torch.zeros(len(texts), self.dim)
         for row, text in enumerate(texts):

@@ -28,7 +28,7 @@ from .cache import HeadCache, LoadedHead
 from .children import (FollowMap, check_parent, follows_parent, merge_trainer_only, read_parent,
                        refuse_if_followed)
 from .components import UserCode
-from .config import config_diff, deep_merge, load_config
+from .config import config_diff, deep_merge, dig, load_config
 from .data import DataContext
 from .encoders import model_path
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
@@ -255,13 +255,13 @@ class HeadRegistry:
         self._check_stored_model_folder(record)  # before validation loads it
         full = self._merged_training_config(record, overrides) if config is not None \
             else record["config"]
-        named = "train_json" in (_dig(overrides, ("Trainer", "dataloader", "args")) or {})
+        named = "train_json" in (dig(overrides, ("Trainer", "dataloader", "args")) or {})
         full = choose_data(full, named, incremental,
                            lambda: self.store.examples(record["uuid"]).summary().count)
         if record.get("path_limits"):  # paths this call does not name come from the record
             for key in STORED_PATHS:
-                if _dig(full, key) and _dig(overrides, key) is None:
-                    self._resolve_stored(_dig(full, key), ".".join(key), record["path_limits"])
+                if dig(full, key) and dig(overrides, key) is None:
+                    self._resolve_stored(dig(full, key), ".".join(key), record["path_limits"])
         return full
 
     def _merged_training_config(self, record: dict, overrides: dict) -> dict:
@@ -362,7 +362,7 @@ class HeadRegistry:
                 "created": record.get("created"),
                 "training": job is not None or self.store.is_training(uuid), "training_job": job,
                 "parent": record.get("parent"), "follows_parent": parent,
-                "followers": len(self.store.followers(uuid))}
+                "followers": self.store.follower_count(uuid)}
         if parent:
             info["parent_revision"] = source["revision"]
         return info
@@ -606,7 +606,7 @@ class HeadRegistry:
         """User sources the config refers to, read once (policy checked) and stored by content."""
         refs = {}
         for path in CODE_SPECS:
-            spec = _dig(config, path)
+            spec = dig(config, path)
             if _uses_code(spec):
                 refs.setdefault((spec.get("args") or {}).get("python_file") or "", ".".join(path))
         if not refs:
@@ -628,7 +628,7 @@ class HeadRegistry:
                             policy: PathPolicy | None = None) -> None:
         """An encoder model folder is a path like any other: the policy decides, before
         validation loads it."""
-        folder = model_path(_dig(config, ("Inference", "preprocess", "args")))
+        folder = model_path(dig(config, ("Inference", "preprocess", "args")))
         if folder is not None:
             self._resolve_stored(folder, MODEL_FOLDER, limits, policy)
 
@@ -661,14 +661,6 @@ def _check_page(offset: Any, limit: Any, most: int, what: str) -> None:
 def _uses_code(spec: Any) -> bool:
     return isinstance(spec, Mapping) and (str(spec.get("type", "")).startswith("Custom")
                                           or "python_file" in (spec.get("args") or {}))
-
-
-def _dig(mapping: Mapping, path: tuple) -> Any:
-    for key in path:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
 
 
 def default_heads_dir() -> Path:

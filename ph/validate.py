@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from .components import LOSSES, METRICS, MODELS, UserCode, UserComponent, problems_of
-from .config import check_shape, parse_monitor, with_defaults
+from .config import check_shape, dig, parse_monitor, with_defaults
 from .data import DataContext
 from .encoders import encoder_dim
 from .engine import build_model, build_processors
@@ -57,9 +57,9 @@ def _follow_encoder(given: Mapping, full: dict) -> dict:
     """`full` with Model.args.embedding_length set to the size of the vectors the
     pre-processor's encoder makes (384 for all-MiniLM-L6-v2), when the user left it out:
     the default (768) only fits the hashing encoder, which takes any size."""
-    model_args = _dig(given, "Model", "args")
-    pre_args = _dig(full, "Inference", "preprocess", "args")
-    full_args = _dig(full, "Model", "args")
+    model_args = dig(given, ("Model", "args"))
+    pre_args = dig(full, ("Inference", "preprocess", "args"))
+    full_args = dig(full, ("Model", "args"))
     if (isinstance(model_args, Mapping) and "embedding_length" in model_args) \
             or not isinstance(pre_args, Mapping) or "embedding_length" in pre_args \
             or not isinstance(full_args, dict) or "embedding_length" not in full_args:
@@ -68,14 +68,6 @@ def _follow_encoder(given: Mapping, full: dict) -> dict:
     if dim is not None:
         full_args["embedding_length"] = dim
     return full
-
-
-def _dig(mapping: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(mapping, Mapping):
-            return None
-        mapping = mapping.get(key)
-    return mapping
 
 
 class _Broken:

@@ -248,6 +248,9 @@ class LocalStore(SortedLocks):
         with contextlib.suppress(FileNotFoundError):
             (self.root / "_children" / check_uuid(parent) / check_uuid(child)).unlink()
 
+    def follower_count(self, parent: str) -> int:
+        return len(self.followers(parent))
+
     def followers(self, parent: str) -> list[str]:
         """Uuids of the untrained children that follow `parent`, as recorded."""
         try:

@@ -469,6 +469,10 @@ class RedisStore(SortedLocks):
         self.redis.srem(self.key("fol", check_uuid(parent)), check_uuid(child))
 
     @_redis_errors
+    def follower_count(self, parent: str) -> int:
+        return self.redis.scard(self.key("fol", check_uuid(parent)))
+
+    @_redis_errors
     def followers(self, parent: str) -> list[str]:
         return sorted(m.decode() for m in self.redis.smembers(self.key("fol", check_uuid(parent))))
 
