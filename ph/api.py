@@ -16,7 +16,7 @@ from .errors import BadInputError, ConfigError, PHError
 from .example_log import ExampleLimits
 from .paths import PathPolicy
 from .registry import LIST_PAGE, HeadRegistry, default_heads_dir
-from .stores import store_url
+from .stores import parse_store_url, store_url
 
 _registry: HeadRegistry | None = None
 _registry_lock = threading.Lock()
@@ -39,12 +39,19 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
         store: where heads live (default: $PH_STORE, else the heads folder): a distributed
             store's URL, redis://HOST:PORT/DB?objects=s3://BUCKET/PREFIX (see ph.stores);
             heads_dir is then only this machine's cache.
+
+    Raises:
+        ConfigError: the store URL is malformed (one line, naming `store` or PH_STORE, the
+            password masked); the registry in use is then kept.
     """
     global _registry
     with _registry_lock:
         if _registry is not None and heads_dir is memory_budget is policy is store is None \
                 and max_examples_per_call is max_examples_per_head is None:
             return _registry  # Jaseci calls setup() with no context on every module load
+        url = store_url(store)
+        if isinstance(url, str):  # before the registry in use is closed
+            parse_store_url(url, "store" if store not in (None, "") else "PH_STORE")
         if _registry is not None:
             _registry.close()
         budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
@@ -52,7 +59,7 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
                                  parse_bytes(budget) if budget not in (None, "") else None,
                                  ExampleLimits.from_env(max_examples_per_call,
                                                         max_examples_per_head),
-                                 store_url(store))
+                                 url)
         return _registry
 
 

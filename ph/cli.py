@@ -6,11 +6,12 @@ import logging
 import os
 import sys
 
+from .errors import ConfigError
 from .server import ServerSettings, is_loopback
-from .stores import store_url
+from .stores import parse_store_url, store_url
 
 STORE_HELP = ("where heads live: a distributed store, redis://[:PASSWORD@]HOST:PORT/DB?"
-              "objects=s3://BUCKET/PREFIX[&endpoint=URL] (default $PH_STORE; none: the "
+              "objects=s3://BUCKET/PREFIX[&endpoint=URL] (none: $PH_STORE, else the "
               "local --heads-dir folder)")
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
                        help="folder of the heads (shared by every worker); with --store, "
                             "only this machine's cache")
-    serve.add_argument("--store", default=store_url(), help=STORE_HELP)
+    serve.add_argument("--store", help=STORE_HELP)  # no default: --help must not show $PH_STORE
     serve.add_argument("--workers", type=int, default=1, help="worker processes")
     serve.add_argument("--token", default=os.environ.get("PH_TOKEN"),
                        help="clients must send it (Bearer, or http://user:TOKEN@host:port); "
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info")
     worker = commands.add_parser("worker", help="run a training worker for a distributed store",
                                  formatter_class=formatter)
-    worker.add_argument("--store", default=store_url(), help=STORE_HELP)
+    worker.add_argument("--store", help=STORE_HELP)
     worker.add_argument("--heads-dir", default=os.environ.get("PH_HEADS_DIR", "heads"),
                         help="this machine's cache of weights and code")
     worker.add_argument("--queues", default=os.environ.get("PH_TRAIN_QUEUES", "ph-train"),
@@ -63,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--ready-file", help="touch this file once the worker takes jobs")
     worker.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
+    setting, args.store = "--store" if args.store else "PH_STORE", store_url(args.store)
+    try:  # here, not in uvicorn's or the workers' processes: one line, not a traceback
+        if args.store:
+            parse_store_url(args.store, setting)
+    except ConfigError as exc:
+        print(f"ph {args.command}: {exc}", file=sys.stderr)
+        return 2
     if args.command == "worker":
         return worker_command(args)
     return serve_command(args)

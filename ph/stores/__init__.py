@@ -22,8 +22,9 @@ or the object one wrong. What they share sits in `base` and above (the registry)
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigError
@@ -31,8 +32,21 @@ from .base import RUNS_KEPT, check_uuid, new_uuid
 from .local import LocalStore
 
 __all__ = ["LocalStore", "RUNS_KEPT", "check_uuid", "new_uuid", "open_store", "store_url",
-           "is_distributed"]
+           "is_distributed", "mask_url", "parse_store_url", "RedisParts"]
 DISTRIBUTED_SCHEMES = ("redis", "rediss")
+GOOD_URL = ("a good one is redis://HOST:PORT/DB?objects=s3://BUCKET[/PREFIX][&endpoint=URL]"
+            "[&namespace=NS], rediss:// for TLS, with :PASSWORD@ before HOST (/ ? # @ in it "
+            "as %2F %3F %23 %40), or a folder path")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class RedisParts(NamedTuple):
+    """What a distributed store URL names: RedisStore's arguments, less the cache folder."""
+
+    redis_url: str  # the URL without its query, as Redis and Celery take it
+    objects: str  # s3://BUCKET[/PREFIX]
+    endpoint: str | None
+    namespace: str
 
 
 def store_url(given: str | None = None) -> str | None:
@@ -42,7 +56,71 @@ def store_url(given: str | None = None) -> str | None:
 
 
 def is_distributed(url: str | None) -> bool:
-    return bool(url) and urlsplit(str(url)).scheme in DISTRIBUTED_SCHEMES
+    # the scheme as urlsplit reads it, without urlsplit's errors for a malformed rest
+    return bool(url) and str(url).partition(":")[0].strip().lower() in DISTRIBUTED_SCHEMES
+
+
+def mask_url(url: str) -> str:
+    """`url` for messages and logs: everything between `://` and its LAST `@` becomes ***.
+
+    Not urlsplit's idea of the password: a password with an unencoded / ? # or @ moves
+    where urlsplit looks, and part of it would be shown; the last @ always ends it."""
+    url = str(url)
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    scheme = _SCHEME.match(url)
+    keep = scheme.end() if scheme and scheme.end() <= at else 0
+    return f"{url[:keep]}***{url[at:]}"
+
+
+def parse_store_url(url: str, setting: str = "store") -> str | RedisParts:
+    """Check the store URL without connecting to anything, so that a bad one fails at
+    start-up in one line: the local folder's path, or the parts of a distributed store.
+
+    Raises:
+        ConfigError: naming `setting` (--store, PH_STORE, store), what is wrong and what a
+            good URL looks like; the password is masked (mask_url).
+    """
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{mask_url(url)!r}: {problem}; {GOOD_URL}", source=setting)
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # urlsplit: "Invalid IPv6 URL" and the like
+        raise bad("a '[' or ']' does not enclose an IPv6 address (HOST or [::1])") from None
+    if parts.scheme in ("", "file"):
+        return parts.path if parts.scheme else url
+    if parts.scheme not in DISTRIBUTED_SCHEMES:
+        raise bad(f"unknown kind '{parts.scheme}://' (the kinds are redis://, rediss://, "
+                  "file:// and a folder path)")
+    at, start = url.rfind("@"), url.find("://")
+    if at >= 0 and (start < 0 or any(c in url[start + 3:at] for c in "/?#@")):
+        raise bad("the password holds an unencoded '/', '?', '#' or '@' (or an '@' follows it)")
+    if not parts.hostname:
+        raise bad("the HOST is missing")
+    try:
+        parts.port  # raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise bad("the port is not a number from 0 to 65535") from None
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise bad("the database (/DB after HOST:PORT) is not a number, e.g. /0")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    objects = query.pop("objects", None)
+    try:
+        objects_parts = urlsplit(objects or "")
+    except ValueError:
+        objects_parts = None
+    if not objects_parts or objects_parts.scheme != "s3" or not objects_parts.netloc:
+        raise bad("it needs objects=s3://BUCKET[/PREFIX], the object store that holds "
+                  "weights, code and examples")
+    unknown = set(query) - {"endpoint", "namespace"}
+    if unknown:
+        raise bad(f"unknown setting(s) {sorted(unknown)} (the settings are objects, endpoint "
+                  "and namespace)")
+    return RedisParts(parts._replace(query="", fragment="").geturl(), objects,
+                      query.get("endpoint"), query.get("namespace", "ph"))
 
 
 def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Any:
@@ -50,47 +128,16 @@ def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Any:
     (LocalStore) or this machine's object cache (RedisStore).
 
     Raises:
-        ConfigError: the URL is malformed, saying what a good one looks like.
+        ConfigError: the URL is malformed (see parse_store_url).
     """
     if url is None or url == "":
         return LocalStore(heads_dir)
     if not isinstance(url, (str, os.PathLike)):
         return url  # already a store
-    url = str(url)
-    parts = urlsplit(url)
-    if parts.scheme in ("", "file"):
-        return LocalStore(parts.path if parts.scheme else url)
-    if parts.scheme not in DISTRIBUTED_SCHEMES:
-        raise ConfigError(f"store: unknown kind '{parts.scheme}://' in '{_shown(url)}'; use a "
-                          "folder path (file:///path) or redis://HOST:PORT/DB?objects=s3://BUCKET")
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    objects = query.pop("objects", None)
-    if not objects or urlsplit(objects).scheme != "s3" or not urlsplit(objects).netloc:
-        raise ConfigError(f"store: '{_shown(url)}' needs objects=s3://BUCKET[/PREFIX], the object "
-                          "store that holds weights, code and examples")
-    unknown = set(query) - {"endpoint", "namespace"}
-    if unknown:
-        raise ConfigError(f"store: unknown setting(s) {sorted(unknown)} in '{_shown(url)}'; the "
-                          "settings are objects, endpoint and namespace")
-    try:
-        parts.port  # raises for a port that is not a number from 0 to 65535
-    except ValueError:
-        raise ConfigError(f"store: the port in '{_shown(url)}' is not a number from 0 to "
-                          "65535; use redis://HOST:PORT/DB?objects=s3://BUCKET") from None
-    database = parts.path.strip("/")
-    if database and not database.isdigit():
-        raise ConfigError(f"store: the database in '{_shown(url)}' must be a number (redis://"
-                          "HOST:PORT/DB, e.g. /0)")
+    parsed = parse_store_url(str(url))
+    if isinstance(parsed, str):
+        return LocalStore(parsed)
     from .redis_store import RedisStore  # needs redis and boto3: only imported when used
-    redis_url = parts._replace(query="", fragment="").geturl()
-    return RedisStore(redis_url, objects, query.get("endpoint") or os.environ.get("AWS_ENDPOINT_URL"),
-                      query.get("namespace", "ph"), Path(heads_dir))
-
-
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    return RedisStore(parsed.redis_url, parsed.objects,
+                      parsed.endpoint or os.environ.get("AWS_ENDPOINT_URL"), parsed.namespace,
+                      Path(heads_dir))
