@@ -10,18 +10,30 @@ are added and three copies of that head learn them:
 Reported per k and per old-set size: held-out accuracy on the old labels and on the new
 label, samples processed (examples per epoch x epochs) and seconds. All runs use the same
 fixed number of epochs (no early stop) so their costs compare directly.
+
+The child case (`children`, over several seeds): a shared head is trained from a
+train_json file of the old labels; users' children (create_head(parent=...)) then learn
+either a correction (k held-out utterances of old labels) or a new label (k examples):
+  - incremental: the child's train_head(incremental=True), replaying the shared head's
+    stored training data;
+  - full: the child retrained on the parent's file plus its examples (train_json named);
+  - naive: incremental with replay_ratio 0.
+Reported: the parent's old-label accuracy and each method's old- and new-label held-out
+accuracy, and per method the mean and worst drop of old-label accuracy from the parent's.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import statistics
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from common import emit, parser, setup
-from intent_data import make_split
+from intent_data import as_label_lists, make_split
 from ph.config import INCREMENTAL_DEFAULTS
 from ph.registry import HeadRegistry
 
@@ -104,6 +116,67 @@ def run(registry: HeadRegistry, train: list, held: list, old_per_label: int, new
     return results
 
 
+def child_case(registry: HeadRegistry, work: Path, train: list, held: list, seed: int,
+               k_correction: int, k_new: int, epochs: int, device: str,
+               replay_ratio: float) -> dict:
+    """One seed of the child case (see the module docstring)."""
+    rng = random.Random(seed)
+    old = [r for r in train if r["label"] != NEW_LABEL]
+    new_rows = rng.sample([r for r in train if r["label"] == NEW_LABEL], k_new)
+    held_new = [r for r in held if r["label"] == NEW_LABEL]
+    (work / "parent.json").write_text(json.dumps(as_label_lists(old)))
+    random.seed(seed)  # the shared head's initial weights
+    parent = f"shared-{seed}"
+    config = head_config(epochs, device)
+    config["Trainer"]["dataloader"]["args"]["train_json"] = "parent.json"
+    registry.create_head(parent, config)
+    registry.train(parent)
+    # corrections: held-out utterances the shared head gets wrong (then others, to k)
+    held_old = [r for r in held if r["label"] != NEW_LABEL]
+    rng.shuffle(held_old)
+    labels = registry.check_head(parent)["labels"]
+    answers = registry.predict(parent, [r["text"] for r in held_old])
+    wrong = [r for r, a in zip(held_old, answers) if a >= len(labels) or labels[a] != r["label"]]
+    corrections = (wrong + [r for r in held_old if r not in wrong])[:k_correction]
+    held_old = [r for r in held_old if r not in corrections]
+    out = {"seed": seed, "parent_old_accuracy": accuracy(registry, parent, held_old),
+           "corrections_the_parent_got_wrong": sum(r in wrong for r in corrections)}
+    for task, examples in (("correction", corrections), ("new_label", new_rows)):
+        out[task] = {}
+        for method in ("incremental", "full", "naive"):
+            uuid = f"{method}-{task}-{seed}"
+            registry.create_head(uuid, parent=parent)
+            registry.add_examples(uuid, examples)
+            trainer: dict = {"incremental": {
+                "replay_ratio": 0.0 if method == "naive" else replay_ratio}}
+            if method == "full":
+                trainer = {"dataloader": {"args": {"train_json": "parent.json"}}}
+            started = time.perf_counter()
+            summary = registry.train(uuid, {"Trainer": trainer}, incremental=method != "full")
+            out[task][method] = {
+                "seconds": round(time.perf_counter() - started, 3),
+                "samples": (summary["n_train"] + summary["n_valid"]) * summary["epochs_run"],
+                "old_accuracy": accuracy(registry, uuid, held_old),
+                "new_accuracy": accuracy(registry, uuid, held_new if task == "new_label"
+                                         else corrections)}
+            registry.delete_head(uuid)
+    registry.delete_head(parent)
+    return out
+
+
+def drops(runs: list[dict]) -> dict:
+    """Per task and method: mean and worst fall of old-label accuracy from the parent's."""
+    out: dict = {}
+    for task in ("correction", "new_label"):
+        for method in ("incremental", "full", "naive"):
+            fall = [r["parent_old_accuracy"] - r[task][method]["old_accuracy"] for r in runs]
+            new = [r[task][method]["new_accuracy"] for r in runs]
+            out.setdefault(task, {})[method] = {
+                "old_drop_mean": round(statistics.fmean(fall), 4), "old_drop_worst": round(max(fall), 4),
+                "new_accuracy_mean": round(statistics.fmean(new), 4)}
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--new", default="5,10,20,40", help="new-label example counts")
@@ -111,6 +184,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--replay-ratio", type=float, default=INCREMENTAL_DEFAULTS["replay_ratio"],
                    help="old examples replayed per new one (Trainer.incremental.replay_ratio)")
+    p.add_argument("--child-seeds", default="0,1,2,3,4",
+                   help="seeds of the child case (empty: skip it)")
+    p.add_argument("--child-k", default="5,15", help="corrections, new-label examples per child")
     args = p.parse_args()
     device = setup(args)
     random.seed(0)  # the heads' initial weights: the same figures on every run
@@ -124,13 +200,19 @@ def main() -> None:
             results += run(registry, train, held, old_per_label,
                            [int(v) for v in args.new.split(",")], args.epochs, str(device),
                            args.replay_ratio)
+        k_correction, k_new = (int(v) for v in args.child_k.split(","))
+        children = [child_case(registry, work, train, held, int(seed), k_correction, k_new,
+                               args.epochs, str(device), args.replay_ratio)
+                    for seed in args.child_seeds.split(",") if seed]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     emit("incremental", args, device, {
         "new_label": NEW_LABEL, "epochs": args.epochs, "replay_ratio": args.replay_ratio,
         "held_out": {"old": sum(r["label"] != NEW_LABEL for r in held),
                      "new": sum(r["label"] == NEW_LABEL for r in held)},
-        "results": results})
+        "results": results,
+        "children": {"corrections": k_correction, "new_label_examples": k_new, "runs": children,
+                     "summary": drops(children) if children else None}})
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
          "many_heads": ["--heads", "12", "--sample", "6", "--budget", "40MB"],
-         "incremental": ["--new", "5", "--old", "10", "--epochs", "2"],
+         "incremental": ["--new", "5", "--old", "10", "--epochs", "2", "--child-seeds", "0"],
          "children": ["--children", "40", "--batch", "16", "--repeat", "30"],
          "encoders": ["--threads", "1", "--seeds", "0", "--per-intent", "5", "--epochs", "2",
                       "--heads", "3", "--repeat", "5", "--passes", "2"],
@@ -106,6 +106,13 @@ def summary(results: dict) -> str:
                          "; ".join(f"{c['old_accuracy']} / {c['new_accuracy']}, {c['samples']}"
                                    for c in cells.values()),
                          f"old accuracy near base {r['base']['old_accuracy']}"))
+        summary = (results["incremental"].get("children") or {}).get("summary")
+        if summary:
+            cells = summary["new_label"]
+            rows.append(("a user's child learning a new label incrementally: old-label drop from "
+                         "the parent, mean / worst over seeds (incremental; full; naive)",
+                         "; ".join(f"{c['old_drop_mean']} / {c['old_drop_worst']}"
+                                   for c in cells.values()), "within a few points"))
     if "serve_load" in results:
         rows += serve_rows(results["serve_load"])
     if "distributed" in results:

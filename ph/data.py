@@ -228,6 +228,12 @@ class CustomDataLoader(_LoaderSettings):
 
 def read_examples(path: Path, name: str) -> tuple[list, list]:
     """(inputs, labels) from a training JSON file in any of the accepted formats."""
+    records = read_records(path, name)
+    return [value for _, value, _ in records], [label for _, _, label in records]
+
+
+def read_records(path: Path, name: str) -> list[tuple[str, Any, Any]]:
+    """(input key, input, label) per example of a training JSON file."""
     if not path.is_file():
         raise BadInputError(f"{ARGS}.train_json: file '{name}' not found (looked at {path}); "
                             "set train_json to your training data file, or store examples "
@@ -236,8 +242,7 @@ def read_examples(path: Path, name: str) -> tuple[list, list]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{ARGS}.train_json: '{name}' is not valid JSON ({exc})") from None
-    records = parse_records(data, f"{ARGS}.train_json: '{name}'")
-    return [value for _, value, _ in records], [label for _, _, label in records]
+    return parse_records(data, f"{ARGS}.train_json: '{name}'")
 
 
 def parse_records(data: Any, where: str) -> list[tuple[str, Any, Any]]:

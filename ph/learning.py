@@ -200,7 +200,7 @@ def incremental_settings(trainer: Mapping) -> dict:
 
 
 def plan_examples(rows: list[dict], seen_up_to: int, incremental: bool, trainer: Mapping,
-                  seed: int) -> ExamplePlan:
+                  seed: int, inherited: list[dict] | None = None) -> ExamplePlan:
     """All stored examples, or for an incremental run those added after `seen_up_to`
     plus replayed older ones.
 
@@ -209,6 +209,10 @@ def plan_examples(rows: list[dict], seen_up_to: int, incremental: bool, trainer:
     the run revisits many old examples while each epoch costs only about
     (1 + replay_ratio) x new examples. The pool holds no more rows than the run can draw
     (per-epoch draw x epochs), so its encoding cost also follows the new examples.
+
+    Old examples are the head's own stored examples up to `seen_up_to` and the
+    `inherited` rows: what the current weights were trained on besides them (the data
+    sets of earlier runs, a parent's data and examples; see `replay_sources`).
     """
     last = max((r["id"] for r in rows), default=seen_up_to)
     plan = ExamplePlan(seen_up_to=max(last, seen_up_to))
@@ -218,7 +222,7 @@ def plan_examples(rows: list[dict], seen_up_to: int, incremental: bool, trainer:
         return plan
     settings = incremental_settings(trainer)
     new = [r for r in rows if r["id"] > seen_up_to]
-    old = [r for r in rows if r["id"] <= seen_up_to]
+    old = [r for r in rows if r["id"] <= seen_up_to] + list(inherited or [])
     per_epoch = min(len(old), settings["replay_max"],
                     math.ceil(settings["replay_ratio"] * len(new)))
     epochs = int((trainer.get("trainer") or {}).get("epochs", 1))
@@ -228,9 +232,27 @@ def plan_examples(rows: list[dict], seen_up_to: int, incremental: bool, trainer:
     _fill(plan.replay_inputs, plan.replay_labels, pool)
     plan.replay_per_epoch = per_epoch
     plan.info = {"incremental": True, "new": len(new), "replayed_per_epoch": per_epoch,
-                 "replay_pool": len(pool), "older": len(old),
+                 "replay_pool": len(pool), "older": len(old), "inherited": len(inherited or []),
                  "replay_ratio": settings["replay_ratio"]}
     return plan
+
+
+NOTHING_TO_REPLAY = (
+    "this incremental run has nothing to replay: the head's weights were trained on data ph "
+    "did not keep (a train_json file used before ph stored training data, or examples since "
+    "deleted), so it learns the new examples alone and may forget its other labels. To keep "
+    "them, train the head (or its parent) once with its train_json file, which stores that "
+    "data for later runs to replay, or add_examples the old data, or train without "
+    "incremental and name the train_json file")
+
+
+def forgetting_warning(plan: ExamplePlan, knows_something: bool) -> str | None:
+    """The warning an incremental run gets when it starts from trained weights but has
+    no old examples to replay: it would forget silently otherwise."""
+    if plan.info.get("incremental") and knows_something and not plan.info.get("older") \
+            and plan.info.get("replay_ratio"):
+        return NOTHING_TO_REPLAY
+    return None
 
 
 def _fill(inputs: list, labels: list, rows: list[dict]) -> None:

@@ -15,6 +15,7 @@ change happen under the head's lock, so no job can be accepted in between.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 import threading
@@ -29,13 +30,13 @@ from .children import (FollowMap, check_parent, follows_parent, merge_trainer_on
                        refuse_if_followed)
 from .components import UserCode
 from .config import config_diff, deep_merge, dig, load_config
-from .data import DataContext
+from .data import DataContext, read_records
 from .encoders import model_path
 from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
 from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
                      as_ph_error)
 from .example_log import ExampleLimits
-from .learning import HeadFacts, check_examples, choose_data, plan_examples
+from .learning import HeadFacts, check_examples, choose_data, forgetting_warning, plan_examples
 from .paths import PathPolicy, check_stored_path, merge_limits
 from .stores import check_uuid, new_uuid, open_store
 from .training import run_training
@@ -48,6 +49,8 @@ MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edit
 STORED_PATHS = (("Trainer", "dataloader", "args", "train_json"), ("Trainer", "trainer", "save_dir"),
                 ("Trainer", "trainer", "resume"))  # paths a training takes from the head's config
 MODEL_FOLDER = "Inference.preprocess.args.encoder_args.model"
+DATA_SETS_KEPT = 8  # training data sets a head's record remembers (replayed by incremental runs)
+log = logging.getLogger("ph.registry")
 
 
 class HeadRegistry:
@@ -289,16 +292,20 @@ class HeadRegistry:
                 with self.store.lock(uuid):
                     self.check_idle(uuid, "a second train_head", lock_held=True)
             record, state = self.store.read_current(uuid)
-            plan = plan_examples(list(self.store.examples(uuid).iter()),
-                                 record.get("examples_seen", 0), incremental, config["Trainer"],
-                                 config["Trainer"]["seed"])
-            if plan.nothing_new:
-                return {"uuid": uuid, "updated": False, "examples": plan.info,
-                        "note": "no examples were added since the last run: nothing to learn"}
             start = record
             parent = follows_parent(record)
             if parent:  # a child's first training starts from its parent as it is now
                 start, state = self._read_parent(uuid, parent)
+            plan = plan_examples(list(self.store.examples(uuid).iter()),
+                                 record.get("examples_seen", 0), incremental, config["Trainer"],
+                                 config["Trainer"]["seed"],
+                                 self._replay_sources(record, start) if incremental else None)
+            if plan.nothing_new:
+                return {"uuid": uuid, "updated": False, "examples": plan.info,
+                        "note": "no examples were added since the last run: nothing to learn"}
+            warning = forgetting_warning(plan, state is not None)
+            if warning:
+                log.warning("head '%s': %s", uuid, warning)
             code = self._code(record)
             model = make_model(config, code, state, start["seed"])
             context = DataContext(code, build_processors(config, code)[0], start.get("labels"),
@@ -308,10 +315,13 @@ class HeadRegistry:
             summary, best, labels = run_training(config, model, context, uuid, self.policy.resolve,
                                                  stop, on_epoch)
             summary.update(uuid=uuid, updated=False, examples=plan.info)
+            if warning:
+                summary["warning"] = warning
             if best is None:
                 summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
                                    "the head keeps its weights")
             elif auto_update:
+                trained_on = self._trained_on(start, config)  # stored before the record names it
                 with self.store.lock(uuid):
                     current = self.store.read(uuid)
                     if current["config"] != record["config"] or current["created"] != record["created"]:
@@ -323,11 +333,49 @@ class HeadRegistry:
                     if plan.inputs:  # the examples this run covered (incremental runs start after)
                         current["examples_seen"] = max(current.get("examples_seen", 0),
                                                        plan.seen_up_to)
+                    if trained_on:
+                        current["trained_on"] = trained_on
                     new = self.store.write_weights(uuid, current, best, labels, run)
                     self._stop_following(uuid, current)
                     self._switch(uuid, new, make_model(config, code, best))
                 summary.update(updated=True, revision=new["revision"], labels=labels)
         return summary
+
+    def _replay_sources(self, record: dict, start: dict) -> list[dict]:
+        """What the weights a run starts from were trained on, besides the head's own
+        stored examples: the data sets recorded by earlier runs (for a child's first run,
+        its parent's), and a child's parent's stored examples that the parent trained on.
+        An incremental run replays from these so it keeps what the head knew."""
+        rows: list[dict] = []
+        for digest in start.get("trained_on", []):
+            try:
+                rows += self.store.load_dataset(digest)
+            except FileNotFoundError:
+                log.warning("head '%s': training data set %s is missing from the store; it is "
+                            "not replayed", record["uuid"], digest)
+        parent = record.get("parent")
+        if parent:
+            try:
+                source = start if start["uuid"] == parent else self.store.read(parent)
+                seen = source.get("examples_seen", 0)
+                rows += [r for r in self.store.examples(parent).iter() if r["id"] <= seen]
+            except NotFoundError:
+                pass  # a trained child outlives its parent: the data sets still hold its start
+        return rows
+
+    def _trained_on(self, start: dict, config: dict) -> list[str]:
+        """The data sets the new weights carry knowledge of: those of the weights the run
+        started from, plus this run's train_json file, stored once by content (a parent
+        and its children name the same copy)."""
+        digests = list(start.get("trained_on", []))
+        loader = config["Trainer"]["dataloader"]
+        train_json = (loader.get("args") or {}).get("train_json")
+        if loader["type"] == "SnipsDataLoader" and train_json:
+            key = "Trainer.dataloader.args.train_json"
+            records = read_records(self.policy.resolve(train_json, key), train_json)
+            digest = self.store.save_dataset([{k: v, "label": label} for k, v, label in records])
+            digests = [d for d in digests if d != digest] + [digest]
+        return digests[-DATA_SETS_KEPT:]
 
     def get_config(self, uuid: str) -> dict:
         return self.store.read(check_uuid(uuid))["config"]

@@ -164,7 +164,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """The ASGI app; sets up this process's registry with the server's path policy."""
     settings = settings or ServerSettings.from_env()
     policy = PathPolicy.restricted(settings.allow_paths, settings.allow_code)
-    api.setup(settings.heads_dir, settings.memory_budget, policy, store=settings.store)
+    registry = api.setup(settings.heads_dir, settings.memory_budget, policy, store=settings.store)
+    if getattr(registry.store, "distributed", False):  # not for library users: servers only
+        registry.store.start_sweeper()
     torch.set_num_threads(settings.compute_threads())
     app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
                   docs_url=None, redoc_url=None, openapi_url=None)

@@ -22,11 +22,12 @@ def run_worker(store_url: str, heads_dir: str, queues: list[str], ready_file: st
                log_level: str = "info") -> int:
     """Serve training jobs until stopped (SIGTERM: finish the current task first)."""
     if not is_distributed(store_url):
-        raise ConfigError("ph worker: --store (or PH_STORE) must name a distributed store "
+        raise ConfigError("--store (or PH_STORE) must name a distributed store "
                           "(redis://...?objects=s3://...); with the local heads folder, "
                           "ph serve runs training jobs itself")
     store = open_store(store_url, heads_dir)  # fails clearly now if the URL is wrong
     store.objects.check()
+    store.start_sweeper()  # objects let go of while the object store was away, and orphans
     app = celery_app(store.url)
 
     @app.task(name=TASK, ignore_result=True)

@@ -42,6 +42,10 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     incremental = json.loads((results / "incremental.json").read_text())["results"][0]
     assert incremental["incremental"]["samples"] < incremental["full"]["samples"]
     assert incremental["naive"]["samples"] < incremental["incremental"]["samples"]
+    child = json.loads((results / "incremental.json").read_text())["children"]["runs"][0]
+    assert set(child["new_label"]) == {"incremental", "full", "naive"}
+    assert all(0 <= m["old_accuracy"] <= 1 for m in child["correction"].values())
+    assert "a user's child learning a new label" in out.stdout
     encoders = json.loads((results / "encoders.json").read_text())
     assert encoders["minilm_encoders_loaded_in_this_process"] == 1
     assert [r["shared_encoder_objects"] for r in encoders["stacked"]["minilm"]] == [1]

@@ -25,6 +25,8 @@ import torch
 
 from conftest import ROOT, TEST_BUCKET, small_config
 from intent_data import as_label_lists
+from ph.stores import open_store
+from ph.stores.sweeper import AREAS, referenced_objects, sweep
 from servers import RedisServer, TcpProxy, distributed_url, ph_server, ph_worker
 from test_multiworker import call
 from test_redis_store import eventually
@@ -212,6 +214,22 @@ def test_create_on_one_server_train_through_the_worker_predict_on_the_other_dele
     fresh = call(a, "predict", uuid="life", data=texts)
     assert call(b, "predict", uuid="life", data=texts) == fresh
     call(a, "delete_head", uuid="life")
+    assert_bucket_holds_exactly_what_redis_names(cluster)
+
+
+def assert_bucket_holds_exactly_what_redis_names(cluster: Cluster) -> None:
+    """After a sweep (waiting out one a server or the worker may be running), the bucket
+    holds exactly the objects the records name: nothing ph deleted is left behind."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in cluster.s3.env.items():
+            patch.setenv(name, value)
+        store = open_store(cluster.url, cluster.folder("sweep") / "cache")
+        try:
+            assert sweep(store, wait_s=30)["ran"]
+            assert {n for area in AREAS for n in store.objects.list(area)} == \
+                referenced_objects(store)
+        finally:
+            store.close()
 
 
 # --- the Jaseci module in a third process ---------------------------------------------------

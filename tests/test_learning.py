@@ -192,6 +192,51 @@ def test_naive_fine_tuning_forgets_what_replay_keeps(registry, intents):
     assert accuracy(registry, "u", held_old) < before - 0.15
 
 
+def stored_data_sets(store) -> list[str]:
+    """The training data sets a store holds (files of the folder, objects of the bucket)."""
+    if not getattr(store, "distributed", False):
+        return sorted(p.name for p in (store.root / "_data").iterdir())
+    return sorted(store.objects.list("data/"))
+
+
+def test_a_childs_incremental_run_replays_its_parents_data_stored_once(any_registry, intents,
+                                                                        workdir):
+    train, held = intents
+    old = [r for r in train if r["label"] != NEW]
+    held_old = [r for r in held if r["label"] != NEW]
+    (workdir / "train.json").write_text(json.dumps(as_label_lists(old)))
+    random.seed(0)
+    any_registry.create_head("shared", text_config(epochs=15))
+    any_registry.train("shared")  # on train.json: stored by content for later replay
+    before = accuracy(any_registry, "shared", held_old)
+    assert before >= 0.8
+    new = [r for r in train if r["label"] == NEW][:10]
+    for uid, ratio in (("alice", 2.0), ("bob", 2.0), ("naive", 0.0)):
+        any_registry.create_head(uid, parent="shared")
+        any_registry.add_examples(uid, new)
+        summary = any_registry.train(uid, {"Trainer": {"incremental": {"replay_ratio": ratio}}},
+                                     incremental=True)
+        if ratio:
+            assert summary["examples"]["inherited"] == len(old) and "warning" not in summary
+            assert accuracy(any_registry, uid, held_old) >= before - 0.05, uid
+            assert accuracy(any_registry, uid, [r for r in held if r["label"] == NEW]) >= 0.6
+    assert accuracy(any_registry, "naive", held_old) < before - 0.15  # what replay prevents
+    names = {tuple(any_registry.store.read(u)["trained_on"]) for u in ("shared", "alice", "bob")}
+    assert len(names) == 1 and len(stored_data_sets(any_registry.store)) == 1  # no copy per user
+
+
+def test_an_incremental_run_with_nothing_to_replay_says_it_may_forget(registry, intents, caplog):
+    train, _ = intents
+    registry.create_head("u", text_config(epochs=2))
+    registry.add_examples("u", [r for r in train if r["label"] != NEW][:40])
+    registry.train("u")
+    registry.delete_examples("u")  # what the weights learnt from is gone
+    registry.add_examples("u", [r for r in train if r["label"] == NEW][:5])
+    summary = registry.train("u", incremental=True)
+    assert "nothing to replay" in summary["warning"] and summary["examples"]["older"] == 0
+    assert any("nothing to replay" in r.getMessage() for r in caplog.records)
+
+
 def test_incremental_runs_use_stored_examples_only(registry, head, train_json):
     with pytest.raises(ConfigError, match="incremental run trains on the head's stored examples only"):
         registry.train(head, {"Trainer": {"dataloader": {"args": {"train_json": "train.json"}}}},

@@ -341,7 +341,7 @@ def test_object_store_down_gives_a_clear_503_and_cached_heads_still_predict(
             expected = a.predict("h", TEXTS)
             calls = [  # (the call, what it needs of the object store)
                 (lambda: a.train("h", on_epoch=lambda _record: proxy.block()),  # S3 goes
-                 "writing heads/h/"),  # away during the run: its new weights cannot go up
+                 "writing data/"),  # away during the run: its data and weights cannot go up
                 (lambda: b.predict("h", TEXTS), "reading heads/h/"),  # weights to download
                 (lambda: a.add_examples("h", {"a": ["x"]}), "writing heads/h/")]
             for call, doing in calls:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import uuid as uuidlib
@@ -31,8 +32,20 @@ def new_uuid() -> str:
 
 
 def content_id(data: bytes) -> str:
-    """The name stored content goes by (user code, configs): the same bytes, one name."""
+    """The name stored content goes by (user code, configs, data sets): the same bytes,
+    one name."""
     return hashlib.sha256(data).hexdigest()[:32]
+
+
+def dataset_bytes(rows: list[dict]) -> bytes:
+    """A training data set (rows of {text | input_ids | embedding, label}) in the one
+    canonical form both stores keep, so the same data always gets the same content id."""
+    return b"".join(json.dumps(row, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
+                    for row in rows)
+
+
+def dataset_rows(data: bytes) -> list[dict]:
+    return [json.loads(line) for line in data.splitlines() if line]
 
 
 class SortedLocks:

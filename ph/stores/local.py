@@ -6,6 +6,9 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/examples.jsonl     the head's stored examples (ph.examples.ExampleLog)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
+    <root>/_data/<sha>.jsonl         training data sets heads were trained on, by content
+                                     (replayed by incremental runs; shared by a parent
+                                     and its children)
     <root>/_jobs/<id>.json           background training jobs (finished ones pruned: JobRetention)
     <root>/_jobs/<uuid>.head         the id of the head's latest job
     <root>/_children/<parent>/<uuid> one empty file per untrained child that follows <parent>
@@ -31,7 +34,8 @@ from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsErr
 from ..fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
                       file_lock, fsync_dir)
 from ..jobstate import ACTIVE
-from .base import RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id
+from .base import (RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
+                   dataset_rows)
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
@@ -45,7 +49,7 @@ class LocalStore(SortedLocks):
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
         self.job_retention = JobRetention.from_env()
-        for sub in ("_children", "_code", "_jobs", "_locks", "_tmp"):
+        for sub in ("_children", "_code", "_data", "_jobs", "_locks", "_tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._restore_replaced()
         self._clean_tmp()
@@ -287,6 +291,19 @@ class LocalStore(SortedLocks):
 
     def load_code(self, digest: str) -> str:
         return (self.root / "_code" / f"{digest}.py").read_text(encoding="utf-8")
+
+    def save_dataset(self, rows: list[dict]) -> str:
+        """Store a training data set by content (once, whoever trains on it); returns its id."""
+        data = dataset_bytes(rows)
+        digest = content_id(data)
+        path = self.root / "_data" / f"{digest}.jsonl"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def load_dataset(self, digest: str) -> list[dict]:
+        """The rows of a stored data set. Raises FileNotFoundError if it is gone."""
+        return dataset_rows((self.root / "_data" / f"{digest}.jsonl").read_bytes())
 
     # --- jobs ------------------------------------------------------------------------------
     def job_path(self, job_id: str) -> Path:

@@ -5,8 +5,11 @@ returns, deleted examples gone from storage).
 Each add_examples call becomes one immutable chunk object; one Redis key holds the
 summary and the chunk names, and switches in one write after the chunk is uploaded. A
 crash before that switch leaves an orphan chunk nobody names: the call was never
-acknowledged. Deleting writes the kept rows as one new chunk, switches, then removes
-the old chunks. Writers hold the head's lock (the registry takes it).
+acknowledged. Deleting writes the kept rows as one new chunk, switches (queueing the
+old chunks for removal in that same Redis write), then removes the old chunks: at once
+if the object store answers, else by the sweeper once it does. Deleting some examples
+reads the chunks first, so it is refused (503, nothing changed) while the object store
+is away; deleting all reads nothing. Writers hold the head's lock (the registry takes it).
 """
 from __future__ import annotations
 
@@ -91,8 +94,9 @@ class ObjectExampleLog:
             after.add(row)
         after.last_id = summary.last_id
         new = [self._put(kept)] if kept else []
-        self._switch(after, new, written, new)
-        self.store._forget_objects(chunks)
+        self._switch(after, new, written, new, dropped=chunks)
+        self.store._forget_objects(chunks, f"examples were deleted from head '{self.uuid}'; "
+                                           "their stored chunks", queued=True)
         return removed
 
     def _put(self, rows: list[dict]) -> str:
@@ -106,14 +110,18 @@ class ObjectExampleLog:
                 yield json.loads(line)
 
     def _switch(self, summary: LogSummary, chunks: list[str], expected: str,
-                uploaded: list[str]) -> None:
+                uploaded: list[str], dropped: list[str] | None = None) -> None:
         """Switch to `chunks` if the log is still as written by `expected`: the head lock
-        serialises writers, and this catches one whose lock ran out meanwhile."""
+        serialises writers, and this catches one whose lock ran out meanwhile. The
+        `dropped` chunks are queued for removal in that same write."""
         write_id = uuidlib.uuid4().hex[:12]
         state = {"summary": {**asdict(summary), "names": sorted(summary.names)},
                  "chunks": chunks, "w": write_id}
-        if not self.store._call(self.store.switch_examples, keys=[self._key],
-                                args=[expected, json.dumps(state), write_id]):
-            self.store._forget_objects(uploaded)
+        if not self.store._call(self.store.switch_examples,
+                                keys=[self._key, self.store.key("gc")],
+                                args=[expected, json.dumps(state), write_id, time.time(),
+                                      *(dropped or [])]):
+            self.store._forget_objects(uploaded, f"head '{self.uuid}': the refused upload "
+                                                 "of examples")
             raise ConflictError(f"head '{self.uuid}': its examples were changed by another "
                                 "call meanwhile; nothing was stored: try again")

@@ -101,19 +101,45 @@ class ObjectStore:
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names (without this store's prefix) of the objects under `prefix`."""
+        return (name for name, _ in self.list_modified(prefix))
+
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(name, when it was last written, epoch seconds) of the objects under `prefix`:
+        the sweeper judges an unnamed object only once it is older than its grace."""
         strip = len(self.key(""))
         with self._errors(f"listing {prefix}"):
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self.key(prefix))
             for page in pages:
                 for item in page.get("Contents", []):
-                    yield item["Key"][strip:]
+                    yield item["Key"][strip:], item["LastModified"].timestamp()
+
+    def modified(self, name: str) -> float | None:
+        """When the object was last written (epoch seconds), None if there is none: a
+        content-addressed object may be written again at any time, so the sweeper looks
+        again just before removing one."""
+        try:
+            with self._errors(f"looking at {name}"):
+                head = self._client.head_object(Bucket=self.bucket, Key=self.key(name))
+        except FileNotFoundError:
+            return None
+        return head["LastModified"].timestamp()
 
     def delete(self, names: list[str]) -> None:
+        """Remove these objects (absent ones count as removed). Raises
+        StoreUnavailableError if the store cannot be reached or refuses any of them."""
         for start in range(0, len(names), 1000):  # the API's limit per call
             batch = [{"Key": self.key(n)} for n in names[start:start + 1000]]
             with self._errors("deleting objects"):
-                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+                answer = self._client.delete_objects(Bucket=self.bucket,
+                                                     Delete={"Objects": batch, "Quiet": True})
+            refused = answer.get("Errors") or []
+            if refused:  # the call succeeds even where single keys were refused
+                first = refused[0]
+                raise _unavailable(f"the object store ({self.endpoint}, bucket '{self.bucket}') "
+                                   f"refused deleting {len(refused)} object(s), e.g. "
+                                   f"{first.get('Key')}: {first.get('Code')}",
+                                   f"the object store refused deleting ({first.get('Code')})")
 
     def delete_prefix(self, prefix: str) -> None:
         self.delete(list(self.list(prefix)))
@@ -137,15 +163,23 @@ class ObjectStore:
             raise
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404"):
+            if code in ("NoSuchKey", "404", "NotFound"):
                 raise FileNotFoundError(doing) from None
-            raise StoreUnavailableError(
+            raise _unavailable(
                 f"the object store ({self.endpoint}, bucket '{self.bucket}') refused {doing}: "
                 f"{code or exc}; check the bucket exists and the credentials "
-                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) allow it") from None
+                "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) allow it",
+                f"the object store refused it: {code or type(exc).__name__}") from None
         except (BotoCoreError, OSError) as exc:
-            raise StoreUnavailableError(
+            raise _unavailable(
                 f"the object store ({self.endpoint}) cannot be reached while {doing} "
-                f"({type(exc).__name__}); nothing was changed: try again when it is back") from None
+                f"({type(exc).__name__}); nothing was changed: try again when it is back",
+                "the object store is unreachable") from None
 
 
+def _unavailable(message: str, reason: str) -> StoreUnavailableError:
+    """A 503 whose `reason` is the bare cause, for messages about a change that did
+    happen (the full message says "nothing was changed", true of the call that failed)."""
+    error = StoreUnavailableError(message)
+    error.reason = reason
+    return error

@@ -11,11 +11,18 @@ Keys (NS is the URL's namespace, default "ph"):
     NS:ex:<uuid>:<inc>  the head's example log (summary and chunk names)
     NS:fol:<parent>     the untrained children following a head
     NS:list             the head list (default config)
+    NS:gc               objects to remove: field an object name, or "prefix:" + a prefix
+                        (a deleted or replaced incarnation), value the time it was queued;
+                        queued in the write that stops naming them, cleared once removed
+    NS:gc:lease, NS:gc:scanned   the sweeper's single-flight lease, its last orphan scan
     NS:job:<id>, NS:latest:<uuid>, NS:stop:<id>, NS:beat:<id>   background jobs
     channel NS:changes  the uuid of every head that changed ("" for the head list)
 Objects: heads/<uuid>/<inc>/weights-<rev>-<token>.pt, heads/<uuid>/<inc>/examples/...,
-code/<digest>.py. `inc` (incarnation) is new each time a uuid is created, so a replaced
-or deleted head's objects can never be mistaken for the new one's.
+code/<digest>.py, data/<digest>.jsonl (training data sets, by content: a record's
+`trained_on`). `inc` (incarnation) is new each time a uuid is created, so a replaced
+or deleted head's objects can never be mistaken for the new one's. Objects nothing
+names any more are removed at once if the object store answers, else by the sweeper
+(ph.stores.sweeper) once it does.
 
 Seeing changes without a cost per predict: every write publishes the uuid on
 NS:changes; each process keeps the signatures it has read in memory and drops one when
@@ -41,7 +48,8 @@ import torch
 from ..jobstate import ACTIVE
 from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
                       WeightsError)
-from .base import RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id
+from .base import (RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
+                   dataset_rows)
 from .object_examples import ObjectExampleLog
 from .objects import ObjectStore
 
@@ -57,6 +65,11 @@ ECHO_EVERY_S, ECHO_TIMEOUT_S, ECHO_STALE_S = 1.0, 2.0, 3.0
 # (and, for a training run, only while the run still holds the head's lease): fencing,
 # so a worker that lost its lease or raced a newer write cannot publish. The incarnation
 # counts too: a head deleted and created again starts at version 1 again.
+# KEYS: 1 the record, 2 the head's training lease, 3 the changes channel, 4 NS:gc.
+# ARGV: 1 the expected "inc:v", 2 the new record, 3 the run's lease token ('' for none),
+#       4 the uuid (published), 5 the write id, 6 the time, 7... objects the new record
+#       no longer names, queued for removal in this same write.
+# Returns 1 written (or written before), -1 no record, -2 changed meanwhile, -3 lease lost.
 _SWITCH = """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
@@ -65,11 +78,17 @@ if rec['w'] == ARGV[5] then return 1 end  -- this very write, sent again by a cl
 if rec['inc'] .. ':' .. tostring(rec['v']) ~= ARGV[1] then return -2 end
 if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -3 end
 redis.call('SET', KEYS[1], ARGV[2])
+for i = 7, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[6]) end
 redis.call('PUBLISH', KEYS[3], ARGV[4])
 return 1
 """
 # An example log switches only from the state the writer read (or is this very write,
 # sent again by a client retry).
+# KEYS: 1 the log's state, 2 NS:gc.
+# ARGV: 1 the write id the writer read ('' for none), 2 the new state, 3 its write id,
+#       4 the time, 5... chunks the new state no longer names, queued for removal in
+#       this same write.
+# Returns 1 switched (or switched before), 0 changed meanwhile.
 _EXAMPLES_SWITCH = """
 local cur = redis.call('GET', KEYS[1])
 local written = ''
@@ -77,6 +96,7 @@ if cur then written = cjson.decode(cur)['w'] or '' end
 if written == ARGV[3] then return 1 end
 if written ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
+for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[4]) end
 return 1
 """
 # A job record is written unless the writer expects an attempt and the stored job has
@@ -103,6 +123,7 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+GC_PREFIX = "prefix:"  # an NS:gc field for every object under a prefix (a whole incarnation)
 
 
 def _redis_errors(method):
@@ -161,6 +182,7 @@ class RedisStore(SortedLocks):
         self._echoed = 0.0  # when this listener last heard its own echo
         self._leases = threading.local()  # uuid -> token of the training run in this thread
         self._closed = threading.Event()
+        self._sweeper: Any = None  # see start_sweeper
         self._listener = threading.Thread(target=self._listen, daemon=True,
                                           name="ph-store-changes")
         self._listener.start()
@@ -260,26 +282,31 @@ class RedisStore(SortedLocks):
             record.update(revision=1, weights=name)
         text = json.dumps(self._stored(record))
         old = self.redis.get(self.key("h", uuid)) if replace else None
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline() as pipe:  # one transaction (MULTI/EXEC)
             pipe.set(self.key("h", uuid), text, nx=not replace)
             pipe.zadd(self.key("heads"), {uuid: 0})
             pipe.publish(self.key("changes"), uuid)
+            gone = self._drop_incarnation(pipe, uuid, json.loads(old)["inc"]) if old else []
             created = pipe.execute()[0]
         if not created and self._read_raw(uuid).get("inc") == inc:
             created = True  # our own create, sent again by a client retry
         if not created:
             if record.get("weights"):
-                self._forget_objects([record["weights"]])
+                self._forget_objects([record["weights"]],
+                                     f"head '{uuid}' already exists; the weights uploaded for it")
             raise ConflictError(f"head '{uuid}' already exists")
         self._sigs.pop(uuid, None)
-        if old is not None:
-            self._remove_data(uuid, json.loads(old)["inc"])
+        if gone:
+            self._forget_objects(gone, f"head '{uuid}' was replaced; the old head's objects",
+                                 queued=True)
 
     @_redis_errors
-    def write(self, uuid: str, record: dict) -> dict:
-        """Rewrite a head's record (it must not have changed since `record` was read)."""
+    def write(self, uuid: str, record: dict, dropped: list[str] | None = None) -> dict:
+        """Rewrite a head's record (it must not have changed since `record` was read);
+        `dropped`: objects the new record no longer names, queued for removal in that
+        same write (the caller then removes them, `_forget_objects(queued=True)`)."""
         new = {**record, "v": record["v"] + 1, "w": uuidlib.uuid4().hex[:12]}
-        self._publish(uuid, f"{record['inc']}:{record['v']}", new)
+        self._publish(uuid, f"{record['inc']}:{record['v']}", new, dropped or [])
         return new
 
     def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
@@ -293,22 +320,23 @@ class RedisStore(SortedLocks):
                "updated": time.time()}
         if run is not None:
             new["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
+        old = [record["weights"]] if record.get("weights") else []
         try:
-            new = self.write(uuid, new)
+            new = self.write(uuid, new, old)
         except (ConflictError, HeadNotFoundError):  # refused for sure: nothing names it
-            self._forget_objects([name])
+            self._forget_objects([name], f"head '{uuid}': the refused upload of new weights")
             raise
-        if record.get("weights"):
-            self._forget_objects([record["weights"]])
+        self._forget_objects(old, f"head '{uuid}' has new weights; the old weights", queued=True)
         return new
 
-    def _publish(self, uuid: str, expected: str, new: dict) -> None:
-        """Switch the record to `new` if it is still at `expected` ("inc:v")."""
+    def _publish(self, uuid: str, expected: str, new: dict, dropped: list[str]) -> None:
+        """Switch the record to `new` if it is still at `expected` ("inc:v"), queueing
+        the `dropped` objects for removal in that same write."""
         token = getattr(self._leases, uuid, None) or ""
         result = self._switch(keys=[self.key("h", uuid), self.key("train", uuid),
-                                    self.key("changes")],
+                                    self.key("changes"), self.key("gc")],
                               args=[expected, json.dumps(self._stored(new)), token, uuid,
-                                    new["w"]])
+                                    new["w"], time.time(), *dropped])
         self._sigs.pop(uuid, None)
         if result == -1:
             raise HeadNotFoundError(f"head '{uuid}' was deleted meanwhile")
@@ -346,31 +374,70 @@ class RedisStore(SortedLocks):
 
     @_redis_errors
     def delete(self, uuid: str) -> None:
-        """Remove a head in one Redis write; its objects go after."""
+        """Remove a head in one Redis write, which also queues its objects for removal;
+        they go at once if the object store answers, else when the sweeper next runs."""
         raw = self.redis.get(self.key("h", check_uuid(uuid)))
         if raw is None:
             raise HeadNotFoundError(f"no head with uuid '{uuid}' to delete")
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline() as pipe:  # one transaction (MULTI/EXEC)
             pipe.delete(self.key("h", uuid))
             pipe.zrem(self.key("heads"), uuid)
             pipe.delete(self.key("latest", uuid))  # its last job's record expires by itself
             pipe.publish(self.key("changes"), uuid)
+            gone = self._drop_incarnation(pipe, uuid, json.loads(raw)["inc"])
             pipe.execute()
         self._sigs.pop(uuid, None)
-        self._remove_data(uuid, json.loads(raw)["inc"])
+        self._forget_objects(gone, f"head '{uuid}' was deleted; its objects", queued=True)
 
-    def _remove_data(self, uuid: str, inc: str) -> None:
-        """A removed incarnation's examples and objects (nothing reads them any more)."""
-        import redis
+    def _drop_incarnation(self, pipe: Any, uuid: str, inc: str) -> list[str]:
+        """Add to `pipe` (the transaction that deletes or replaces the record) the end of
+        incarnation `inc`: its example log's key goes, and every object under its prefix
+        is queued for removal. Returns the NS:gc entry."""
+        entry = f"{GC_PREFIX}heads/{uuid}/{inc}/"
+        pipe.delete(self.key("ex", uuid, inc))
+        pipe.hset(self.key("gc"), entry, time.time())
+        return [entry]
+
+    def _forget_objects(self, entries: list[str], what: str, queued: bool = False) -> bool:
+        """Remove objects nothing names any more (entries: names, or GC_PREFIX + a
+        prefix): queued in NS:gc first (unless the write that stopped naming them already
+        did), removed now if the object store answers, then cleared from the queue; else
+        they stay queued for the sweeper. `what` starts the warning ("head 'h' was
+        deleted; its objects"). Never raises: the change it follows has happened. True if
+        they are gone now."""
+        if not entries:
+            return True
         try:
-            self.redis.delete(self.key("ex", uuid, inc))
-            self.objects.delete_prefix(f"heads/{uuid}/{inc}/")
-        except (StoreUnavailableError, redis.RedisError) as exc:  # left for a sweep
-            log.warning("data of removed head %s (%s) was not all deleted: %s", uuid, inc, exc)
+            if not queued:
+                self._call(self.redis.hset, self.key("gc"),
+                           mapping={entry: time.time() for entry in entries})
+                queued = True
+        except StoreUnavailableError:
+            pass  # Redis away: if the removal below fails too, the orphan scan finds them
+        try:
+            self._remove_objects(entries)
+        except StoreUnavailableError as exc:
+            later = ("are queued for the sweeper, which removes them once the object store "
+                     "answers") if queued else ("are left for the sweeper's orphan scan (Redis "
+                                                "could not be reached to queue them)")
+            log.warning("%s could not be removed now (%s) and %s", what,
+                        getattr(exc, "reason", exc), later)
+            return False
+        with contextlib.suppress(StoreUnavailableError):  # else removed again: harmless
+            self._call(self.redis.hdel, self.key("gc"), *entries)
+        return True
 
-    def _forget_objects(self, names: list[str]) -> None:
-        with contextlib.suppress(StoreUnavailableError):
-            self.objects.delete(names)
+    def remove_queued(self, entries: list[str]) -> None:
+        """Remove these NS:gc entries' objects, then the entries (the sweeper's step).
+        Raises StoreUnavailableError, the entries kept, if the object store fails."""
+        self._remove_objects(entries)
+        self._call(self.redis.hdel, self.key("gc"), *entries)
+
+    def _remove_objects(self, entries: list[str]) -> None:
+        self.objects.delete([e for e in entries if not e.startswith(GC_PREFIX)])
+        for entry in entries:
+            if entry.startswith(GC_PREFIX):
+                self.objects.delete_prefix(entry[len(GC_PREFIX):])
 
     @_redis_errors
     def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
@@ -493,19 +560,39 @@ class RedisStore(SortedLocks):
         return digest
 
     def load_code(self, digest: str) -> str:
-        """The source stored under `digest`; a cached copy that does not match it (cut
-        short by a crash, or pruned meanwhile) is fetched again."""
-        name = f"code/{digest}.py"
+        data = self._by_content(f"code/{digest}.py", digest)
+        if data is None:
+            raise WeightsError(f"user code {digest} does not match its digest in the object "
+                               "store; create the head list (or head) again with its source")
+        return data.decode("utf-8")
+
+    def save_dataset(self, rows: list[dict]) -> str:
+        """Store a training data set by content (once, whoever trains on it); returns its id."""
+        data = dataset_bytes(rows)
+        digest = content_id(data)
+        self.objects.put(f"data/{digest}.jsonl", data)
+        return digest
+
+    def load_dataset(self, digest: str) -> list[dict]:
+        """The rows of a stored data set. Raises FileNotFoundError if it is gone."""
+        data = self._by_content(f"data/{digest}.jsonl", digest)
+        if data is None:
+            raise FileNotFoundError(f"data set {digest}")
+        return dataset_rows(data)
+
+    def _by_content(self, name: str, digest: str) -> bytes | None:
+        """The bytes of a content-addressed object, or None if none matches `digest`; a
+        cached copy that does not match (cut short by a crash, or pruned meanwhile) is
+        fetched again."""
         for _ in range(2):
             try:
                 data = self.objects.cached(name).read_bytes()
             except FileNotFoundError:
                 data = b""
             if content_id(data) == digest:
-                return data.decode("utf-8")
+                return data
             self.objects.forget_cached(name)
-        raise WeightsError(f"user code {digest} does not match its digest in the object store; "
-                           "create the head list (or head) again with its source")
+        return None
 
     # --- jobs -------------------------------------------------------------------------------
     @_redis_errors
@@ -643,8 +730,18 @@ class RedisStore(SortedLocks):
             self._changes += 1
             self._sigs.clear()
 
+    def start_sweeper(self, interval_s: int | None = None) -> None:
+        """Remove queued and orphaned objects in a thread of this process until close()
+        (`ph serve` and `ph worker` start it; a library user need not)."""
+        from .sweeper import Sweeper
+        if self._sweeper is None:
+            self._sweeper = Sweeper(self, interval_s)
+            self._sweeper.start()
+
     def close(self) -> None:
-        """End the change listener and let go of the connections."""
+        """End the sweeper and the change listener and let go of the connections."""
+        if self._sweeper is not None:
+            self._sweeper.stop()
         self._closed.set()
         self._listener.join(timeout=3)
         for client in (self.redis, self._listener_redis, self.objects):
