@@ -28,5 +28,5 @@ setup(
         # distributed: Redis records/locks/jobs, S3 weights, Celery training workers
         "distributed": ["redis", "boto3", "celery"],
     },
-    entry_points={"console_scripts": ["ph=ph.cli:main"]},
+    entry_points={"console_scripts": ["ph=ph.adapters.cli:main"]},
 )

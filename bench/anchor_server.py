@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from ph.models import PersonalizedHead
-from ph.processors import HashingEncoder
+from ph.modeling.models import PersonalizedHead
+from ph.modeling.processors import HashingEncoder
 
 
 class PredictRequest(BaseModel):

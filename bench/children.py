@@ -26,7 +26,7 @@ TEXTS = ["I want to order a pizza", "will it rain in Lima tomorrow", "play some 
 
 
 def run(n: int, batch: int, device: torch.device, repeat: int) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(Path(tempfile.mkdtemp()) / "heads")
     config = {"Inference": {"device": str(device), "postprocess": {"args": {"return_scores": True}}}}
     registry.create_head("shared", config)

@@ -32,13 +32,13 @@ DEFAULT_HEAD = {"Trainer": {"n_gpu": 0}}  # the default model: 768-dim, 3.2M par
 
 
 def registries(folder: Path, url: str):
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     return HeadRegistry(folder / "local"), HeadRegistry(folder / "cache", store=url)
 
 
 def bench_records(folder: Path, url: str, redis_client, total: int, sample: int,
                   threads: int) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(folder / "records", store=url)
     before = redis_client.info("memory")["used_memory"]
     start = time.perf_counter()
@@ -104,7 +104,7 @@ def bench_cold(folder: Path, url: str, heads: int) -> dict:
     """Heads of the default size (12 MB of weights each), each with weights of its own."""
     import torch
 
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     texts, _ = intent_texts(8)
     out = {}
     for name, store in (("local", None), ("distributed", url)):
@@ -131,7 +131,7 @@ def bench_cold(folder: Path, url: str, heads: int) -> dict:
 
 
 def bench_notify(folder: Path, url: str, writes: int) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     a = HeadRegistry(folder / "notify-a", store=url)
     b = HeadRegistry(folder / "notify-b", store=url)
     a.create_head("n", CONFIG)

@@ -154,8 +154,8 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     os.chdir(tempfile.mkdtemp())
-    from ph.encoders import loaded_encoders
-    from ph.registry import HeadRegistry
+    from ph.modeling.encoders import loaded_encoders
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(Path("heads"))
     seeds = [int(s) for s in args.seeds.split(",")]
     registry.create_head("warm-hashing", head_config("hashing", device, None))

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from common import emit, parser, setup
 from intent_data import as_label_lists, make_split
-from ph.config import INCREMENTAL_DEFAULTS
-from ph.registry import HeadRegistry
+from ph.config.schema import INCREMENTAL_DEFAULTS
+from ph.heads.service import HeadRegistry
 
 NEW_LABEL = "book_restaurant"
 

@@ -67,7 +67,7 @@ def create_and_cold_load(registry, device, n: int, trained_file: Path) -> dict:
 
 
 def through_budget(root: Path, device, n: int, budget: int, dtype: str) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(root / f"budget-{dtype}", memory_budget=budget)
     start = time.perf_counter()
     for i in range(n):
@@ -101,7 +101,7 @@ def through_budget(root: Path, device, n: int, budget: int, dtype: str) -> dict:
 
 
 def half_precision_agreement(root: Path, device, trained_file: Path, texts: list[str]) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(root / "half")
     answers = {}
     for dtype in ("float32", "bfloat16", "float16"):
@@ -118,7 +118,7 @@ def half_precision_agreement(root: Path, device, trained_file: Path, texts: list
 def trained_weights(root: Path, device) -> tuple[Path, list[str]]:
     """Train one default head on the intent set (a few seconds) for realistic weights."""
     import json
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     from intent_data import as_label_lists, make_split
     train, held = make_split(seed=0)
     data = root / "train.json"
@@ -145,7 +145,7 @@ def main() -> None:
         print(json.dumps(through_budget(Path(tempfile.mkdtemp()), device, args.heads,
                                         parse_bytes(args.budget), args.budget_phase)))
         return
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     root = Path(tempfile.mkdtemp())
     weights, held_out = trained_weights(root, device)
     registry = HeadRegistry(root / "heads")

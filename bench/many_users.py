@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from common import emit, parser, rss_bytes, setup, sync
-from ph.batching import DERIVE_AFTER_USES
+from ph.modeling.stacked import DERIVE_AFTER_USES
 
 
 def rate(fn, n_requests: int, device, min_seconds: float = 2.0) -> float:
@@ -35,7 +35,7 @@ def rate(fn, n_requests: int, device, min_seconds: float = 2.0) -> float:
 
 
 def bench_n(n: int, device: torch.device, seconds: float) -> dict:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(Path(tempfile.mkdtemp()) / "heads")
     config = {"Inference": {"device": str(device), "postprocess": {"args": {"return_scores": True}}}}
     uids = [registry.create_head(f"user{i}", config) for i in range(n)]

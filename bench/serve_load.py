@@ -50,7 +50,7 @@ def ph_serve(heads_dir: Path, *extra: str) -> list[str]:
 
 
 def make_heads(heads_dir: Path, n: int, store: str | None = None) -> None:
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(heads_dir, store=store)
     for i in range(n):
         registry.create_head(f"u{i}", {"Inference": {"device": "cpu"}})

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from common import emit, intent_texts, parser, setup, sync
-from ph.config import with_defaults
-from ph.data import TensorBatches, TrainingData
-from ph.engine import make_model
-from ph.metrics import accuracy, top_k_acc
-from ph.processors import HashingEncoder
-from ph.training import LoopSettings, Trainer, build_optimizer
+from ph.config.schema import with_defaults
+from ph.training.data import TensorBatches, TrainingData
+from ph.modeling.engine import make_model
+from ph.training.metrics import accuracy, top_k_acc
+from ph.modeling.processors import HashingEncoder
+from ph.training.trainer import LoopSettings, Trainer, build_optimizer
 
 
 def hand_loop(model, x, y, batch_size, epochs, optimizer, device, save_to: Path | None = None):

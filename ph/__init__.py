@@ -22,7 +22,7 @@ from .api import (add_examples, check_head, create_head, create_head_list, delet
 from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError,
                      PHError, PermissionDeniedError, StoreUnavailableError, TooLargeError,
                      TrainingError, WeightsError)
-from .registry import HeadRegistry
+from .heads.service import HeadRegistry
 
 __version__ = "0.1.0"
 __all__ = ["add_examples", "list_examples", "delete_examples", "TooLargeError", "check_head", "create_head", "create_head_list", "delete_head", "get_config",
@@ -34,11 +34,11 @@ __all__ = ["add_examples", "list_examples", "delete_examples", "TooLargeError", 
 
 def serv_actions():
     """ASGI app of the remote action server (`uvicorn ph:serv_actions`, as JSORC runs it)."""
-    from .server import create_app
+    from .server.app import create_app
     return create_app()
 
 
 if sys.modules.get("jaseci") is not None:  # loaded by Jaseci: register the actions
-    from . import actions as _actions
+    from .adapters import jaseci as _actions
 
     _actions.register()

@@ -1,6 +1,6 @@
 """`python -m ph serve ...`"""
 import sys
 
-from .cli import main
+from .adapters.cli import main
 
 sys.exit(main())

@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from .errors import BadInputError, ConfigError, PHError
-from .example_log import ExampleLimits
-from .paths import PathPolicy
-from .registry import LIST_PAGE, HeadRegistry, default_heads_dir
+from .stores.example_files import ExampleLimits
+from .heads.policy import PathPolicy
+from .heads.jobs import job_status, start_job, stop_job
+from .heads.service import LIST_PAGE, HeadRegistry, default_heads_dir
 from .stores import parse_store_url, store_url
 
 _registry: HeadRegistry | None = None
@@ -115,20 +116,17 @@ def train_head(uuid: str, config: dict | str | None = None, config_file: str | N
     auto_update = _flag(auto_update, "auto_update")
     incremental = _flag(incremental, "incremental")
     if _flag(background, "background"):
-        from .jobs import start_job
         return start_job(registry, uuid, config, auto_update, incremental)
     return to_plain(registry.train(uuid, config, auto_update, incremental=incremental))
 
 
 def train_status(job_id: str) -> dict:
     """State, epoch, latest metrics and error of a background training job."""
-    from .jobs import job_status
-    return job_status(get_registry(), job_id)
+    return job_status(get_registry().store, job_id)
 
 
 def stop_training(job_id: str) -> dict:
     """Ask a background training job to stop; the head keeps its previous weights."""
-    from .jobs import stop_job
     return stop_job(get_registry(), job_id)
 
 

@@ -49,7 +49,7 @@ def jsorc_remote(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 ACTION_CONFIGS = {
     "ph": {
         "module": "ph",
-        "loaded_module": "ph.actions",
+        "loaded_module": "ph.adapters.jaseci",
         "remote": jsorc_remote(manifests()),
         "local_mem_requirement": 1024,  # MB: torch plus a few default heads
     }

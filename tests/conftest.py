@@ -78,7 +78,7 @@ def train_json(workdir, intents):
 
 @pytest.fixture
 def registry(workdir):
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     return HeadRegistry(workdir / "heads")
 
 
@@ -135,7 +135,7 @@ def any_store(request):
 @pytest.fixture
 def any_registry(workdir, any_store):
     """A HeadRegistry on each store backend in turn (see `any_store`)."""
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     registry = HeadRegistry(workdir / "heads", store=any_store)
     yield registry
     close_store(registry.store)

@@ -66,8 +66,8 @@ def test_memory_budget_sizes_are_read_with_units():
 
 
 def test_seed_aliases_build_the_same_head_as_the_canonical_names(fresh_api, workdir):
-    from ph.config import with_defaults
-    from ph.engine import make_model
+    from ph.config.schema import with_defaults
+    from ph.modeling.engine import make_model
     canonical = small_config()
     alias = small_config()
     alias["Model"]["type"] = "PHClassifier"

@@ -8,9 +8,9 @@ import requests
 import torch
 
 from conftest import small_config, tiny_custom_config
-from ph.batching import _runs
+from ph.modeling.stacked import _runs
 from ph.errors import HeadNotFoundError
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 from servers import ph_server
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
@@ -59,7 +59,7 @@ def test_sparse_heads_of_a_large_chunk_answer_as_each_alone(registry):
 
 
 def test_heads_in_use_get_fused_weights_and_still_answer_as_alone(registry, heads):
-    from ph.batching import DERIVE_AFTER_USES
+    from ph.modeling.stacked import DERIVE_AFTER_USES
     requests_ = [(uid, TEXTS[i % 4]) for i, uid in enumerate(heads[:6])]
     registry.predict_many(requests_ + [(heads[6], "once")])
     slot = lambda uid: registry.cache.peek(uid).extra["slot"]

@@ -1,7 +1,7 @@
 """HeadCache: least recently used heads leave first, within a byte budget."""
 from __future__ import annotations
 
-from ph.cache import HeadCache, LoadedHead
+from ph.heads.cache import HeadCache, LoadedHead
 
 
 def head(uuid, nbytes=100, signature=(1,)):

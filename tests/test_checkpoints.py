@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ph.checkpoints import CheckpointWriter, snapshot
+from ph.training.checkpoints import CheckpointWriter, snapshot
 from ph.errors import TrainingError
 
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import small_config, tiny_custom_config, write_json
 from ph.errors import BadInputError, ConfigError, ConflictError, HeadNotFoundError
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 

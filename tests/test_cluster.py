@@ -479,9 +479,9 @@ def test_while_s3_is_unreachable_cached_heads_answer_and_s3_calls_fail_clearly(
 
 
 def _save_untrained_weights(path: Path, seed: int) -> None:
-    from ph.components import UserCode
-    from ph.engine import make_model
-    from ph.validate import validate_config
+    from ph.config.components import UserCode
+    from ph.modeling.engine import make_model
+    from ph.heads.validate import validate_config
     model = make_model(validate_config(small_config()), UserCode(), seed=seed)
     torch.save(model.state_dict(), path)
 

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-import ph.engine  # noqa: F401  (registers the built-in models and processors)
-from ph.components import (MODELS, POSTPROCESSORS, PREPROCESSORS, Registry, UserCode,
+import ph.modeling.engine  # noqa: F401  (registers the built-in models and processors)
+from ph.config.components import (MODELS, POSTPROCESSORS, PREPROCESSORS, Registry, UserCode,
                            UserComponent, bind, build, resolve)
 from ph.errors import ConfigError
 

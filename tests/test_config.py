@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ph.config import (DEFAULT_CONFIG, check_shape, config_diff, deep_merge, load_config,
+from ph.config.schema import (DEFAULT_CONFIG, check_shape, config_diff, deep_merge, load_config,
                        parse_monitor, with_defaults)
 from ph.errors import ConfigError
 

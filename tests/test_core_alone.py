@@ -24,7 +24,7 @@ ph.create_head(uuid="alone", config=config)
 summary = ph.train_head("alone")
 print(json.dumps({{"updated": summary["updated"], "predict": ph.predict("alone", "order a pizza"),
                   "many": ph.predict_many([["alone", "order a pizza"]]),
-                  "jaseci_loaded": "ph.actions" in sys.modules}}))
+                  "jaseci_loaded": "ph.adapters.jaseci" in sys.modules}}))
 """
 
 

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from ph.components import UserCode
-from ph.data import CustomDataLoader, DataContext, SnipsDataLoader, TensorBatches
+from ph.config.components import UserCode
+from ph.training.data import CustomDataLoader, DataContext, SnipsDataLoader, TensorBatches
 from ph.errors import BadInputError, ConfigError
-from ph.processors import HashingEncoder, PersonalizedHeadPreProcessor
+from ph.modeling.processors import HashingEncoder, PersonalizedHeadPreProcessor
 
 DIM = 32
 KEY = "Trainer.dataloader.args.train_json"

@@ -16,9 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
-import ph.cli
+import ph.adapters.cli
 import ph.deploy
-import ph.server
+import ph.server.app
 from ph import stores
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,12 +157,12 @@ def ph_parse(argv: list[str], capsys) -> _Parsed:
 
     with mock.patch.object(argparse.ArgumentParser, "parse_args", capture):
         try:
-            ph.cli.main(list(argv))
+            ph.adapters.cli.main(list(argv))
         except _Parsed as parsed:
             return parsed
         except SystemExit:
             pytest.fail(f"`ph {' '.join(argv)}` is refused by ph.cli: {capsys.readouterr().err}")
-    pytest.fail("ph.cli.main did not parse its arguments with argparse")
+    pytest.fail("ph.adapters.cli.main did not parse its arguments with argparse")
 
 
 def parse_container_args(container: dict, capsys) -> argparse.Namespace:
@@ -369,10 +369,10 @@ def test_serve_listens_where_the_service_and_probes_point_and_has_a_token(capsys
     assert port_matches(args.port, container)
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
-        assert get["path"] in ph.server.OPEN_PATHS  # probes send no token
+        assert get["path"] in ph.server.app.OPEN_PATHS  # probes send no token
         assert port_matches(get["port"], container) and get["port"] in (args.port, "http")
     assert workload_selected_by(named("Service", "ph")) is deployment
-    if not ph.server.is_loopback(args.host):  # ph serve refuses other hosts without a token
+    if not ph.server.app.is_loopback(args.host):  # ph serve refuses other hosts without a token
         assert env_sources(container)["PH_TOKEN"] == ("secret", "ph-secrets", "token")
     assert "nvidia.com/gpu" not in str(container["resources"])
 

@@ -20,11 +20,11 @@ import torch
 import ph.api
 from intent_data import as_label_lists, make_split
 from jaseci_harness import JacCase, in_dir
-from ph.encoders import (PACKAGED_MODELS, SentenceTransformersEncoder, PackagedModel,
+from ph.modeling.encoders import (PACKAGED_MODELS, SentenceTransformersEncoder, PackagedModel,
                          loaded_encoders, make_encoder, unpack_model)
 from ph.errors import ConfigError, PermissionDeniedError
-from ph.paths import PathPolicy
-from ph.registry import HeadRegistry
+from ph.heads.policy import PathPolicy
+from ph.heads.service import HeadRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = PACKAGED_MODELS["all-MiniLM-L6-v2"]

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import small_config
-from ph.components import UserCode
-from ph.config import deep_merge, with_defaults
-from ph.engine import (InferenceEngine, build_engine, fit_state_dict, make_model, read_weights,
+from ph.config.components import UserCode
+from ph.config.schema import deep_merge, with_defaults
+from ph.modeling.engine import (InferenceEngine, build_engine, fit_state_dict, make_model, read_weights,
                        resolve_device)
 from ph.errors import BadInputError, WeightsError
-from ph.processors import PersonalizedHeadPostProcessor, PersonalizedHeadPreProcessor
+from ph.modeling.processors import PersonalizedHeadPostProcessor, PersonalizedHeadPreProcessor
 
 DIM = 32
 N_CLASSES = 5

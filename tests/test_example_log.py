@@ -12,10 +12,10 @@ import time
 import pytest
 
 from conftest import close_store, small_config, stored_example_bytes
-from ph import example_log
+from ph.stores import example_files as example_log
 from ph.errors import ConfigError
-from ph.example_log import ExampleLimits, ExampleLog
-from ph.registry import HeadRegistry
+from ph.stores.example_files import ExampleLimits, ExampleLog
+from ph.heads.service import HeadRegistry
 from ph.stores import LocalStore, open_store
 
 
@@ -119,7 +119,7 @@ def test_limits_come_from_arguments_or_the_environment(monkeypatch):
 
 WRITER = """
 import sys
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 from ph.stores import LocalStore, open_store
 registry = HeadRegistry(sys.argv[1])
 for i in range(100000):

@@ -72,7 +72,7 @@ def test_custom_model_example_trains_user_code_and_reads_the_digit_image(tmp_pat
     assert run_example(folder)["report"] == [[7]]
     # and it learned digits: images it never saw (another seed) are mostly right
     subprocess.run([sys.executable, "make_data.py", "unseen", "3", "123"], cwd=folder, check=True)
-    from ph.registry import HeadRegistry
+    from ph.heads.service import HeadRegistry
     images = sorted((folder / "unseen").glob("*/*.png"))
     predictions = HeadRegistry(folder / "heads").predict("mnist", [str(p) for p in images])
     right = sum(p == int(image.parent.name) for p, image in zip(predictions, images))

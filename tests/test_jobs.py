@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import small_config
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 from servers import ph_server
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
@@ -54,7 +54,7 @@ def test_a_finished_job_prunes_old_job_records_and_their_status_says_so(workdir,
     import ph
     import ph.api
     from ph.errors import NotFoundError
-    from ph.fileio import atomic_write_json
+    from ph.stores.fileio import atomic_write_json
     store = ph.api.setup(heads_dir=str(workdir / "heads")).store
     try:
         old = store.job_path("old-job")
@@ -167,7 +167,7 @@ def test_stopping_a_job_before_it_starts_leaves_the_head_alone(fresh_api, train_
 
 def test_a_training_job_runs_below_the_server_on_the_cpu(fresh_api, train_json):
     import ph
-    from ph.jobs import JOB_NICENESS
+    from ph.adapters.job_runner import JOB_NICENESS
     ph.create_head(uuid="nice", config=small_config(epochs=200))
     job = ph.train_head("nice", background=True)
     wait_epoch(ph.train_status, job["job_id"], 1)

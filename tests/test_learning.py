@@ -16,9 +16,9 @@ import pytest
 from conftest import small_config
 from intent_data import as_label_lists
 from ph.errors import BadInputError, ConfigError, TooLargeError
-from ph.example_log import ExampleLimits
-from ph.learning import plan_examples
-from ph.registry import HeadRegistry
+from ph.stores.example_files import ExampleLimits
+from ph.training.plan import plan_examples
+from ph.heads.service import HeadRegistry
 
 NEW = "book_restaurant"
 
@@ -259,7 +259,7 @@ def test_replay_pool_is_class_balanced_and_bounded_by_what_the_run_draws():
 
 TRAINER = """
 import sys
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 HeadRegistry(sys.argv[1]).train("k", {"Trainer": {"trainer": {"epochs": 100000, "save_period": 1}}})
 """
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ph.components import LOSSES, METRICS
-from ph.metrics import accuracy, mae, mse, top_k_acc
+from ph.config.components import LOSSES, METRICS
+from ph.training.metrics import accuracy, mae, mse, top_k_acc
 
 # 4 inputs, 4 classes; the classes in score order per row are given in the comments.
 SCORES = torch.tensor([[0.10, 0.60, 0.20, 0.10],    # 1, 2, 0|3

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ph.models import PersonalizedHead, PHVector2Vector
+from ph.modeling.models import PersonalizedHead, PHVector2Vector
 
 SMALL = dict(embedding_length=16, n_classes=5, ph_ff_dim=24, ph_nhead=4)
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from ph.errors import BadInputError, PermissionDeniedError
-from ph.paths import PathPolicy, check_stored_path, merge_limits
+from ph.heads.policy import PathPolicy, check_stored_path, merge_limits
 
 
 def test_the_local_module_may_use_any_path_relative_to_the_working_folder(workdir):

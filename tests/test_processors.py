@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ph.errors import BadInputError, ConfigError
-from ph.processors import (ENCODERS, HashingEncoder, PersonalizedHeadPostProcessor,
+from ph.modeling.processors import (ENCODERS, HashingEncoder, PersonalizedHeadPostProcessor,
                            PersonalizedHeadPreProcessor, V2VPostProcessor, V2VPreProcessor)
 
 DIM = 32
@@ -40,7 +40,7 @@ def test_hashing_encoder_is_identical_in_a_fresh_process():
     """No per-process hash seed (PYTHONHASHSEED) leaks into the vectors."""
     text = "play some Miles Davis for me"
     here = HashingEncoder(64).encode([text])[0].tolist()
-    script = ("import json, sys\nfrom ph.processors import HashingEncoder\n"
+    script = ("import json, sys\nfrom ph.modeling.processors import HashingEncoder\n"
               f"print(json.dumps(HashingEncoder(64).encode([{text!r}])[0].tolist()))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env={"PYTHONHASHSEED": "12345", "PATH": "/usr/bin:/bin"}, timeout=60)

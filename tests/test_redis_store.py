@@ -19,7 +19,7 @@ import torch
 
 from conftest import TEST_BUCKET, close_store, small_config, training_held
 from ph.errors import ConfigError, ConflictError, HeadNotFoundError, StoreUnavailableError
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 from ph.stores import open_store
 from ph.stores.base import JobRetention
 from servers import RedisServer, TcpProxy, distributed_url
@@ -520,21 +520,21 @@ def test_a_lock_is_renewed_while_held_and_frees_itself_when_its_holder_dies(stor
 
 
 def test_stopping_a_job_no_worker_took_stops_it_and_frees_the_head(registry):
-    from ph import jobs
+    from ph.heads import jobs
     uid = registry.create_head("h", small_config())
     job = jobs.start_job(registry, uid)  # no worker reads the queue
-    assert jobs.job_status(registry, job["job_id"])["state"] == "queued"
+    assert jobs.job_status(registry.store, job["job_id"])["state"] == "queued"
     assert jobs.stop_job(registry, job["job_id"])["state"] == "stopped"
     assert registry.delete_head(uid)  # the head is no longer held by the job
-    from ph.jobs import run_job  # a worker that gets the message late does not run it
+    from ph.adapters.job_runner import run_job  # a worker that gets the message late does not run it
     assert run_job(str(registry.store.root), job["job_id"], registry.store) == 1
 
 
 def test_a_queued_job_a_worker_took_and_died_on_is_failed(registry, monkeypatch):
-    from ph import jobs
+    from ph.heads import jobs
     uid = registry.create_head("h", small_config())
     job = jobs.start_job(registry, uid)
     assert registry.store.claim_job(job["job_id"], 1)  # taken, and never a heartbeat
-    status = jobs.job_status(registry, job["job_id"])
+    status = jobs.job_status(registry.store, job["job_id"])
     assert status["state"] == "failed" and "ended without finishing" in status["error"]
     assert registry.delete_head(uid)

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from conftest import ROOT, small_config, stored_example_bytes, training_held, write_json
-from ph.config import deep_merge, load_config
+import ph.stores.local as local_store  # the module object the stores here use
+from ph.config.schema import deep_merge, load_config
 from ph.errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError,
                        PermissionDeniedError, TrainingError, WeightsError)
-from ph.paths import PathPolicy
-from ph.registry import HeadRegistry
+from ph.heads.policy import PathPolicy
+from ph.heads.service import HeadRegistry
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 
@@ -103,7 +104,7 @@ def test_a_replace_that_fails_at_the_switch_keeps_the_old_head_whole(registry, t
     def crash(a, b):
         raise OSError(5, "I/O error")
 
-    monkeypatch.setattr("ph.stores.local.exchange_paths", crash)
+    monkeypatch.setattr(local_store, "exchange_paths", crash)
     with pytest.raises(OSError):
         registry.create_head(trained, small_config(), replace=True)
     other = HeadRegistry(registry.store.root)
@@ -118,7 +119,7 @@ def test_a_replace_that_fails_at_the_switch_keeps_the_old_head_whole(registry, t
 def test_a_new_process_finds_every_head_and_predicts_the_same(registry, trained, workdir):
     untrained = registry.create_head("carol")
     expected = {uid: registry.predict(uid, TEXTS) for uid in (trained, untrained)}
-    script = ("import json, sys; from ph.registry import HeadRegistry; r = HeadRegistry('heads'); "
+    script = ("import json, sys; from ph.heads.service import HeadRegistry; r = HeadRegistry('heads'); "
               f"print(json.dumps({{u: r.predict(u, {TEXTS!r}) for u in r.list_heads()}}))")
     out = subprocess.run([sys.executable, "-c", script], cwd=workdir, capture_output=True,
                          text=True, check=True)
@@ -285,7 +286,7 @@ def with_paths(train_json, save_dir) -> dict:
 
 def test_paths_a_remote_client_stored_are_refused_to_the_app_outside_the_clients_folders(
         remote_and_app, workdir, train_json):
-    from ph.jobs import start_job
+    from ph.heads.jobs import start_job
     remote, app = remote_and_app
     remote.create_head("planted", with_paths(train_json, workdir / "remote" / "saved"))
     for train in (lambda: app.train("planted"), lambda: start_job(app, "planted")):

@@ -11,7 +11,7 @@ import requests
 from starlette.requests import Request
 
 from conftest import small_config
-from ph.server import _refusal
+from ph.server.app import _refusal
 from servers import BIN, ph_server
 
 SMALL = small_config()
@@ -201,7 +201,7 @@ def _server_heads_dir(pid: int):
 
 
 def test_each_worker_leaves_one_core_to_its_event_loop():
-    from ph.server import ServerSettings
+    from ph.server.app import ServerSettings
     cores = len(os.sched_getaffinity(0))
     assert ServerSettings(workers=1).compute_threads() == max(1, cores - 1)
     assert ServerSettings(workers=cores).compute_threads() == 1
@@ -209,7 +209,7 @@ def test_each_worker_leaves_one_core_to_its_event_loop():
 
 
 def test_serve_runs_torch_with_the_threads_it_chose(server, tmp_path):
-    from ph.server import ServerSettings
+    from ph.server.app import ServerSettings
     assert requests.get(server + "/healthz", timeout=10).json()["torch_threads"] == \
         ServerSettings().compute_threads()
     with ph_server(tmp_path, "--threads", "3") as url:

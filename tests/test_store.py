@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import close_store
+import ph.stores.local as local_store  # the module object the stores here use
 from ph.errors import BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError
-from ph.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
+from ph.stores.fileio import atomic_open, atomic_write_bytes, atomic_write_json, file_lock
 from ph.stores import RUNS_KEPT, LocalStore as HeadStore, check_uuid, new_uuid, open_store
 
 
@@ -368,7 +369,7 @@ def test_a_replace_that_fails_at_the_switch_keeps_the_old_head(store, monkeypatc
     def broken(a, b):
         raise OSError(5, "I/O error")
 
-    monkeypatch.setattr("ph.stores.local.exchange_paths", broken)
+    monkeypatch.setattr(local_store, "exchange_paths", broken)
     with pytest.raises(OSError):
         store.create("h", record("h", note="new"), weights(2.0), replace=True)
     assert_whole(store, "old", 1.5)
@@ -377,7 +378,7 @@ def test_a_replace_that_fails_at_the_switch_keeps_the_old_head(store, monkeypatc
 
 
 def test_without_an_atomic_exchange_replace_moves_the_old_head_aside_first(store, monkeypatch):
-    monkeypatch.setattr("ph.stores.local.exchange_paths", lambda a, b: False)
+    monkeypatch.setattr(local_store, "exchange_paths", lambda a, b: False)
     old_head(store)
     store.create("h", record("h", note="new"), weights(2.0), replace=True)
     assert_whole(store, "new", 2.0)

@@ -49,7 +49,7 @@ CLI_MODES = {  # name: (argv before the URL, whether the URL goes in PH_STORE, s
 
 DRIVER = r"""
 import json, os, runpy, signal, sys, traceback
-import ph.cli  # the slow imports, once, before forking
+import ph.adapters.cli  # the slow imports, once, before forking
 results = []
 for argv, env in json.loads(sys.argv[1]):
     read, write = os.pipe()

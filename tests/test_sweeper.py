@@ -13,7 +13,7 @@ import pytest
 
 from conftest import close_store, small_config
 from ph.errors import StoreUnavailableError
-from ph.registry import HeadRegistry
+from ph.heads.service import HeadRegistry
 from ph.stores.objects import _unavailable
 from ph.stores.sweeper import AREAS, _scan_due, referenced_objects, sweep
 from servers import TcpProxy

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from conftest import small_config, write_json
-from ph.config import deep_merge
-from ph.data import DataContext
-from ph.engine import build_processors, make_model
+from ph.config.schema import deep_merge
+from ph.training.data import DataContext
+from ph.modeling.engine import build_processors, make_model
 from ph.errors import TrainingError
-from ph.training import TrainingStopped, run_training, training_device
-from ph.validate import validate_config
+from ph.training.trainer import TrainingStopped, run_training, training_device
+from ph.heads.validate import validate_config
 
 
 def train(workdir, config_overrides=None, stop=None, on_epoch=None, **loop):

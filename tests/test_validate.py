@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from ph.components import MODELS, UserCode
-from ph.config import DEFAULT_CONFIG
+from ph.config.components import MODELS, UserCode
+from ph.config.schema import DEFAULT_CONFIG
 from ph.errors import ConfigError
-from ph.validate import validate_config
+from ph.heads.validate import validate_config
 
 USER_SOURCE = '''
 import torch
@@ -97,7 +97,7 @@ def test_validate_config_accepts_monitor_off_and_no_scheduler():
 def test_validate_config_does_not_allocate_the_model():
     # Built-in models are checked on the meta device: a 400M-parameter (1.6 GB) head costs
     # no memory. Measured in a fresh process (VmHWM: its own peak resident size).
-    script = ("from ph.validate import validate_config\n"
+    script = ("from ph.heads.validate import validate_config\n"
               "huge = {'Model': {'args': {'embedding_length': 8192, 'ph_ff_dim': 8192,"
               " 'ph_nhead': 8, 'n_classes': 10}}}\n"
               "assert validate_config(huge)['Model']['args']['embedding_length'] == 8192\n"

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 from ..errors import BadInputError, ConfigError
 
 RUNS_KEPT = 20  # training runs remembered in a head's record
+ACTIVE = ("queued", "running")  # a job in these states owns its head
 
 UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

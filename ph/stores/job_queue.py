@@ -7,7 +7,7 @@ the job itself lives in the store, so any server can report or stop it.
 Messages are acknowledged when a worker takes them. Redelivery of a lost message is
 not left to the broker (its visibility timeout would also redeliver long runs that are
 still alive); a job whose worker stops beating is failed, or sent again when the job
-allows retries (PH_JOB_RETRIES), by whoever notices first (ph.jobstate).
+allows retries (PH_JOB_RETRIES), by whoever notices first (ph.heads.jobs.job_status).
 """
 from __future__ import annotations
 

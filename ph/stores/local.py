@@ -29,12 +29,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ..example_log import ExampleLog
+from .example_files import ExampleLog
 from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
-from ..fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
+from .fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
                       file_lock, fsync_dir)
-from ..jobstate import ACTIVE
-from .base import (RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
+from .base import (ACTIVE, RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
                    dataset_rows)
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced

@@ -15,7 +15,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from ..errors import StoreUnavailableError
-from ..fileio import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .base import env_int
 
 # Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,

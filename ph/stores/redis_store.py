@@ -45,12 +45,11 @@ from typing import Any, Iterator
 
 import torch
 
-from ..jobstate import ACTIVE
 from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
                       WeightsError)
-from .base import (RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
+from .base import (ACTIVE, RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
                    dataset_rows)
-from .object_examples import ObjectExampleLog
+from .example_objects import ObjectExampleLog
 from .objects import ObjectStore
 
 log = logging.getLogger("ph.stores")

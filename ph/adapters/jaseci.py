@@ -10,7 +10,7 @@ from typing import Callable
 
 from jaseci.jsorc.live_actions import jaseci_action
 
-from . import api
+from .. import api
 
 
 def _as_action(fn: Callable) -> Callable:

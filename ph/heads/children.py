@@ -24,9 +24,9 @@ from typing import Mapping
 
 from typing import Any
 
-from .config import SECTION_KEYS, config_diff, deep_merge
-from .errors import BadInputError, ConfigError, ConflictError, NotFoundError, did_you_mean
-from .stores import check_uuid
+from ..config.schema import SECTION_KEYS, config_diff, deep_merge
+from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError, did_you_mean
+from ..stores import check_uuid
 
 
 def follows_parent(record: Mapping) -> str | None:

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from . import metrics as _metrics  # noqa: F401  (register losses and metrics)
-from .components import DATALOADERS, LOSSES, METRICS, Registry, build
-from .config import parse_monitor
+from ..config.components import DATALOADERS, LOSSES, METRICS, Registry, build
+from ..config.schema import parse_monitor
 from .data import DataContext, TrainingData
-from .errors import PHError, TrainingError
+from ..errors import PHError, TrainingError
 from .checkpoints import CheckpointWriter, snapshot
 
 log = logging.getLogger("ph.training")

@@ -20,7 +20,7 @@ from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ConflictError
-from ..example_log import LogSummary, _line
+from .example_files import LogSummary, _line
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore

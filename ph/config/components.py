@@ -13,8 +13,8 @@ import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .config import component_args
-from .errors import ConfigError, did_you_mean
+from .schema import component_args
+from ..errors import ConfigError, did_you_mean
 
 
 class Registry:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .components import LOSSES, METRICS
+from ..config.components import LOSSES, METRICS
 
 # torch.nn.functional losses by name, enumerated here once (never looked up from a config).
 _F_LOSSES = sorted(n for n in dir(F) if n.endswith("_loss") and not n.startswith("_"))

@@ -70,7 +70,7 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def _worker(host: str, port: int, log_level: str, access_log: bool) -> None:
     import uvicorn
     logging.basicConfig(level=log_level.upper())
-    config = uvicorn.Config("ph.server:serv_actions", factory=True, host=host, port=port,
+    config = uvicorn.Config("ph.server.app:serv_actions", factory=True, host=host, port=port,
                             log_level=log_level, access_log=access_log)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .errors import TrainingError
-from .fileio import atomic_link, atomic_torch_save
+from ..errors import TrainingError
+from ..stores.fileio import atomic_link, atomic_torch_save
 
 
 def snapshot(value: Any) -> Any:

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from . import models, processors  # noqa: F401  (register the built-in components)
-from .components import (MODELS, POSTPROCESSORS, PREPROCESSORS, UserCode, UserComponent, bind,
+from ..config.components import (MODELS, POSTPROCESSORS, PREPROCESSORS, UserCode, UserComponent, bind,
                          construct, resolve)
-from .config import component_args
-from .errors import BadInputError, PHError, WeightsError
+from ..config.schema import component_args
+from ..errors import BadInputError, PHError, WeightsError
 
 log = logging.getLogger("ph.engine")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

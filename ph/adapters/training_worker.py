@@ -1,19 +1,19 @@
 """`ph worker`: a training worker for a distributed store, on any machine.
 
 A Celery worker over the store's Redis that takes job ids from its queues and runs them
-with `ph.jobs.run_job`, one at a time (the solo pool: a training owns the process, and
+with `ph.adapters.job_runner.run_job`, one at a time (the solo pool: a training owns the process, and
 kill -9 of the worker ends its training with it; the job is then reported failed, or
-sent again, by ph.jobstate). GPU machines take the ph-gpu queue.
+sent again, by ph.heads.jobs.job_status). GPU machines take the ph-gpu queue.
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from .errors import ConfigError
-from .jobs import run_job, yield_cpu_to_serving
-from .stores import is_distributed, open_store
-from .stores.job_queue import TASK, celery_app
+from ..errors import ConfigError
+from .job_runner import run_job, yield_cpu_to_serving
+from ..stores import is_distributed, open_store
+from ..stores.job_queue import TASK, celery_app
 
 log = logging.getLogger("ph.worker")
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .errors import as_ph_error
+from ..errors import as_ph_error
 
 MAX_CHUNK = 256  # heads per chunk; chunks grow 8, 16, 32, ... up to this
 DERIVE_AFTER_USES = 8  # derived weights (e.g. fused W_o W_v) pay off only for heads in use

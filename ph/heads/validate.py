@@ -8,13 +8,13 @@ from typing import Any, Mapping
 
 import torch
 
-from .components import LOSSES, METRICS, MODELS, UserCode, UserComponent, problems_of
-from .config import check_shape, dig, parse_monitor, with_defaults
-from .data import DataContext
-from .encoders import encoder_dim
-from .engine import build_model, build_processors
-from .errors import ConfigError
-from .training import build_loader, build_optimizer, build_scheduler
+from ..config.components import LOSSES, METRICS, MODELS, UserCode, UserComponent, problems_of
+from ..config.schema import check_shape, dig, parse_monitor, with_defaults
+from ..training.data import DataContext
+from ..modeling.encoders import encoder_dim
+from ..modeling.engine import build_model, build_processors
+from ..errors import ConfigError
+from ..training.trainer import build_loader, build_optimizer, build_scheduler
 
 _validated: dict[str, dict] = {}  # digest of (config, code) -> filled config
 

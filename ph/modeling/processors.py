@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from .components import POSTPROCESSORS, PREPROCESSORS
+from ..config.components import POSTPROCESSORS, PREPROCESSORS
 from .encoders import (ENCODERS, HashingEncoder, SentenceTransformersEncoder,  # noqa: F401
                        make_encoder)  # (the encoders' old home: importable from here too)
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 class VectorPreProcessor:

@@ -6,9 +6,9 @@ import logging
 import os
 import sys
 
-from .errors import ConfigError
-from .server import ServerSettings, is_loopback
-from .stores import parse_store_url, store_url
+from ..errors import ConfigError
+from ..server.app import ServerSettings, is_loopback
+from ..stores import parse_store_url, store_url
 
 STORE_HELP = ("where heads live: a distributed store, redis://[:PASSWORD@]HOST:PORT/DB?"
               "objects=s3://BUCKET/PREFIX[&endpoint=URL] (none: $PH_STORE, else the "
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    from .errors import PHError
-    from .worker import run_worker
+    from ..errors import PHError
+    from .training_worker import run_worker
     logging.basicConfig(level=args.log_level.upper())
     try:
         return run_worker(args.store, args.heads_dir, [q for q in args.queues.split(",") if q],
@@ -99,7 +99,7 @@ def serve_command(args: argparse.Namespace) -> int:
                               args.max_body_bytes)
     os.environ.update(settings.to_env())  # every worker builds its app from these
     logging.basicConfig(level=args.log_level.upper())
-    from .workers import can_spread, serve_workers
+    from ..server.processes import can_spread, serve_workers
     if args.workers > 1 and can_spread():
         try:
             return serve_workers(args.host, args.port, args.workers, args.log_level,
@@ -109,7 +109,7 @@ def serve_command(args: argparse.Namespace) -> int:
                   "is another server using it? Choose another --port", file=sys.stderr)
             return 2
     import uvicorn
-    uvicorn.run("ph.server:serv_actions", factory=True, host=args.host, port=args.port,
+    uvicorn.run("ph.server.app:serv_actions", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, access_log=args.access_log)
     return 0
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .fileio import atomic_open, fsync_dir
 
 log = logging.getLogger("ph.examples")

@@ -1,108 +1,26 @@
-"""Background training: each job runs in its own process, so serving stays responsive
-and a crash or kill cannot touch the serving process or the head's current weights.
-
-The job's state lives in the store, so any server can report or stop it. A job owns its
-head from the moment start_job returns its id (see HeadRegistry.check_idle). With the
-local store the job is a new process on this machine (`python -m ph.jobs HEADS_DIR
-JOB_ID`); with a distributed store it is a message to the training workers (`ph
-worker`), which run `run_job` in theirs.
-"""
+"""Runs one background training job: the body of a local job process
+(`python -m ph.adapters.job_runner HEADS_DIR JOB_ID`, started by ph.heads.jobs) and of
+`ph worker`'s task. It claims the job's attempt, trains through the heads service under
+the accepting server's path policy, records progress per epoch and the outcome."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from . import jobstate
-from .errors import PHError, TrainingError
-from .jobstate import ACTIVE
-from .paths import PathPolicy
-from .registry import HeadRegistry
-from .stores import check_uuid, new_uuid, open_store
-from .stores.base import env_int
-from .stores.job_queue import queue_for
-from .training import TrainingStopped
+from ..errors import PHError
+from ..heads.policy import PathPolicy
+from ..heads.service import HeadRegistry
+from ..stores import open_store
+from ..training.trainer import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
 JOB_NICENESS = 10  # training jobs yield the CPU to serving
-
-
-def start_job(registry: HeadRegistry, uuid: str, config=None, auto_update: bool = True,
-              incremental: bool = False) -> dict:
-    """Validate the training config now, then train in a new process; returns the job id.
-
-    The job trains on the head's stored examples as a foreground run would (they are
-    read when the job starts training, so examples added until then are included)."""
-    record = registry.store.read(check_uuid(uuid))
-    full = registry.training_config(record, config, incremental)
-    policy = registry.policy
-    job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
-           "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
-           "epoch": 0,
-           "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
-           "summary": None, "pid": None, "attempt": 1,
-           # only a queue can send a job again; a local job's process is started once
-           "retries": job_retries() if registry.store.distributed else 0,
-           "queue": queue_for(full),
-           "policy": {"roots": (None if policy.allowed_roots is None
-                                else [str(r) for r in policy.allowed_roots]),
-                      "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
-    registry.accept_job(record, job)  # 409 if the head is training; from here the job owns it
-    if registry.store.distributed:
-        try:
-            registry.store.enqueue(job)
-        except PHError as exc:
-            job.update(state="failed", error=f"could not queue the job: {exc}")
-            registry.store.write_job(job)
-            raise
-        return {"job_id": job["id"], "uuid": uuid, "state": "queued", "queue": job["queue"]}
-    jobstate.reap()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "ph.jobs", str(registry.store.root), job["id"]],
-                                cwd=os.getcwd(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-    except OSError as exc:
-        job.update(state="failed", error=f"could not start the training process: {exc}")
-        registry.store.write_job(job)
-        raise TrainingError(job["error"]) from None
-    jobstate.children[job["id"]] = proc
-    return {"job_id": job["id"], "uuid": uuid, "state": "queued", "pid": proc.pid}
-
-
-def job_status(registry: HeadRegistry, job_id: str) -> dict:
-    """The job's state; a job whose process died without saying so is reported failed."""
-    return jobstate.job_status(registry.store, job_id)
-
-
-def stop_job(registry: HeadRegistry, job_id: str) -> dict:
-    """Ask a job to stop (queued or running); the head keeps its previous weights.
-
-    A flag in the store, not a signal: the job checks it twice a second, so no process
-    id (which the system may have reused) is ever signalled."""
-    store = registry.store
-    job = store.read_job(job_id)
-    if job["state"] in ACTIVE:
-        store.request_stop(job_id)
-        if job["state"] == "queued" and store.distributed \
-                and store.claim_job(job_id, job.get("attempt", 1)):
-            # no worker took it yet, and now none will: stopped here (a queue no worker
-            # reads would otherwise keep it queued, and the head busy, for ever)
-            job.update(state="stopped", ended=time.time(),
-                       error="stopped before a worker took it; the head keeps its weights")
-            store.write_job(job)
-    return job_status(registry, job_id)
-
-
-def job_retries() -> int:
-    """How often a job whose worker died is sent again ($PH_JOB_RETRIES, default 0)."""
-    return env_int("PH_JOB_RETRIES", 0, 0)
 
 
 def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: int = 1,

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader, random_split
 
-from .components import DATALOADERS, UserCode, bind, construct
-from .config import is_int
-from .errors import BadInputError, ConfigError
+from ..config.components import DATALOADERS, UserCode, bind, construct
+from ..config.schema import is_int
+from ..errors import BadInputError, ConfigError
 
 log = logging.getLogger("ph.data")
 ARGS = "Trainer.dataloader.args"

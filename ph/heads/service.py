@@ -23,23 +23,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import jobstate
-from .batching import HeadBank, answer_many
+from ..modeling.stacked import HeadBank, answer_many
 from .cache import HeadCache, LoadedHead
 from .children import (FollowMap, check_parent, follows_parent, merge_trainer_only, read_parent,
                        refuse_if_followed)
-from .components import UserCode
-from .config import config_diff, deep_merge, dig, load_config
-from .data import DataContext, read_records
-from .encoders import model_path
-from .engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
-from .errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
+from ..config.components import UserCode
+from ..config.schema import config_diff, deep_merge, dig, load_config
+from ..training.data import DataContext, read_records
+from ..modeling.encoders import model_path
+from ..modeling.engine import build_engine, build_processors, fit_state_dict, make_model, read_weights
+from ..errors import (BadInputError, ConfigError, ConflictError, NotFoundError, PHError,
                      as_ph_error)
-from .example_log import ExampleLimits
-from .learning import HeadFacts, check_examples, choose_data, forgetting_warning, plan_examples
-from .paths import PathPolicy, check_stored_path, merge_limits
-from .stores import check_uuid, new_uuid, open_store
-from .training import run_training
+from ..stores.example_files import ExampleLimits
+from .jobs import is_active
+from .examples import HeadFacts, check_examples
+from ..training.plan import choose_data, forgetting_warning, plan_examples
+from .policy import PathPolicy, check_stored_path, merge_limits
+from ..stores import check_uuid, new_uuid, open_store
+from ..training.trainer import run_training
 from .validate import validate_config
 
 CODE_SPECS = (("Model",), ("Inference", "preprocess"), ("Inference", "postprocess"),
@@ -495,7 +496,7 @@ class HeadRegistry:
     def training_job(self, uuid: str) -> str | None:
         """The head's background job while it is queued or running, else None."""
         job_id = self.store.latest_job(uuid)
-        return job_id if job_id and jobstate.is_active(self.store, job_id) else None
+        return job_id if job_id and is_active(self.store, job_id) else None
 
     def check_idle(self, uuid: str, action: str, lock_held: bool = False) -> None:
         """Refuse `action` (ConflictError) while the head is training. Call it with the

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .components import Registry, bind, construct
-from .errors import ConfigError, did_you_mean
+from ..config.components import Registry, bind, construct
+from ..errors import ConfigError, did_you_mean
 
 log = logging.getLogger("ph.encoders")
 ENCODERS = Registry("text encoder")

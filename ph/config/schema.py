@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError, did_you_mean
+from ..errors import ConfigError, did_you_mean
 
 # The seed config (configs/default.yaml) plus the keys ph adds (device, dtype, seed, resume,
 # keep_checkpoints: a seed run of 100 epochs would otherwise leave 100 checkpoints).

@@ -29,10 +29,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import api
-from .errors import BadInputError, PHError, TooLargeError
-from .paths import PathPolicy
-from .stores import store_url
+from .. import api
+from ..errors import BadInputError, PHError, TooLargeError
+from ..heads.policy import PathPolicy
+from ..stores import store_url
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components import MODELS
+from ..config.components import MODELS
 
 
 @MODELS.register("PersonalizedHead", "PHClassifier")

@@ -30,7 +30,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError, PermissionDeniedError
+from ..errors import BadInputError, PermissionDeniedError
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,135 @@
+"""New examples checked against the head before they are stored: input size, label
+kinds, classes and limits; the whole call is checked before anything is stored.
+
+Why here and not in the store: the checks need the head's model and pre-processor
+(input size, classes); the store only keeps examples, whatever backend it uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Number
+from typing import Any, Mapping
+
+from ..training.data import parse_records
+from ..errors import BadInputError, TooLargeError
+from ..stores.example_files import ExampleLimits, LogSummary, label_kind
+
+KIND_WORDS = {"index": "class indices", "name": "class names", "vector": "vectors"}
+
+
+@dataclass
+class HeadFacts:
+    """What new examples must agree with: the head's input size and classes."""
+
+    uuid: str
+    dim: int | None = None          # vector length the pre-processor takes (None: unknown)
+    takes_text: bool = True
+    n_classes: int | None = None    # a classifier's class count
+    output_dim: int | None = None   # a vector-to-vector head's target length
+    labels: list | None = None      # the head's label map
+
+    @classmethod
+    def of(cls, uuid: str, config: Mapping, labels: list | None, preprocessor: Any) -> "HeadFacts":
+        args = config["Model"].get("args") or {}
+        dim = getattr(preprocessor, "dim", None)
+        known = dim is not None  # a built-in vector pre-processor: its input rules are known
+        return cls(uuid, dim if known else None,
+                   hasattr(preprocessor, "encoder") or not known,
+                   args.get("n_classes") if isinstance(args.get("n_classes"), int) else None,
+                   args.get("output_dim") if isinstance(args.get("output_dim"), int) else None,
+                   labels)
+
+
+def check_examples(examples: Any, head: HeadFacts, stored: LogSummary,
+                   limits: ExampleLimits) -> list[dict]:
+    """The rows to store for an add_examples call, or an error naming the bad record.
+
+    The whole call is checked before anything is stored.
+    """
+    records = parse_records(examples, "examples")
+    if len(records) > limits.per_call:
+        raise TooLargeError(f"examples: {len(records)} examples in one call; at most "
+                            f"{limits.per_call} per call are accepted. Send them in several calls "
+                            "(the operator can raise PH_MAX_EXAMPLES_PER_CALL)")
+    if stored.count + len(records) > limits.per_head:
+        raise TooLargeError(f"head '{head.uuid}' holds {stored.count} examples; adding "
+                            f"{len(records)} would pass its limit of {limits.per_head}. Delete "
+                            "some (delete_examples) or ask the operator to raise "
+                            "PH_MAX_EXAMPLES_PER_HEAD")
+    rows = [{"label": label, key: _checked_input(key, value, i, head)}
+            for i, (key, value, label) in enumerate(records)]
+    _check_labels([r["label"] for r in rows], head, stored)
+    return rows
+
+
+def _checked_input(key: str, value: Any, index: int, head: HeadFacts) -> Any:
+    where = f"examples record {index}"
+    if key == "text":
+        if not isinstance(value, str) or not value.strip():
+            raise BadInputError(f"{where}: 'text' must be a non-empty string, got {value!r:.60}")
+        if not head.takes_text:
+            raise BadInputError(f"{where}: this head takes vectors of {head.dim} numbers, not "
+                                "text; send 'input_ids' (or 'embedding') instead")
+        return value
+    vector = value
+    if isinstance(vector, list) and len(vector) == 1 and isinstance(vector[0], list):
+        vector = vector[0]  # [[...]] as in the pandas-style layout
+    if not isinstance(vector, list) or not vector or not all(
+            isinstance(v, Number) and not isinstance(v, bool) for v in vector):
+        raise BadInputError(f"{where}: '{key}' must be a list of numbers, got {value!r:.60}")
+    if not all(math.isfinite(v) for v in vector):
+        raise BadInputError(f"{where}: '{key}' holds NaN or infinity; use finite numbers")
+    if head.dim is not None and len(vector) != head.dim:
+        raise BadInputError(f"{where}: '{key}' has {len(vector)} numbers; this head takes vectors "
+                            f"of {head.dim} numbers")
+    return vector
+
+
+def _check_labels(labels: list, head: HeadFacts, stored: LogSummary) -> None:
+    first = None
+    for i, label in enumerate(labels):
+        kind = label_kind(label)
+        if kind is None:
+            raise BadInputError(f"examples record {i}: label {label!r:.60} must be a class index, "
+                                "a class name or a list of numbers")
+        expected = first or stored.label_kind
+        if expected and kind != expected:
+            had = "this call's first record has" if first else \
+                f"the head's {stored.count} stored examples have"
+            raise BadInputError(f"examples record {i}: label {label!r:.60} is one of the "
+                                f"{KIND_WORDS[kind]}, but {had} {KIND_WORDS[expected]}; use one "
+                                "kind of label per head")
+        first = first or kind
+        _check_label(label, kind, i, head, stored)
+    if first == "name" and head.n_classes:
+        names = set(head.labels or []) | stored.names | set(labels)
+        if len(names) > head.n_classes:
+            raise BadInputError(f"examples: with these labels head '{head.uuid}' would have "
+                                f"{len(names)} classes but its model has n_classes="
+                                f"{head.n_classes}; new labels: "
+                                f"{', '.join(sorted(set(labels) - set(head.labels or []) - stored.names)[:8])}. "
+                                "Create the head with a larger Model.args.n_classes")
+
+
+def _check_label(label: Any, kind: str, i: int, head: HeadFacts, stored: LogSummary) -> None:
+    where = f"examples record {i}"
+    if kind == "vector":
+        if head.n_classes and not head.output_dim:
+            raise BadInputError(f"{where}: label is a vector, but this head is a classifier of "
+                                f"{head.n_classes} classes; give a class name or index")
+        size = head.output_dim or stored.vector_len
+        if size and len(label) != size:
+            raise BadInputError(f"{where}: label has {len(label)} numbers; this head's targets "
+                                f"have {size}")
+        return
+    if head.output_dim and not head.n_classes:
+        raise BadInputError(f"{where}: label {label!r:.60} is not a vector, but this head predicts "
+                            f"vectors of {head.output_dim} numbers")
+    if kind == "index":
+        if head.labels:
+            raise BadInputError(f"{where}: label {label} is a class index, but this head's classes "
+                                f"have names ({', '.join(map(str, head.labels[:8]))}); give the name")
+        if label < 0 or (head.n_classes and label >= head.n_classes):
+            raise BadInputError(f"{where}: label {label} is outside 0..{(head.n_classes or 1) - 1} "
+                                f"(Model.args.n_classes={head.n_classes})")

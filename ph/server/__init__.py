@@ -1,0 +1,1 @@
+"""The remote action server (`ph serve`): the app and its worker processes."""
