@@ -6,17 +6,17 @@ HTTP: argument handling only (both call forms of the seed, JSON-able results).
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Any
 
 import torch
 
+from . import settings
 from .errors import BadInputError, ConfigError, PHError
 from .stores.example_files import ExampleLimits
 from .heads.policy import PathPolicy
 from .heads.jobs import job_status, start_job, stop_job
-from .heads.service import LIST_PAGE, HeadRegistry, default_heads_dir
+from .heads.service import LIST_PAGE, HeadRegistry
 from .stores import parse_store_url, store_url
 
 _registry: HeadRegistry | None = None
@@ -55,9 +55,9 @@ def setup(heads_dir: str | None = None, memory_budget: int | str | None = None,
             parse_store_url(url, "store" if store not in (None, "") else "PH_STORE")
         if _registry is not None:
             _registry.close()
-        budget = memory_budget if memory_budget is not None else os.environ.get("PH_MEMORY_BUDGET")
-        _registry = HeadRegistry(heads_dir or default_heads_dir(), policy,
-                                 parse_bytes(budget) if budget not in (None, "") else None,
+        budget = parse_bytes(memory_budget) if memory_budget is not None \
+            else settings.value("PH_MEMORY_BUDGET")
+        _registry = HeadRegistry(heads_dir or settings.value("PH_HEADS_DIR"), policy, budget,
                                  ExampleLimits.from_env(max_examples_per_call,
                                                         max_examples_per_head),
                                  url)
@@ -226,19 +226,5 @@ def to_plain(value: Any) -> Any:
 
 
 def parse_bytes(value: int | str) -> int:
-    """Bytes from 123, '512MB', '2GB' or '1.5GiB'."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    text = str(value).strip().upper().replace("IB", "B")
-    units = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            text, scale = text[: -len(unit)], factor
-            break
-    else:
-        scale = 1
-    try:
-        return int(float(text) * scale)
-    except ValueError:
-        raise ConfigError(f"memory_budget: cannot read {value!r} as a size; use bytes or e.g. "
-                          "'512MB', '2GB'") from None
+    """Bytes from 123, '512MB', '2GB' or '1.5GiB' (a memory budget)."""
+    return settings.parse("PH_MEMORY_BUDGET", value, "memory_budget")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ph.modeling.engine  # noqa: F401  (registers the built-in models and processors)
-from ph.config.components import (MODELS, POSTPROCESSORS, PREPROCESSORS, Registry, UserCode,
+from ph.config.components import (MODELS, POSTPROCESSORS, PREPROCESSORS, ComponentRegistry, UserCode,
                            UserComponent, bind, build, resolve)
 from ph.errors import ConfigError
 
@@ -59,10 +59,10 @@ def default_arg(cls, names):
                 f"tests/test_components.py what input it takes")
 
 
-# --- Registry ----------------------------------------------------------------------------
+# --- ComponentRegistry ----------------------------------------------------------------------------
 
 def test_registry_refuses_a_duplicate_name():
-    reg = Registry("widget")
+    reg = ComponentRegistry("widget")
 
     @reg.register("Gear", "Cog")
     class Gear:
@@ -78,7 +78,7 @@ def test_registry_refuses_a_duplicate_name():
 
 
 def test_registry_register_without_names_uses_the_class_name():
-    reg = Registry("widget")
+    reg = ComponentRegistry("widget")
 
     @reg.register()
     class Sprocket:
@@ -89,7 +89,7 @@ def test_registry_register_without_names_uses_the_class_name():
 
 
 def test_registry_unknown_name_lists_known_names_and_suggests_the_close_one():
-    reg = Registry("widget")
+    reg = ComponentRegistry("widget")
     for name in ("Gear", "Sprocket", "Flywheel"):
         reg.add(name, object())
     with pytest.raises(ConfigError) as err:

@@ -18,6 +18,7 @@ import yaml
 
 import ph.adapters.cli
 import ph.deploy
+from ph import settings
 import ph.server.app
 from ph import stores
 
@@ -118,9 +119,10 @@ def env_sources(container: dict) -> dict[str, tuple]:
 
 
 def env_read_by_code() -> set[str]:
-    """Names ph's code reads with os.environ.get("X"), os.environ["X"] or os.getenv("X")."""
+    """Names ph reads: its settings table (ph.settings, every PH_* variable) and whatever
+    else its code reads with os.environ.get("X"), os.environ["X"] or os.getenv("X")."""
     pattern = re.compile(r"""(?:environ\.get\(|environ\[|getenv\()\s*["']([A-Z][A-Z0-9_]*)["']""")
-    names = set()
+    names = set(settings.BY_ENV)
     for path in (ROOT / "ph").rglob("*.py"):
         names |= set(pattern.findall(path.read_text()))
     return names

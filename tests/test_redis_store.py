@@ -217,7 +217,7 @@ def test_a_stalled_run_whose_lease_expired_cannot_overwrite_a_newer_run(store_ur
         uid = stalled.create_head("h", small_config(epochs=2))
 
         def stall():  # the process stalls: from now on its renewals never land
-            monkeypatch.setattr(stalled.store, "_renew", lambda keys, args: 1)
+            monkeypatch.setattr(stalled.store.leases, "_renew", lambda keys, args: 1)
 
         with training_held(stalled, uid, on_hold=stall) as errors:
             assert other.check_head(uid)["training"]

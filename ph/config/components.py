@@ -17,7 +17,7 @@ from .schema import component_args
 from ..errors import ConfigError, did_you_mean
 
 
-class Registry:
+class ComponentRegistry:
     """Components of one kind, found by name; each name may be registered once."""
 
     def __init__(self, kind: str):
@@ -52,12 +52,12 @@ class Registry:
         return self._items[name]
 
 
-MODELS = Registry("model")
-PREPROCESSORS = Registry("pre-processor")
-POSTPROCESSORS = Registry("post-processor")
-DATALOADERS = Registry("data loader")
-LOSSES = Registry("loss")
-METRICS = Registry("metric")
+MODELS = ComponentRegistry("model")
+PREPROCESSORS = ComponentRegistry("pre-processor")
+POSTPROCESSORS = ComponentRegistry("post-processor")
+DATALOADERS = ComponentRegistry("data loader")
+LOSSES = ComponentRegistry("loss")
+METRICS = ComponentRegistry("metric")
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def load_source_module(source: str, filename: str) -> types.ModuleType:
         return _modules[digest]
 
 
-def resolve(registry: Registry, spec: Mapping, path: str, code: UserCode) -> tuple[Any, dict]:
+def resolve(registry: ComponentRegistry, spec: Mapping, path: str, code: UserCode) -> tuple[Any, dict]:
     """(class, constructor args) for a `{type, args}` spec."""
     target = registry.get(spec["type"], f"{path}.type")
     args = component_args(spec)
@@ -156,7 +156,7 @@ def bind(cls: Any, args: Mapping, path: str, injected: Mapping | None = None) ->
                           f"it accepts: {', '.join(accepted) or 'no arguments'}") from None
 
 
-def build(registry: Registry, spec: Mapping, path: str, code: UserCode,
+def build(registry: ComponentRegistry, spec: Mapping, path: str, code: UserCode,
           injected: Mapping | None = None) -> Any:
     """Construct the component a spec names; every failure becomes a ConfigError at `path`."""
     cls, args = resolve(registry, spec, path, code)

@@ -1,5 +1,6 @@
-"""New examples checked against the head before they are stored: input size, label
-kinds, classes and limits; the whole call is checked before anything is stored.
+"""A head's stored examples: added, listed and deleted (HeadExamples), and the checks
+new examples pass before they are stored (input size, label kinds, classes and limits;
+the whole call is checked before anything is stored).
 
 Why here and not in the store: the checks need the head's model and pre-processor
 (input size, classes); the store only keeps examples, whatever backend it uses.
@@ -12,10 +13,78 @@ from numbers import Number
 from typing import Any, Mapping
 
 from ..training.data import parse_records
-from ..errors import BadInputError, TooLargeError
+from ..errors import BadInputError, ConfigError, ConflictError, TooLargeError
+from ..stores import check_uuid
 from ..stores.example_files import ExampleLimits, LogSummary, label_kind
+from .loader import HeadLoader
+from .runs import TrainingGuard
 
 KIND_WORDS = {"index": "class indices", "name": "class names", "vector": "vectors"}
+REPLACED_TRIES = 3  # add_examples: a head replaced while its examples were checked is checked again
+
+
+class HeadExamples:
+    """The examples stored with each head in `store`, within `limits`."""
+
+    def __init__(self, store, loader: HeadLoader, guard: TrainingGuard, limits: ExampleLimits):
+        self.store = store
+        self.loader = loader
+        self.guard = guard
+        self.limits = limits
+
+    def add(self, uuid: str, examples: Any) -> int:
+        """The head's pre-processor is built outside its lock (that may be slow); the
+        examples are checked and stored under the lock, against the head as it is then,
+        and the pre-processor built again if the head was replaced meanwhile."""
+        record = self.store.read(check_uuid(uuid))
+        for _ in range(REPLACED_TRIES):
+            dataloader = record["config"]["Trainer"]["dataloader"]["type"]
+            if dataloader != "SnipsDataLoader":
+                raise ConfigError(f"head '{uuid}' trains with Trainer.dataloader {dataloader}, "
+                                  "which reads its own Dataset; stored examples need "
+                                  "SnipsDataLoader")
+            preprocessor = self.loader.preprocessor(record)
+            with self.store.lock(uuid):
+                current = self.store.read(uuid)
+                if current["created"] == record["created"]:
+                    stored = self.store.examples(uuid)
+                    facts = HeadFacts.of(uuid, current["config"], current.get("labels"),
+                                         preprocessor)
+                    rows = check_examples(examples, facts, stored.summary(), self.limits)
+                    return stored.append(rows).count
+            record = current
+        raise ConflictError(f"head '{uuid}' was replaced again and again while the examples were "
+                            "checked; call add_examples again")
+
+    def list(self, uuid: str, offset: int = 0, limit: int = 100) -> list[dict]:
+        self.store.signature(check_uuid(uuid))  # raises if the head does not exist
+        check_page(offset, limit, self.limits.per_call, "examples")
+        return self.store.examples(uuid).read(offset, limit)
+
+    def delete(self, uuid: str, ids: list | None = None) -> dict:
+        """Refused while the head trains: the run may be reading them, and would publish
+        what it learnt from them."""
+        self.store.signature(check_uuid(uuid))
+        if ids is not None:
+            if not isinstance(ids, (list, tuple)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) for i in ids):
+                raise BadInputError(f"ids: must be a list of example ids (whole numbers, as "
+                                    f"list_examples shows them) or null for all, got {ids!r:.80}")
+            ids = set(ids)
+        with self.store.lock(uuid):
+            self.guard.check_idle(uuid, "delete_examples")
+            stored = self.store.examples(uuid)
+            deleted = stored.delete(ids)
+            return {"uuid": uuid, "deleted": deleted, "examples": stored.summary().count}
+
+
+def check_page(offset: Any, limit: Any, most: int, what: str) -> None:
+    """A page of a listing (examples, uuids): whole numbers, at most `most` per call."""
+    for name, value in (("offset", offset), ("limit", limit)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadInputError(f"{name}: must be a whole number >= 0, got {value!r}")
+    if limit > most:
+        raise BadInputError(f"limit: at most {most} {what} per call, got {limit}; page with offset")
 
 
 @dataclass

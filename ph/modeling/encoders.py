@@ -26,11 +26,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..config.components import Registry, bind, construct
+from .. import settings
+from ..config.components import ComponentRegistry, bind, construct
 from ..errors import ConfigError, did_you_mean
 
 log = logging.getLogger("ph.encoders")
-ENCODERS = Registry("text encoder")
+ENCODERS = ComponentRegistry("text encoder")
 ARGS = "Inference.preprocess.args.encoder_args"
 _WORD = re.compile(r"\w+", re.UNICODE)
 WORD_CACHE_SIZE = 20_000  # words whose hashed features are kept (at most ~40 MB)
@@ -114,9 +115,7 @@ def packaged_model(name: Any) -> PackagedModel | None:
 
 def cache_dir() -> Path:
     """Where packaged models are unpacked: $PH_CACHE_DIR, else ~/.cache/ph (XDG aware)."""
-    root = os.environ.get("PH_CACHE_DIR") or \
-        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ph"
-    return Path(root) / "models"
+    return settings.cache_root() / "models"
 
 
 def unpack_model(model: PackagedModel) -> Path:

@@ -29,15 +29,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import api
+from .. import api, settings
 from ..errors import BadInputError, PHError, TooLargeError
 from ..heads.policy import PathPolicy
-from ..stores import store_url
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
 OPEN_PATHS = ("/healthz",)
-DEFAULT_MAX_BODY = 32 * 2**20  # 1,000 examples of 768-float vectors fit
+DEFAULT_MAX_BODY = settings.BY_ENV["PH_MAX_BODY_BYTES"].default  # 1,000 768-float examples fit
+ENV = ("PH_HEADS_DIR", "PH_STORE", "PH_TOKEN", "PH_ALLOW_CODE", "PH_ALLOW_PATHS", "PH_MEMORY_BUDGET",
+       "PH_BATCH_WINDOW_MS", "PH_WORKERS", "PH_TORCH_THREADS", "PH_MAX_BODY_BYTES")
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ServerSettings:
     token: str | None = None
     allow_code: bool = False
     allow_paths: list[str] = field(default_factory=list)
-    memory_budget: str | None = None
+    memory_budget: int | str | None = None
     batch_window_ms: float = 0.0
     workers: int = 1
     torch_threads: int = 0  # 0: one core per worker is left to its event loop (below)
@@ -57,24 +58,26 @@ class ServerSettings:
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
-        paths = os.environ.get("PH_ALLOW_PATHS", "")
-        return cls(heads_dir=os.environ.get("PH_HEADS_DIR", "heads"),
-                   store=store_url(),
-                   token=os.environ.get("PH_TOKEN") or None,
-                   allow_code=os.environ.get("PH_ALLOW_CODE", "") in ("1", "true", "yes"),
-                   allow_paths=[p for p in paths.split(os.pathsep) if p],
-                   memory_budget=os.environ.get("PH_MEMORY_BUDGET") or None,
-                   batch_window_ms=float(os.environ.get("PH_BATCH_WINDOW_MS") or 0),
-                   workers=int(os.environ.get("PH_WORKERS") or 1),
-                   torch_threads=int(os.environ.get("PH_TORCH_THREADS") or 0),
-                   max_body_bytes=int(os.environ.get("PH_MAX_BODY_BYTES") or DEFAULT_MAX_BODY))
+        """From the PH_* variables (ph.settings parses them; a bad one is a ConfigError)."""
+        return cls.from_values({env: settings.value(env) for env in ENV})
+
+    @classmethod
+    def from_values(cls, values: dict) -> "ServerSettings":
+        """From parsed settings, keyed by variable (as ph.settings gives them)."""
+        return cls(heads_dir=values["PH_HEADS_DIR"], store=values["PH_STORE"],
+                   token=values["PH_TOKEN"] or None, allow_code=values["PH_ALLOW_CODE"],
+                   allow_paths=list(values["PH_ALLOW_PATHS"]),
+                   memory_budget=values["PH_MEMORY_BUDGET"],
+                   batch_window_ms=values["PH_BATCH_WINDOW_MS"], workers=values["PH_WORKERS"],
+                   torch_threads=values["PH_TORCH_THREADS"],
+                   max_body_bytes=values["PH_MAX_BODY_BYTES"])
 
     def to_env(self) -> dict[str, str]:
         return {"PH_HEADS_DIR": str(self.heads_dir), "PH_STORE": self.store or "",
                 "PH_TOKEN": self.token or "",
                 "PH_ALLOW_CODE": "1" if self.allow_code else "",
                 "PH_ALLOW_PATHS": os.pathsep.join(str(Path(p).resolve()) for p in self.allow_paths),
-                "PH_MEMORY_BUDGET": self.memory_budget or "",
+                "PH_MEMORY_BUDGET": str(self.memory_budget or ""),
                 "PH_BATCH_WINDOW_MS": str(self.batch_window_ms), "PH_WORKERS": str(self.workers),
                 "PH_TORCH_THREADS": str(self.torch_threads),
                 "PH_MAX_BODY_BYTES": str(self.max_body_bytes)}
@@ -165,8 +168,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings.from_env()
     policy = PathPolicy.restricted(settings.allow_paths, settings.allow_code)
     registry = api.setup(settings.heads_dir, settings.memory_budget, policy, store=settings.store)
-    if getattr(registry.store, "distributed", False):  # not for library users: servers only
-        registry.store.start_sweeper()
+    registry.store.start_background_tasks()  # not for library users: servers only
     torch.set_num_threads(settings.compute_threads())
     app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
                   docs_url=None, redoc_url=None, openapi_url=None)

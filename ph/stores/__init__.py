@@ -17,7 +17,8 @@ from `endpoint=` or AWS_ENDPOINT_URL.
 Why two implementations rather than one over fsspec: the local folder relies on what
 POSIX gives for free (atomic rename, flock, a stat per call to see changes), and an
 object store has none of them; sharing the code would make the local backend slower
-or the object one wrong. What they share sits in `base` and above (the registry).
+or the object one wrong. The interface both give, with each method's contract, and what
+they share are in `base`.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
+from .. import settings
 from ..errors import ConfigError
-from .base import RUNS_KEPT, check_uuid, new_uuid
+from .base import RUNS_KEPT, Store, check_uuid, new_uuid
 from .local import LocalStore
 
-__all__ = ["LocalStore", "RUNS_KEPT", "check_uuid", "new_uuid", "open_store", "store_url",
+__all__ = ["LocalStore", "RUNS_KEPT", "Store", "check_uuid", "new_uuid", "open_store", "store_url",
            "is_distributed", "mask_url", "parse_store_url", "RedisParts"]
 DISTRIBUTED_SCHEMES = ("redis", "rediss")
 GOOD_URL = ("a good one is redis://HOST:PORT/DB?objects=s3://BUCKET[/PREFIX][&endpoint=URL]"
@@ -51,8 +53,7 @@ class RedisParts(NamedTuple):
 
 def store_url(given: str | None = None) -> str | None:
     """The store setting: the given value, else $PH_STORE, else None (the local folder)."""
-    value = given if given not in (None, "") else os.environ.get("PH_STORE") or None
-    return value
+    return settings.value("PH_STORE", given if given not in (None, "") else None)
 
 
 def is_distributed(url: str | None) -> bool:
@@ -123,7 +124,7 @@ def parse_store_url(url: str, setting: str = "store") -> str | RedisParts:
                       query.get("endpoint"), query.get("namespace", "ph"))
 
 
-def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Any:
+def open_store(url: Any, heads_dir: str | os.PathLike = "heads") -> Store:
     """The store `url` names (see the module docstring); `heads_dir` is the local folder
     (LocalStore) or this machine's object cache (RedisStore).
 

@@ -20,8 +20,8 @@ incremental training relies on it. Each rewrite gets a new `generation`, so a su
 remembered from an earlier file is never mistaken for this one (even if the file
 system reuses the inode number).
 
-The interface (summary, append, read, delete) is what the registry uses, so another
-backend (a Redis list, an object store) can stand in for this file.
+The interface is base.StoredExamples (summary, iter, read, append, delete), so another
+backend's log (ObjectExampleLog: chunks in an object store) stands in for this file.
 """
 from __future__ import annotations
 
@@ -29,14 +29,16 @@ import json
 import logging
 import os
 import threading
-import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-from ..errors import ConfigError
+from .. import settings
+from .base import LogSummary, json_line, label_kind, numbered, page, without
 from .fileio import atomic_open, fsync_dir
+
+__all__ = ["ExampleLimits", "ExampleLog", "LogSummary", "label_kind"]  # the last two: from base
 
 log = logging.getLogger("ph.examples")
 FORMAT = "ph-examples/1"
@@ -58,56 +60,9 @@ class ExampleLimits:
         values = {}
         for name, given, env in (("per_call", per_call, "PH_MAX_EXAMPLES_PER_CALL"),
                                  ("per_head", per_head, "PH_MAX_EXAMPLES_PER_HEAD")):
-            raw = given if given is not None else os.environ.get(env) or None
-            if raw is None:
-                continue
-            try:
-                value = int(raw)
-            except (TypeError, ValueError):
-                value = 0
-            if value < 1 or isinstance(raw, bool):
-                raise ConfigError(f"max_examples_{name} ({env}): must be a whole number >= 1, "
-                                  f"got {raw!r}")
-            values[name] = value
+            values[name] = settings.value(env) if given is None else \
+                settings.parse(env, given, f"max_examples_{name} ({env})")
         return cls(**values)
-
-
-@dataclass
-class LogSummary:
-    """What the registry needs to check a new call against what is stored, without
-    reading every example again: count, last id, and the kind of labels seen."""
-
-    count: int = 0
-    last_id: int = 0
-    label_kind: str | None = None  # "index", "name" or "vector"
-    names: set = field(default_factory=set)
-    vector_len: int | None = None
-    size: int = 0  # bytes of whole lines this summary covers
-    generation: str = ""  # the header's: tells files apart across rewrites
-
-    def add(self, row: dict) -> None:
-        self.count += 1
-        self.last_id = max(self.last_id, row["id"])
-        label = row["label"]
-        self.label_kind = self.label_kind or label_kind(label)
-        if isinstance(label, str):
-            self.names.add(label)
-        elif isinstance(label, list):
-            self.vector_len = len(label)
-
-
-def label_kind(label: Any) -> str | None:
-    """'index', 'name' or 'vector' (None: not a label)."""
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, int):
-        return "index"
-    if isinstance(label, str):
-        return "name"
-    if isinstance(label, list) and label and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in label):
-        return "vector"
-    return None
 
 
 # Summaries by file path, refreshed from the bytes appended since (by any process):
@@ -151,15 +106,7 @@ class ExampleLog:
 
     def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
         """The stored examples in the order they were added (from position `offset`)."""
-        out: list[dict] = []
-        position = 0
-        for row in self.iter():
-            if position >= offset:
-                if limit is not None and len(out) >= limit:
-                    break
-                out.append(row)
-            position += 1
-        return out
+        return page(self.iter(), offset, limit)
 
     def iter(self) -> Iterator[dict]:
         try:
@@ -204,16 +151,11 @@ class ExampleLog:
         """
         summary = self.summary()
         new_file = not self.path.exists()
-        lines, now = [], round(time.time(), 3)
-        after = replace(summary, names=set(summary.names))
+        stored, after = numbered(summary, rows)
+        lines = [json_line(row) for row in stored] + [json_line({"commit": after.last_id})]
         if new_file or summary.size == 0:
             after.generation = uuid.uuid4().hex[:16]
-            lines.append(_header(summary.last_id, after.generation))
-        for row in rows:
-            stored = {"id": after.last_id + 1, **row, "added": now}
-            after.add(stored)
-            lines.append(_line(stored))
-        lines.append(_line({"commit": after.last_id}))
+            lines.insert(0, _header(summary.last_id, after.generation))
         data = b"".join(lines)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -240,16 +182,16 @@ class ExampleLog:
         summary = self.summary()
         if not self.path.exists():
             return 0
-        kept = [] if ids is None else [row for row in self.iter() if row["id"] not in ids]
-        removed = summary.count - len(kept)
+        kept, after = without(summary, self.iter(), ids)
+        removed = summary.count - after.count
         if removed == 0:
             return 0
         with atomic_open(self.path) as fh:
             fh.write(_header(summary.last_id, uuid.uuid4().hex[:16]))
             for row in kept:
-                fh.write(_line(row))
+                fh.write(json_line(row))
             if kept:
-                fh.write(_line({"commit": summary.last_id}))
+                fh.write(json_line({"commit": summary.last_id}))
         with _summaries_lock:
             _summaries.pop(str(self.path), None)
         return removed
@@ -262,7 +204,7 @@ class ExampleLog:
 
 
 def _header(base_id: int, generation: str) -> bytes:
-    return _line({"format": FORMAT, "base_id": base_id, "generation": generation})
+    return json_line({"format": FORMAT, "base_id": base_id, "generation": generation})
 
 
 def _generation(first_line: bytes) -> str:
@@ -270,7 +212,3 @@ def _generation(first_line: bytes) -> str:
         return str(json.loads(first_line).get("generation", "")) if first_line.endswith(b"\n") else ""
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return ""
-
-
-def _line(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"

@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ConflictError
-from .example_files import LogSummary, _line
+from .base import LogSummary, json_line, numbered, page, without
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -29,13 +29,16 @@ READ_ATTEMPTS = 5
 
 
 class ObjectExampleLog:
+    """base.StoredExamples over RedisStore: what it uses of the store is its shared
+    surface (call, redis, key, objects, switch_examples, forget_objects)."""
+
     def __init__(self, store: "RedisStore", uuid: str, inc: str):
         self.store, self.uuid, self.inc = store, uuid, inc
         self._key = store.key("ex", uuid, inc)
 
     def _state(self) -> tuple[LogSummary, list[str], str]:
         """(summary, chunk names, the id of the write that made them)."""
-        raw = self.store._call(self.store.redis.get, self._key)
+        raw = self.store.call(self.store.redis.get, self._key)
         if raw is None:
             return LogSummary(), [], ""
         state = json.loads(raw)
@@ -64,44 +67,30 @@ class ObjectExampleLog:
                                         "again") from None
 
     def read(self, offset: int = 0, limit: int | None = None) -> list[dict]:
-        out: list[dict] = []
-        for position, row in enumerate(self.iter()):
-            if limit is not None and len(out) >= limit:
-                break
-            if position >= offset:
-                out.append(row)
-        return out
+        return page(self.iter(), offset, limit)
 
     def append(self, rows: list[dict]) -> LogSummary:
         summary, chunks, written = self._state()
-        after = replace(summary, names=set(summary.names))
-        stored, now = [], round(time.time(), 3)
-        for row in rows:
-            stored.append({"id": after.last_id + 1, **row, "added": now})
-            after.add(stored[-1])
+        stored, after = numbered(summary, rows)
         chunk = self._put(stored)
         self._switch(after, chunks + [chunk], written, [chunk])
         return after
 
     def delete(self, ids: set[int] | None = None) -> int:
         summary, chunks, written = self._state()
-        kept = [] if ids is None else [row for row in self._rows(chunks) if row["id"] not in ids]
-        removed = summary.count - len(kept)
+        kept, after = without(summary, self._rows(chunks), ids)
+        removed = summary.count - after.count
         if removed == 0:
             return 0
-        after = LogSummary(last_id=summary.last_id)  # ids are never reused
-        for row in kept:
-            after.add(row)
-        after.last_id = summary.last_id
         new = [self._put(kept)] if kept else []
         self._switch(after, new, written, new, dropped=chunks)
-        self.store._forget_objects(chunks, f"examples were deleted from head '{self.uuid}'; "
-                                           "their stored chunks", queued=True)
+        self.store.forget_objects(chunks, f"examples were deleted from head '{self.uuid}'; "
+                                          "their stored chunks", queued=True)
         return removed
 
     def _put(self, rows: list[dict]) -> str:
         name = f"heads/{self.uuid}/{self.inc}/examples/{uuidlib.uuid4().hex}.jsonl"
-        self.store.objects.put(name, b"".join(_line(row) for row in rows))
+        self.store.objects.put(name, b"".join(json_line(row) for row in rows))
         return name
 
     def _rows(self, chunks: list[str]) -> Iterator[dict]:
@@ -117,11 +106,11 @@ class ObjectExampleLog:
         write_id = uuidlib.uuid4().hex[:12]
         state = {"summary": {**asdict(summary), "names": sorted(summary.names)},
                  "chunks": chunks, "w": write_id}
-        if not self.store._call(self.store.switch_examples,
-                                keys=[self._key, self.store.key("gc")],
-                                args=[expected, json.dumps(state), write_id, time.time(),
-                                      *(dropped or [])]):
-            self.store._forget_objects(uploaded, f"head '{self.uuid}': the refused upload "
-                                                 "of examples")
+        if not self.store.call(self.store.switch_examples,  # leases.EXAMPLES_SWITCH
+                               keys=[self._key, self.store.key("gc")],
+                               args=[expected, json.dumps(state), write_id, time.time(),
+                                     *(dropped or [])]):
+            self.store.forget_objects(uploaded, f"head '{self.uuid}': the refused upload "
+                                                "of examples")
             raise ConflictError(f"head '{self.uuid}': its examples were changed by another "
                                 "call meanwhile; nothing was stored: try again")

@@ -60,6 +60,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
+def load_state(source: Any) -> dict:
+    """A state dict saved by atomic_torch_save (a path or an open file), on the CPU;
+    `weights_only`, so a stored file can never run code when it is loaded."""
+    return torch.load(source, map_location="cpu", weights_only=True)
+
+
 def atomic_link(src: Path, dst: Path) -> None:
     """Make `dst` the same file as `src` (a hard link, so no copy), replacing `dst` atomically."""
     tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.link")

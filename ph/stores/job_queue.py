@@ -12,7 +12,8 @@ allows retries (PH_JOB_RETRIES), by whoever notices first (ph.heads.jobs.job_sta
 from __future__ import annotations
 
 import functools
-import os
+
+from .. import settings
 
 TASK = "ph.train"
 CPU_QUEUE = "ph-train"
@@ -36,7 +37,7 @@ def queue_for(config: dict) -> str:
     $PH_TRAIN_QUEUE (default ph-train)."""
     if "cuda" in str(config.get("Inference", {}).get("device", "")):
         return GPU_QUEUE
-    return os.environ.get("PH_TRAIN_QUEUE") or CPU_QUEUE
+    return settings.value("PH_TRAIN_QUEUE")
 
 
 def enqueue(redis_url: str, job: dict) -> None:

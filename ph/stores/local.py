@@ -25,25 +25,24 @@ import shutil
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
-import torch
-
+from . import job_processes
 from .example_files import ExampleLog
 from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
 from .fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
-                      file_lock, fsync_dir)
-from .base import (ACTIVE, RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
-                   dataset_rows)
+                     file_lock, fsync_dir, load_state)
+from .base import (ACTIVE, JobRetention, StoreBase, StoredExamples, check_uuid, content_id,
+                   dataset_bytes, dataset_rows)
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
-JOB_STARTUP_GRACE_S = 120  # a job that has not reported its process after this is dead
 
-class LocalStore(SortedLocks):
-    """Files of every head under one root folder (the default store: no servers needed)."""
+class LocalStore(StoreBase):
+    """Files of every head under one root folder (the default store: no servers needed).
+    The interface and its contracts: base.Store."""
 
-    distributed = False
+    distributed = False  # for tests that look at files; code above the store never asks
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
@@ -72,7 +71,7 @@ class LocalStore(SortedLocks):
     def record_path(self, uuid: str) -> Path:
         return self.head_dir(uuid) / "head.json"
 
-    def examples(self, uuid: str) -> ExampleLog:
+    def examples(self, uuid: str) -> StoredExamples:
         """The head's stored examples (append and delete under the head's lock)."""
         return ExampleLog(self.head_dir(uuid) / "examples.jsonl")
 
@@ -153,29 +152,23 @@ class LocalStore(SortedLocks):
                     os.rename(aside, self.head_dir(uuid))
                 shutil.rmtree(aside, ignore_errors=True)
 
-    def write(self, uuid: str, record: dict) -> None:
+    def write(self, uuid: str, record: dict) -> dict:
+        """Rewrite head.json atomically (the caller's lock keeps other writers out)."""
         atomic_write_json(self.record_path(uuid), record)
+        return record
 
-    def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
-                      run: dict | None = None) -> dict:
-        """Save new weights and switch the record to them; returns the new record.
-
-        The weights file is written before the record points to it, so a reader sees
-        either the old weights or the new ones. Call with the head's lock held.
-        """
-        revision = record["revision"] + 1
+    def _save_weights(self, uuid: str, record: dict, revision: int, state: dict) -> str:
+        """weights-<revision>.pt, written whole before the record names it."""
         name = f"weights-{revision}.pt"
         atomic_torch_save(state, self.head_dir(uuid) / name)
-        old = record.get("weights")
-        record = {**record, "revision": revision, "weights": name, "labels": labels,
-                  "updated": time.time()}
-        if run is not None:
-            record["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
-        self.write(uuid, record)
-        if old and old != name:
+        return name
+
+    def _switch_weights(self, uuid: str, old: dict, new: dict) -> dict:
+        self.write(uuid, new)
+        if old.get("weights") and old["weights"] != new["weights"]:
             with contextlib.suppress(FileNotFoundError):
-                (self.head_dir(uuid) / old).unlink()
-        return record
+                (self.head_dir(uuid) / old["weights"]).unlink()
+        return new
 
     def read_current(self, uuid: str) -> tuple[dict, dict | None]:
         """(record, its weights), read together even while a writer switches them: both
@@ -195,7 +188,7 @@ class LocalStore(SortedLocks):
                 if not record.get("weights"):
                     return record, None
                 with open(record["weights"], "rb", opener=in_folder) as fh:
-                    return record, torch.load(fh, map_location="cpu", weights_only=True)
+                    return record, load_state(fh)
             except FileNotFoundError:
                 continue  # switched to newer weights (or replaced) between the reads: again
             finally:
@@ -207,8 +200,7 @@ class LocalStore(SortedLocks):
         """The head's current state dict, or None for a head that was never trained."""
         if not record.get("weights"):
             return None
-        return torch.load(self.head_dir(uuid) / record["weights"], map_location="cpu",
-                          weights_only=True)
+        return load_state(self.head_dir(uuid) / record["weights"])
 
     def delete(self, uuid: str) -> None:
         """Remove a head; it disappears for readers in one rename."""
@@ -289,7 +281,12 @@ class LocalStore(SortedLocks):
         return digest
 
     def load_code(self, digest: str) -> str:
-        return (self.root / "_code" / f"{digest}.py").read_text(encoding="utf-8")
+        path = self.root / "_code" / f"{digest}.py"
+        try:
+            return path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise WeightsError(f"user code {digest} is missing from {path.parent}; create the "
+                               "head list (or head) again with its source") from None
 
     def save_dataset(self, rows: list[dict]) -> str:
         """Store a training data set by content (once, whoever trains on it); returns its id."""
@@ -351,6 +348,7 @@ class LocalStore(SortedLocks):
             path.with_suffix(".stop").unlink(missing_ok=True)
 
     def read_job(self, job_id: str) -> dict:
+        job_processes.reap()  # this process's ended job processes: no zombies left
         try:
             return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -386,6 +384,14 @@ class LocalStore(SortedLocks):
     def clear_stop(self, job_id: str) -> None:
         self.job_path(job_id).with_suffix(".stop").unlink(missing_ok=True)
 
+    def dispatch_job(self, job: dict) -> dict:
+        """A process of its own on this machine (job_processes); {"pid": its id}."""
+        return {"pid": job_processes.start(self.root, job)}
+
+    def withdraw_queued(self, job_id: str, attempt: int) -> bool:
+        """False: the job's process was started for it; it reads the stop flag at its start."""
+        return False
+
     def claim_job(self, job_id: str, attempt: int) -> bool:
         """Always True: a local job has exactly one process, started for it."""
         return True
@@ -393,20 +399,9 @@ class LocalStore(SortedLocks):
     def beat(self, job_id: str) -> None:
         """Nothing to do: a local job is alive while its process is (see job_alive)."""
 
-    def job_alive(self, job: dict, proc: Any = None) -> bool:
-        """Whether the job's process lives (`proc`: the Popen, if this process started it)."""
-        if proc is not None:
-            return proc.poll() is None
-        pid = job.get("pid")
-        if not pid:  # queued: give the process time to start and write its pid
-            return time.time() - job.get("created", 0) < JOB_STARTUP_GRACE_S
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    def job_alive(self, job: dict) -> bool:
+        """Whether the job's process lives (job_processes.alive)."""
+        return job_processes.alive(job)
 
     @contextlib.contextmanager
     def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
+from .. import settings
 from ..errors import StoreUnavailableError
 from .fileio import atomic_write_bytes
-from .base import env_int
 
 # Fail fast while the object store is unreachable: a request gets a clear 503 in seconds,
 # not after botocore's default minutes of retries.
@@ -28,7 +28,7 @@ PRUNE_EVERY = 64  # downloads between two looks at the cache's size
 
 def cache_limit() -> int:
     """Bytes of objects each machine caches ($PH_CACHE_MAX_BYTES, default 10 GiB)."""
-    return env_int("PH_CACHE_MAX_BYTES", 10 * 2**30, 1, "bytes")
+    return settings.value("PH_CACHE_MAX_BYTES")
 
 
 class ObjectStore:

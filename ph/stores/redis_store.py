@@ -24,6 +24,8 @@ or deleted head's objects can never be mistaken for the new one's. Objects nothi
 names any more are removed at once if the object store answers, else by the sweeper
 (ph.stores.sweeper) once it does.
 
+Locks, training leases and fencing (every Lua script, with its KEYS and ARGV): ph.stores.leases.
+
 Seeing changes without a cost per predict: every write publishes the uuid on
 NS:changes; each process keeps the signatures it has read in memory and drops one when
 its uuid is published. While the subscription is down, nothing is trusted from memory
@@ -36,7 +38,6 @@ import functools
 import io
 import json
 import logging
-import os
 import threading
 import time
 import uuid as uuidlib
@@ -45,12 +46,17 @@ from typing import Any, Iterator
 
 import torch
 
+from .. import settings
 from ..errors import (ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError,
                       WeightsError)
-from .base import (ACTIVE, RUNS_KEPT, JobRetention, SortedLocks, check_uuid, content_id, dataset_bytes,
-                   dataset_rows)
+from .base import (ACTIVE, JobRetention, StoreBase, StoredExamples, check_uuid, content_id,
+                   dataset_bytes, dataset_rows)
 from .example_objects import ObjectExampleLog
+from .fileio import load_state
+from .job_queue import enqueue
+from .leases import EXAMPLES_SWITCH, JOB_WRITE, SWITCH, Leases
 from .objects import ObjectStore
+from .sweeper import GC_PREFIX, Sweeper
 
 log = logging.getLogger("ph.stores")
 LOCK_LEASE_S = 20  # a dead holder's head lock frees itself after this
@@ -60,76 +66,13 @@ LOCK_WAIT_S = 30
 # then costs at most that long of stale answers).
 ECHO_EVERY_S, ECHO_TIMEOUT_S, ECHO_STALE_S = 1.0, 2.0, 3.0
 
-# Replace a record only if its incarnation and version are the ones the writer read
-# (and, for a training run, only while the run still holds the head's lease): fencing,
-# so a worker that lost its lease or raced a newer write cannot publish. The incarnation
-# counts too: a head deleted and created again starts at version 1 again.
-# KEYS: 1 the record, 2 the head's training lease, 3 the changes channel, 4 NS:gc.
-# ARGV: 1 the expected "inc:v", 2 the new record, 3 the run's lease token ('' for none),
-#       4 the uuid (published), 5 the write id, 6 the time, 7... objects the new record
-#       no longer names, queued for removal in this same write.
-# Returns 1 written (or written before), -1 no record, -2 changed meanwhile, -3 lease lost.
-_SWITCH = """
-local cur = redis.call('GET', KEYS[1])
-if not cur then return -1 end
-local rec = cjson.decode(cur)
-if rec['w'] == ARGV[5] then return 1 end  -- this very write, sent again by a client retry
-if rec['inc'] .. ':' .. tostring(rec['v']) ~= ARGV[1] then return -2 end
-if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return -3 end
-redis.call('SET', KEYS[1], ARGV[2])
-for i = 7, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[6]) end
-redis.call('PUBLISH', KEYS[3], ARGV[4])
-return 1
-"""
-# An example log switches only from the state the writer read (or is this very write,
-# sent again by a client retry).
-# KEYS: 1 the log's state, 2 NS:gc.
-# ARGV: 1 the write id the writer read ('' for none), 2 the new state, 3 its write id,
-#       4 the time, 5... chunks the new state no longer names, queued for removal in
-#       this same write.
-# Returns 1 switched (or switched before), 0 changed meanwhile.
-_EXAMPLES_SWITCH = """
-local cur = redis.call('GET', KEYS[1])
-local written = ''
-if cur then written = cjson.decode(cur)['w'] or '' end
-if written == ARGV[3] then return 1 end
-if written ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-for i = 5, #ARGV do redis.call('HSET', KEYS[2], ARGV[i], ARGV[4]) end
-return 1
-"""
-# A job record is written unless the writer expects an attempt and the stored job has
-# ended or moved on to another attempt (or it is this very write, sent again).
-_JOB_WRITE = """
-local cur = redis.call('GET', KEYS[1])
-if ARGV[3] ~= '' then
-  if not cur then return 0 end
-  local job = cjson.decode(cur)
-  if job['w'] ~= ARGV[4] then
-    if (job['state'] ~= 'queued' and job['state'] ~= 'running')
-        or tostring(job['attempt'] or 1) ~= ARGV[3] then return 0 end
-  end
-end
-if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else redis.call('SET', KEYS[1], ARGV[1]) end
-return 1
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-GC_PREFIX = "prefix:"  # an NS:gc field for every object under a prefix (a whole incarnation)
 
 
 def _redis_errors(method):
     """Redis being unreachable becomes a StoreUnavailableError (503) naming it."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
-        return self._call(method, self, *args, **kwargs)
+        return self.call(method, self, *args, **kwargs)
     return wrapper
 
 
@@ -141,10 +84,14 @@ def _unavailable_errors() -> tuple:
             redis.OutOfMemoryError)
 
 
-class RedisStore(SortedLocks):
-    """Head records in Redis, their objects in S3; same methods as LocalStore."""
+class RedisStore(StoreBase):
+    """Head records in Redis, their objects in S3. The interface and its contracts:
+    base.Store. ObjectExampleLog and the sweeper use a surface of their own, shared
+    within ph.stores: call, redis, key, objects, leases, switch_examples, forget_objects,
+    remove_queued."""
 
-    distributed = True
+    distributed = True  # for tests that look at Redis and S3; code above the store never asks
+    can_resend_jobs = True  # a queue: any worker can take a job sent again
 
     def __init__(self, redis_url: str, objects: str, endpoint: str | None, namespace: str,
                  cache_dir: Path):
@@ -164,22 +111,20 @@ class RedisStore(SortedLocks):
                                  retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2))
             for _ in range(2))
         self.objects = ObjectStore(objects, endpoint, self.root / "_objects")
-        self.lease_s = float(os.environ.get("PH_TRAIN_LEASE_S") or 30)
+        self.lease_s = settings.value("PH_TRAIN_LEASE_S")
         # Finished job records expire (Redis TTL) after the retention's age; there are no
         # files to count, so the age is the bound.
         self.job_ttl_s = JobRetention.from_env().max_age_s
-        self._switch = self.redis.register_script(_SWITCH)
-        self._renew = self.redis.register_script(_RENEW)
-        self._release = self.redis.register_script(_RELEASE)
-        self.switch_examples = self.redis.register_script(_EXAMPLES_SWITCH)
-        self._write_job = self.redis.register_script(_JOB_WRITE)
+        self._switch = self.redis.register_script(SWITCH)
+        self.switch_examples = self.redis.register_script(EXAMPLES_SWITCH)
+        self._write_job = self.redis.register_script(JOB_WRITE)
+        self.leases = Leases(self.redis, self.call)  # head locks, training leases, the sweeper's
         self._configs: dict[str, str] = {}  # content id -> config JSON (immutable)
         self._sigs: dict[str, tuple] = {}  # uuid -> signature, valid while subscribed
         self._changes = 0  # bumped on every notification: a read that raced one is not kept
         self._sig_lock = threading.Lock()
         self._subscribed = threading.Event()
         self._echoed = 0.0  # when this listener last heard its own echo
-        self._leases = threading.local()  # uuid -> token of the training run in this thread
         self._closed = threading.Event()
         self._sweeper: Any = None  # see start_sweeper
         self._listener = threading.Thread(target=self._listen, daemon=True,
@@ -291,47 +236,51 @@ class RedisStore(SortedLocks):
             created = True  # our own create, sent again by a client retry
         if not created:
             if record.get("weights"):
-                self._forget_objects([record["weights"]],
-                                     f"head '{uuid}' already exists; the weights uploaded for it")
+                self.forget_objects([record["weights"]],
+                                    f"head '{uuid}' already exists; the weights uploaded for it")
             raise ConflictError(f"head '{uuid}' already exists")
         self._sigs.pop(uuid, None)
         if gone:
-            self._forget_objects(gone, f"head '{uuid}' was replaced; the old head's objects",
-                                 queued=True)
+            self.forget_objects(gone, f"head '{uuid}' was replaced; the old head's objects",
+                                queued=True)
+
+    def write(self, uuid: str, record: dict) -> dict:
+        """Rewrite a head's record if it has not changed since `record` was read (and,
+        inside a training run, only while the run holds its lease): leases.SWITCH."""
+        return self._rewrite(uuid, record, [])
 
     @_redis_errors
-    def write(self, uuid: str, record: dict, dropped: list[str] | None = None) -> dict:
-        """Rewrite a head's record (it must not have changed since `record` was read);
-        `dropped`: objects the new record no longer names, queued for removal in that
-        same write (the caller then removes them, `_forget_objects(queued=True)`)."""
+    def _rewrite(self, uuid: str, record: dict, dropped: list[str]) -> dict:
+        """`write`, with `dropped`: objects the new record no longer names, queued for
+        removal in that same write (the caller then removes them,
+        `forget_objects(queued=True)`)."""
         new = {**record, "v": record["v"] + 1, "w": uuidlib.uuid4().hex[:12]}
-        self._publish(uuid, f"{record['inc']}:{record['v']}", new, dropped or [])
+        self._publish(uuid, f"{record['inc']}:{record['v']}", new, dropped)
         return new
 
-    def write_weights(self, uuid: str, record: dict, state: dict, labels: list | None,
-                      run: dict | None = None) -> dict:
-        """Upload new weights, then switch the record to them; a run that lost its
-        training lease, or a record changed since it was read, is refused (409)."""
-        revision = record["revision"] + 1
+    def _save_weights(self, uuid: str, record: dict, revision: int, state: dict) -> str:
+        """Uploaded under a name of their own (immutable: a cached copy never goes stale)."""
         name = f"heads/{uuid}/{record['inc']}/weights-{revision}-{uuidlib.uuid4().hex[:8]}.pt"
         self.objects.put(name, _tensor_bytes(state))
-        new = {**record, "revision": revision, "weights": name, "labels": labels,
-               "updated": time.time()}
-        if run is not None:
-            new["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
-        old = [record["weights"]] if record.get("weights") else []
+        return name
+
+    def _switch_weights(self, uuid: str, old: dict, new: dict) -> dict:
+        """One fenced write (leases.SWITCH) that also queues the old weights for removal."""
+        dropped = [old["weights"]] if old.get("weights") else []
         try:
-            new = self.write(uuid, new, old)
+            new = self._rewrite(uuid, new, dropped)
         except (ConflictError, HeadNotFoundError):  # refused for sure: nothing names it
-            self._forget_objects([name], f"head '{uuid}': the refused upload of new weights")
+            self.forget_objects([new["weights"]],
+                                f"head '{uuid}': the refused upload of new weights")
             raise
-        self._forget_objects(old, f"head '{uuid}' has new weights; the old weights", queued=True)
+        self.forget_objects(dropped, f"head '{uuid}' has new weights; the old weights",
+                            queued=True)
         return new
 
     def _publish(self, uuid: str, expected: str, new: dict, dropped: list[str]) -> None:
         """Switch the record to `new` if it is still at `expected` ("inc:v"), queueing
-        the `dropped` objects for removal in that same write."""
-        token = getattr(self._leases, uuid, None) or ""
+        the `dropped` objects for removal in that same write (leases.SWITCH)."""
+        token = self.leases.token_in_thread(uuid)
         result = self._switch(keys=[self.key("h", uuid), self.key("train", uuid),
                                     self.key("changes"), self.key("gc")],
                               args=[expected, json.dumps(self._stored(new)), token, uuid,
@@ -362,14 +311,12 @@ class RedisStore(SortedLocks):
         if not record.get("weights"):
             return None
         try:
-            return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
-                              weights_only=True)
+            return load_state(self.objects.cached(record["weights"]))
         except StoreUnavailableError:
             raise
         except Exception:  # noqa: BLE001  (a cached copy a crash cut short: fetch it again)
             self.objects.forget_cached(record["weights"])
-            return torch.load(self.objects.cached(record["weights"]), map_location="cpu",
-                              weights_only=True)
+            return load_state(self.objects.cached(record["weights"]))
 
     @_redis_errors
     def delete(self, uuid: str) -> None:
@@ -386,7 +333,7 @@ class RedisStore(SortedLocks):
             gone = self._drop_incarnation(pipe, uuid, json.loads(raw)["inc"])
             pipe.execute()
         self._sigs.pop(uuid, None)
-        self._forget_objects(gone, f"head '{uuid}' was deleted; its objects", queued=True)
+        self.forget_objects(gone, f"head '{uuid}' was deleted; its objects", queued=True)
 
     def _drop_incarnation(self, pipe: Any, uuid: str, inc: str) -> list[str]:
         """Add to `pipe` (the transaction that deletes or replaces the record) the end of
@@ -397,7 +344,7 @@ class RedisStore(SortedLocks):
         pipe.hset(self.key("gc"), entry, time.time())
         return [entry]
 
-    def _forget_objects(self, entries: list[str], what: str, queued: bool = False) -> bool:
+    def forget_objects(self, entries: list[str], what: str, queued: bool = False) -> bool:
         """Remove objects nothing names any more (entries: names, or GC_PREFIX + a
         prefix): queued in NS:gc first (unless the write that stopped naming them already
         did), removed now if the object store answers, then cleared from the queue; else
@@ -408,8 +355,8 @@ class RedisStore(SortedLocks):
             return True
         try:
             if not queued:
-                self._call(self.redis.hset, self.key("gc"),
-                           mapping={entry: time.time() for entry in entries})
+                self.call(self.redis.hset, self.key("gc"),
+                          mapping={entry: time.time() for entry in entries})
                 queued = True
         except StoreUnavailableError:
             pass  # Redis away: if the removal below fails too, the orphan scan finds them
@@ -423,14 +370,14 @@ class RedisStore(SortedLocks):
                         getattr(exc, "reason", exc), later)
             return False
         with contextlib.suppress(StoreUnavailableError):  # else removed again: harmless
-            self._call(self.redis.hdel, self.key("gc"), *entries)
+            self.call(self.redis.hdel, self.key("gc"), *entries)
         return True
 
     def remove_queued(self, entries: list[str]) -> None:
         """Remove these NS:gc entries' objects, then the entries (the sweeper's step).
         Raises StoreUnavailableError, the entries kept, if the object store fails."""
         self._remove_objects(entries)
-        self._call(self.redis.hdel, self.key("gc"), *entries)
+        self.call(self.redis.hdel, self.key("gc"), *entries)
 
     def _remove_objects(self, entries: list[str]) -> None:
         self.objects.delete([e for e in entries if not e.startswith(GC_PREFIX)])
@@ -450,7 +397,7 @@ class RedisStore(SortedLocks):
     def count(self) -> int:
         return self.redis.zcard(self.key("heads"))
 
-    def examples(self, uuid: str) -> ObjectExampleLog:
+    def examples(self, uuid: str) -> StoredExamples:
         record = self._read_raw(uuid)
         return ObjectExampleLog(self, uuid, record["inc"])
 
@@ -460,66 +407,27 @@ class RedisStore(SortedLocks):
         """Serialize writers of one head across machines: a lease this process renews
         while it holds it, so a long upload keeps it and a dead holder's frees itself
         within LOCK_LEASE_S."""
-        with self._leased(self.key("lock", check_uuid(uuid)), LOCK_LEASE_S, LOCK_WAIT_S,
-                          f"head '{uuid}' is busy (another call has held its lock for "
-                          f"{LOCK_WAIT_S} s); try again"):
+        with self.leases.held(self.key("lock", check_uuid(uuid)), LOCK_LEASE_S, LOCK_WAIT_S,
+                              f"head '{uuid}' is busy (another call has held its lock for "
+                              f"{LOCK_WAIT_S} s); try again"):
             yield
 
     @contextlib.contextmanager
     def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
         """Held while a head trains, on any machine: a lease renewed by this process. If
-        it is lost (this process stalled, or Redis lost it) the run cannot publish."""
-        with self._leased(self.key("train", check_uuid(uuid)), self.lease_s, wait_s,
-                          f"head '{uuid}' is already training; wait for that run to finish "
-                          "(train_status) and try again") as token:
-            setattr(self._leases, uuid, token)
-            try:
-                yield
-            finally:
-                delattr(self._leases, uuid)
-
-    @contextlib.contextmanager
-    def _leased(self, key: str, lease_s: float, wait_s: float, busy: str) -> Iterator[str]:
-        """Hold `key` (a token set with NX and an expiry), renewed every lease_s / 3 until
-        the block ends; ConflictError(`busy`) after waiting `wait_s` for it."""
-        token, lease_ms = uuidlib.uuid4().hex, int(lease_s * 1000)
-        deadline = time.monotonic() + wait_s
-        while not self._call(self.redis.set, key, token, nx=True, px=lease_ms):
-            if self._call(self.redis.get, key) == token.encode():
-                break  # our own SET, sent again by a client retry
-            if time.monotonic() > deadline:
-                raise ConflictError(busy)
-            time.sleep(0.02)
-        done = threading.Event()
-        renewer = threading.Thread(target=self._keep_lease, args=(key, token, lease_ms, done),
-                                   daemon=True)
-        renewer.start()
-        try:
-            yield token
-        finally:
-            done.set()
-            renewer.join()
-            with contextlib.suppress(Exception):
-                if not self._release(keys=[key], args=[token]):
-                    log.warning("%s expired while held (the holder stalled for longer than "
-                                "its lease)", key)
-
-    def _keep_lease(self, key: str, token: str, lease_ms: int, done: threading.Event) -> None:
-        import redis
-        while not done.wait(lease_ms / 3000):
-            try:
-                if not self._renew(keys=[key], args=[token, lease_ms]):
-                    log.warning("lease %s was lost; a training run holding it will not "
-                                "publish", key)
-                    return
-            except redis.RedisError as exc:  # keep trying until the lease would expire
-                log.warning("could not renew lease %s: %s", key, exc)
+        it is lost (this process stalled, or Redis lost it) the run cannot publish: the
+        thread's writes carry its token (leases.SWITCH)."""
+        with self.leases.held_in_thread(uuid, self.key("train", check_uuid(uuid)), self.lease_s,
+                                        wait_s, f"head '{uuid}' is already training; wait for "
+                                        "that run to finish (train_status) and try again"):
+            yield
 
     @_redis_errors
     def is_training(self, uuid: str) -> bool:
         return bool(self.redis.exists(self.key("train", check_uuid(uuid))))
 
-    def _call(self, fn, *args, **kwargs):
+    def call(self, fn, *args, **kwargs):
+        """fn(*args, **kwargs), Redis being unreachable raised as StoreUnavailableError."""
         try:
             return fn(*args, **kwargs)
         except _unavailable_errors() as exc:
@@ -643,7 +551,7 @@ class RedisStore(SortedLocks):
         self.redis.set(self.key("beat", check_uuid(job_id)), 1, px=int(self.lease_s * 1000))
 
     @_redis_errors
-    def job_alive(self, job: dict, proc: Any = None) -> bool:
+    def job_alive(self, job: dict) -> bool:
         """A queued job waits for a worker however long that takes; once a worker took it
         (or it is running) it is alive while that worker keeps beating."""
         beating = bool(self.redis.exists(self.key("beat", check_uuid(job["id"]))))
@@ -652,15 +560,19 @@ class RedisStore(SortedLocks):
             return beating or not taken
         return beating
 
-    def enqueue(self, job: dict) -> None:
-        """Send the job to the training workers (`ph worker`) on its queue."""
-        from kombu.exceptions import OperationalError
-
-        from .job_queue import enqueue
+    def dispatch_job(self, job: dict) -> dict:
+        """Send the job to the training workers (`ph worker`) on its queue; {"queue": it}."""
+        from kombu.exceptions import OperationalError  # the distributed extra: only here
         try:
             enqueue(self.url, job)
         except OperationalError as exc:
-            raise self.unavailable(exc) from None
+            raise StoreUnavailableError(f"could not queue the job: {self.unavailable(exc)}") \
+                from None
+        return {"queue": job["queue"]}
+
+    def withdraw_queued(self, job_id: str, attempt: int) -> bool:
+        """Claim the attempt here, so that no worker that gets the message runs it."""
+        return self.claim_job(job_id, attempt)
 
     @_redis_errors
     def claim_job(self, job_id: str, attempt: int) -> bool:
@@ -729,10 +641,13 @@ class RedisStore(SortedLocks):
             self._changes += 1
             self._sigs.clear()
 
+    def start_background_tasks(self) -> None:
+        """The sweeper (start_sweeper)."""
+        self.start_sweeper()
+
     def start_sweeper(self, interval_s: int | None = None) -> None:
         """Remove queued and orphaned objects in a thread of this process until close()
         (`ph serve` and `ph worker` start it; a library user need not)."""
-        from .sweeper import Sweeper
         if self._sweeper is None:
             self._sweeper = Sweeper(self, interval_s)
             self._sweeper.start()

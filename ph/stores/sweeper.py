@@ -26,8 +26,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import settings
 from ..errors import ConflictError, StoreUnavailableError
-from .base import env_int
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -37,17 +37,17 @@ LEASE_S = 60  # a pass holds the lease while it runs (renewed); a dead one's fre
 PAGE = 1000  # heads, queue entries per Redis call
 AREAS = ("heads/", "code/", "data/")  # where ph writes objects
 BY_CONTENT = ("code/", "data/")  # written again under the same name at any time
+GC_PREFIX = "prefix:"  # an NS:gc field for every object under a prefix (a whole incarnation)
 
 
 def sweep_interval() -> int:
     """Seconds between two passes ($PH_SWEEP_INTERVAL_S, default 30)."""
-    return env_int("PH_SWEEP_INTERVAL_S", 30, 1, "seconds between two sweeps of the object store")
+    return settings.value("PH_SWEEP_INTERVAL_S")
 
 
 def orphan_grace() -> int:
     """Seconds an object nothing names is kept ($PH_ORPHAN_GRACE_S, default 3600)."""
-    return env_int("PH_ORPHAN_GRACE_S", 3600, 0,
-                   "seconds an object no record names is kept before the sweeper removes it")
+    return settings.value("PH_ORPHAN_GRACE_S")
 
 
 def sweep(store: "RedisStore", wait_s: float = 0.0) -> dict:
@@ -61,8 +61,8 @@ def sweep(store: "RedisStore", wait_s: float = 0.0) -> dict:
     counts = {"ran": False, "pending_done": 0, "pending_left": 0, "orphans_deleted": 0}
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(store._leased(store.key("gc", "lease"), LEASE_S, wait_s,
-                                              "another process is sweeping"))
+            stack.enter_context(store.leases.held(store.key("gc", "lease"), LEASE_S, wait_s,
+                                                  "another process is sweeping"))
         except ConflictError:
             return counts
         counts["ran"] = True
@@ -73,7 +73,7 @@ def sweep(store: "RedisStore", wait_s: float = 0.0) -> dict:
                 counts["orphans_deleted"] = _remove_orphans(store, grace)
         except StoreUnavailableError as exc:
             log.info("sweep stopped: %s", getattr(exc, "reason", exc))
-        counts["pending_left"] = store._call(store.redis.hlen, store.key("gc"))
+        counts["pending_left"] = store.call(store.redis.hlen, store.key("gc"))
         if counts["pending_left"]:
             log.info("%d object removal(s) stay queued until the object store answers",
                      counts["pending_left"])
@@ -84,7 +84,7 @@ def _remove_pending(store: "RedisStore") -> int:
     """Remove every queued entry's objects (and the entry); their count."""
     done, cursor = 0, 0
     while True:
-        cursor, fields = store._call(store.redis.hscan, store.key("gc"), cursor, count=PAGE)
+        cursor, fields = store.call(store.redis.hscan, store.key("gc"), cursor, count=PAGE)
         if fields:
             store.remove_queued([field.decode() for field in fields])
             done += len(fields)
@@ -93,7 +93,7 @@ def _remove_pending(store: "RedisStore") -> int:
 
 
 def _scan_due(store: "RedisStore", grace: int) -> bool:
-    last = store._call(store.redis.get, store.key("gc", "scanned"))
+    last = store.call(store.redis.get, store.key("gc", "scanned"))
     return last is None or time.time() - float(last) >= grace
 
 
@@ -101,13 +101,12 @@ def _remove_orphans(store: "RedisStore", grace: int) -> int:
     """Remove listed objects older than `grace` that nothing names nor queues; their
     count. The bucket is listed before the records are read, so an object written
     during the scan is never judged."""
-    from .redis_store import GC_PREFIX
     started = time.time()
     cutoff = started - grace
     old = [name for area in AREAS for name, modified in store.objects.list_modified(area)
            if modified <= cutoff]
     named = referenced_objects(store)
-    queued = {field.decode() for field in store._call(store.redis.hkeys, store.key("gc"))}
+    queued = {field.decode() for field in store.call(store.redis.hkeys, store.key("gc"))}
     prefixes = tuple(entry[len(GC_PREFIX):] for entry in queued if entry.startswith(GC_PREFIX))
     orphans = [name for name in old
                if name not in named and name not in queued and not name.startswith(prefixes)]
@@ -119,7 +118,7 @@ def _remove_orphans(store: "RedisStore", grace: int) -> int:
             if modified is not None and modified <= cutoff:
                 store.objects.delete([name])
                 removed.append(name)
-    store._call(store.redis.set, store.key("gc", "scanned"), started)
+    store.call(store.redis.set, store.key("gc", "scanned"), started)
     if removed:
         log.info("removed %d object(s) that no head names (older than %d s), e.g. %s",
                  len(removed), grace, removed[0])
@@ -135,19 +134,18 @@ def referenced_objects(store: "RedisStore") -> set[str]:
         names.add(f"code/{head_list['python']}.py")
     after = b"-"
     while True:  # by value, not position: a head deleted meanwhile shifts no other out
-        uuids = store._call(store.redis.zrangebylex, store.key("heads"), after, b"+",
-                            start=0, num=PAGE)
+        uuids = store.call(store.redis.zrangebylex, store.key("heads"), after, b"+",
+                           start=0, num=PAGE)
         if not uuids:
             return names
         after = b"(" + uuids[-1]
-        pairs = [(uuid.decode(), raw) for uuid, raw in zip(uuids, store._call(
-            store.redis.mget, [store.key("h", uuid.decode()) for uuid in uuids]))
-                 if raw is not None]
+        raws = store.call(store.redis.mget, [store.key("h", uuid.decode()) for uuid in uuids])
+        pairs = [(uuid.decode(), raw) for uuid, raw in zip(uuids, raws) if raw is not None]
         records = [(uuid, json.loads(raw)) for uuid, raw in pairs]
         for _, record in records:
             names |= _named_by(record)
-        logs = store._call(store.redis.mget, [store.key("ex", uuid, record["inc"])
-                                              for uuid, record in records]) if records else []
+        logs = store.call(store.redis.mget, [store.key("ex", uuid, record["inc"])
+                                             for uuid, record in records]) if records else []
         for raw in logs:
             if raw is not None:
                 names.update(json.loads(raw)["chunks"])

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from . import metrics as _metrics  # noqa: F401  (register losses and metrics)
-from ..config.components import DATALOADERS, LOSSES, METRICS, Registry, build
+from ..config.components import DATALOADERS, LOSSES, METRICS, ComponentRegistry, build
 from ..config.schema import parse_monitor
 from .data import DataContext, TrainingData
 from ..errors import PHError, TrainingError
 from .checkpoints import CheckpointWriter, snapshot
 
 log = logging.getLogger("ph.training")
-OPTIMIZERS = Registry("optimizer")
-SCHEDULERS = Registry("LR scheduler")
+OPTIMIZERS = ComponentRegistry("optimizer")
+SCHEDULERS = ComponentRegistry("LR scheduler")
 for _name, _cls in sorted(vars(torch.optim).items()):
     if (isinstance(_cls, type) and issubclass(_cls, torch.optim.Optimizer)
             and _cls is not torch.optim.Optimizer):

@@ -1,0 +1,279 @@
+"""Training coordination at the heads level (the training loop itself is ph.training):
+a run's config, one training per head, and how a head gets new weights.
+
+One rule protects training, here and nowhere else (TrainingGuard): a head is training
+while a run holds its training lock or while its latest background job is queued or
+running (from the moment train_head returns the job id). Deleting, replacing or
+reloading such a head, or training it again, is refused (ConflictError, 409) naming the
+job; the check and the change happen under the head's lock, so no job can be accepted
+in between.
+
+A head gets new weights in two ways (TrainingRuns): a run publishes its best weights, or
+load_weights switches to a file's. Both write them under the head's lock, only if the
+head was not replaced meanwhile, and point the loaded head at them at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from ..config.components import UserCode
+from ..config.schema import dig
+from ..errors import ConfigError, ConflictError, NotFoundError
+from ..modeling.engine import build_processors, fit_state_dict, make_model, read_weights
+from ..training.data import DataContext, read_records
+from ..training.plan import ExamplePlan, choose_data, forgetting_warning, plan_examples
+from ..training.trainer import run_training
+from .children import follows_parent
+from .jobs import is_active
+from .loader import HeadLoader
+from .policy import PathPolicy
+from .sources import ConfigSources
+
+STORED_PATHS = (("Trainer", "dataloader", "args", "train_json"), ("Trainer", "trainer", "save_dir"),
+                ("Trainer", "trainer", "resume"))  # paths a training takes from the head's config
+DATA_SETS_KEPT = 8  # training data sets a head's record remembers (replayed by incremental runs)
+log = logging.getLogger("ph.registry")
+
+
+class TrainingGuard:
+    """One training per head: whether a head is training, and a job made its training."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def training_job(self, uuid: str) -> str | None:
+        """The head's background job while it is queued or running, else None."""
+        job_id = self.store.latest_job(uuid)
+        return job_id if job_id and is_active(self.store, job_id) else None
+
+    def check_idle(self, uuid: str, action: str, lock_held: bool = False) -> None:
+        """Refuse `action` (ConflictError) while the head is training. Call it with the
+        head's store lock held, and make the change under that same lock.
+
+        Args:
+            lock_held: the caller holds the head's training lock itself (a direct run).
+        """
+        job_id = self.training_job(uuid)
+        if job_id:
+            raise ConflictError(
+                f"head '{uuid}' is already training (job {job_id}), so {action} is refused until "
+                f"that job ends. Try again once train_status(job_id='{job_id}') no longer says "
+                f"queued or running; to end it sooner, stop it with stop_training(job_id='{job_id}')")
+        if not lock_held and self.store.is_training(uuid):
+            raise ConflictError(f"head '{uuid}' is already training (a train_head call that has not "
+                                f"returned yet), so {action} is refused; try again when it ends")
+
+    def accept_job(self, record: dict, job: dict) -> None:
+        """Record a background job for the head `record` describes and make it the head's
+        training, from now on: refused if the head is training, was deleted or replaced."""
+        uuid = record["uuid"]
+        with self.store.lock(uuid):
+            self.check_idle(uuid, "a second train_head")
+            if self.store.read(uuid).get("created") != record.get("created"):  # 404 if it was deleted
+                raise ConflictError(f"head '{uuid}' was replaced while its training was being set "
+                                    "up; call train_head again")
+            self.store.write_job(job)
+            self.store.set_latest_job(uuid, job["id"])
+
+    @contextlib.contextmanager
+    def training(self, uuid: str, job_id: str | None) -> Iterator[None]:
+        """Hold the head's training lock for a run. A direct run (no `job_id`) is refused
+        while another run or an accepted job lives, checked before waiting and again once
+        the lock is held (a job may have been accepted in between); a background job
+        already owns the head, so it waits for a status probe to let go of the lock."""
+        if job_id is None:
+            with self.store.lock(uuid):
+                self.check_idle(uuid, "a second train_head")
+        with self.store.training(uuid, wait_s=10 if job_id else 0.2):
+            if job_id is None:
+                with self.store.lock(uuid):
+                    self.check_idle(uuid, "a second train_head", lock_held=True)
+            yield
+
+
+@dataclass
+class _Start:
+    """What a run starts from: the head's record when it began, and whose weights (for a
+    child's first run, its parent's as they are now)."""
+
+    record: dict
+    source: dict
+    state: dict | None
+
+
+class TrainingRuns:
+    """Configures and runs a head's trainings, and switches it to new weights."""
+
+    def __init__(self, store, policy: PathPolicy, sources: ConfigSources, loader: HeadLoader,
+                 guard: TrainingGuard):
+        self.store = store
+        self.policy = policy
+        self.sources = sources
+        self.loader = loader
+        self.guard = guard
+
+    def training_config(self, record: dict, config: Any = None, incremental: bool = False) -> dict:
+        """The head's config with the Trainer of `config` merged in, validated, and the
+        data the run uses chosen (see `choose_data`). Paths taken from the stored config
+        (not named in `config`) must lie within the record's path limits (see ph.paths)."""
+        overrides = self.sources.read_config(config, "config") if config is not None else {}
+        self.sources.check_stored_model_folder(record)  # before validation loads it
+        full = record["config"] if config is None else self.sources.with_trainer(
+            record, overrides, "train_head",
+            "it belongs to the head. Create the head again (create_head(..., replace=True)) "
+            "or use another uuid", f"training of head '{record['uuid']}'")
+        named = "train_json" in (dig(overrides, ("Trainer", "dataloader", "args")) or {})
+        full = choose_data(full, named, incremental,
+                           lambda: self.store.examples(record["uuid"]).summary().count)
+        if record.get("path_limits"):  # paths this call does not name come from the record
+            for key in STORED_PATHS:
+                if dig(full, key) and dig(overrides, key) is None:
+                    self.sources.resolve_stored(dig(full, key), ".".join(key), record["path_limits"])
+        return full
+
+    def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
+                       stop: threading.Event | None = None,
+                       on_epoch: Callable[[dict], None] | None = None,
+                       incremental: bool = False, job_id: str | None = None) -> dict:
+        """Train with an already validated config, holding the head's training lock (see
+        `TrainingGuard.training`), and publish the best weights if `auto_update`."""
+        with self.guard.training(uuid, job_id):
+            start = self._start(uuid)
+            plan = plan_examples(list(self.store.examples(uuid).iter()),
+                                 start.record.get("examples_seen", 0), incremental,
+                                 config["Trainer"], config["Trainer"]["seed"],
+                                 self._replay_sources(start) if incremental else None)
+            if plan.nothing_new:
+                return {"uuid": uuid, "updated": False, "examples": plan.info,
+                        "note": "no examples were added since the last run: nothing to learn"}
+            warning = forgetting_warning(plan, start.state is not None)
+            if warning:
+                log.warning("head '%s': %s", uuid, warning)
+            code = self.sources.code_of(start.record)
+            summary, best, labels = self._fit(uuid, start, code, config, plan, stop, on_epoch)
+            summary.update(uuid=uuid, updated=False, examples=plan.info)
+            if warning:
+                summary["warning"] = warning
+            if best is None:
+                summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
+                                   "the head keeps its weights")
+            elif auto_update:
+                new = self._publish(uuid, start, code, config, plan, (summary, best, labels))
+                summary.update(updated=True, revision=new["revision"], labels=labels)
+        return summary
+
+    def _start(self, uuid: str) -> _Start:
+        record, state = self.store.read_current(uuid)
+        source, parent = record, follows_parent(record)
+        if parent:  # a child's first training starts from its parent as it is now
+            try:
+                source, state = self.store.read_current(parent)
+            except NotFoundError:
+                raise NotFoundError(f"head '{uuid}' follows its parent '{parent}', which no "
+                                    "longer exists, so it has no weights to start training "
+                                    "from") from None
+        return _Start(record, source, state)
+
+    def _fit(self, uuid: str, start: _Start, code: UserCode, config: dict, plan: ExamplePlan,
+             stop: threading.Event | None,
+             on_epoch: Callable[[dict], None] | None) -> tuple[dict, dict | None, list | None]:
+        """One run of the training loop from `start` on the planned examples."""
+        model = make_model(config, code, start.state, start.source["seed"])
+        context = DataContext(code, build_processors(config, code)[0],
+                              start.source.get("labels"),
+                              config["Model"].get("args", {}).get("n_classes"),
+                              config["Trainer"]["seed"], self.policy.resolve,
+                              (plan.inputs, plan.labels), plan.replay)
+        return run_training(config, model, context, uuid, self.policy.resolve, stop, on_epoch)
+
+    def _publish(self, uuid: str, start: _Start, code: UserCode, config: dict, plan: ExamplePlan,
+                 result: tuple[dict, dict, list | None]) -> dict:
+        """Switch the head to the run's best weights (`result`: run_training's summary,
+        best weights and labels), with what the run covered; refused if the head was
+        replaced while it trained (the weights stay in the run's folder)."""
+        summary, best, labels = result
+        trained_on = self._trained_on(start.source, config)  # stored before the record names it
+        with self.store.lock(uuid):
+            current = self.store.read(uuid)
+            if current["config"] != start.record["config"] \
+                    or current["created"] != start.record["created"]:
+                raise ConflictError(f"head '{uuid}' was replaced while it trained; the "
+                                    f"new weights stay in {summary['weights']}")
+            run = {k: summary[k] for k in ("best_epoch", "best_value", "epochs_run", "monitor",
+                                           "weights")}
+            run["finished"] = time.time()
+            if plan.inputs:  # the examples this run covered (incremental runs start after)
+                current["examples_seen"] = max(current.get("examples_seen", 0), plan.seen_up_to)
+            if trained_on:
+                current["trained_on"] = trained_on
+            return self._serve_weights(uuid, current, best, labels,
+                                       make_model(config, code, best), run)
+
+    def load_weights(self, uuid: str, path: str) -> dict:
+        """Switch a head to the weights in a file, checked against its model first."""
+        if not isinstance(path, str) or not path:
+            raise ConfigError("weights_file: give the path of a weights file (.pt)")
+        head = self.loader.loaded(uuid)
+        state, extras = read_weights(self.policy.resolve(path, "weights_file"))
+        state = fit_state_dict(head.engine.model, state)  # checked before anything changes
+        model = head.engine.with_weights(state)
+        labels = extras.get("labels") or head.engine.labels
+        with self.store.lock(uuid):
+            current = self.store.read(uuid)
+            # head is the parent's for an untrained child: same Model and Inference
+            if any(current["config"][k] != head.config[k] for k in ("Model", "Inference")):
+                raise ConflictError(f"head '{uuid}' was replaced while its weights were being "
+                                    "checked; try load_weights again")
+            self.guard.check_idle(uuid, "load_weights")
+            record = self._serve_weights(uuid, current, state, labels, model)
+        return {"uuid": uuid, "revision": record["revision"], "labels": labels}
+
+    def _serve_weights(self, uuid: str, current: dict, state: dict, labels: list | None, model,
+                       run: dict | None = None) -> dict:
+        """Write new weights into the head's record and serve them from now on (call under
+        its lock); a child with weights of its own no longer follows its parent."""
+        record = self.store.write_weights(uuid, current, state, labels, run)
+        self.loader.stop_following(uuid, current)
+        self.loader.switch(uuid, record, model)
+        return record
+
+    def _replay_sources(self, start: _Start) -> list[dict]:
+        """What the weights a run starts from were trained on, besides the head's own
+        stored examples: the data sets recorded by earlier runs (for a child's first run,
+        its parent's), and a child's parent's stored examples that the parent trained on.
+        An incremental run replays from these so it keeps what the head knew."""
+        rows: list[dict] = []
+        for digest in start.source.get("trained_on", []):
+            try:
+                rows += self.store.load_dataset(digest)
+            except FileNotFoundError:
+                log.warning("head '%s': training data set %s is missing from the store; it is "
+                            "not replayed", start.record["uuid"], digest)
+        parent = start.record.get("parent")
+        if parent:
+            try:
+                source = start.source if start.source["uuid"] == parent else self.store.read(parent)
+                seen = source.get("examples_seen", 0)
+                rows += [r for r in self.store.examples(parent).iter() if r["id"] <= seen]
+            except NotFoundError:
+                pass  # a trained child outlives its parent: the data sets still hold its start
+        return rows
+
+    def _trained_on(self, source: dict, config: dict) -> list[str]:
+        """The data sets the new weights carry knowledge of: those of the weights the run
+        started from, plus this run's train_json file, stored once by content (a parent
+        and its children name the same copy)."""
+        digests = list(source.get("trained_on", []))
+        dataloader = config["Trainer"]["dataloader"]
+        train_json = (dataloader.get("args") or {}).get("train_json")
+        if dataloader["type"] == "SnipsDataLoader" and train_json:
+            key = "Trainer.dataloader.args.train_json"
+            records = read_records(self.policy.resolve(train_json, key), train_json)
+            digest = self.store.save_dataset([{k: v, "label": label} for k, v, label in records])
+            digests = [d for d in digests if d != digest] + [digest]
+        return digests[-DATA_SETS_KEPT:]
