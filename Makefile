@@ -1,11 +1,12 @@
 # Two commands do all the set-up:  `make demo` (the intent-head example end to end)
-# and `make test` (the whole test suite, a short soak included). Both create .venv first if it is missing.
+# and `make test` (the whole test suite, a short soak included); `make test-fast` is the
+# inner loop (the tests not marked slow, cluster or gpu). Each creates .venv first if it is missing.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ph-installed
 
-.PHONY: setup demo test bench soak clean
+.PHONY: setup demo test test-fast bench soak clean
 
 setup: $(STAMP)
 
@@ -21,11 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist worksteal tests
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist worksteal -m "not slow and not cluster and not gpu" tests
+
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
 # Mixed load on `ph serve --workers 2` for 3 minutes, then the invariant checks (JSON out;
-# exit status 1 if one broke). `make test` runs it for 20 seconds (tests/test_soak.py).
+# exit status 1 if one broke). `make test` runs it for 20 seconds (tests/e2e/test_soak.py).
 soak: $(STAMP)
 	$(PY) bench/soak.py --seconds 180 --clients 6
 

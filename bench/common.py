@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the offline intent-data generator
+sys.path.insert(0, str(ROOT / "tests"))  # helpers: the offline intent data, the test servers
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -99,7 +99,7 @@ def emit(name: str, args, device: torch.device, results: dict) -> dict:
 
 def intent_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """n (text, label) pairs from the offline intent templates."""
-    from intent_data import make_split
+    from helpers.intent_data import make_split
     train, held = make_split(seed=seed, per_intent=max(8, n // 6 + 1))
     rows = (train + held) * (n // max(1, len(train + held)) + 1)
     return [r["text"] for r in rows[:n]], [r["label"] for r in rows[:n]]

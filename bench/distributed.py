@@ -161,7 +161,7 @@ def main() -> None:
     args = p.parse_args()
     device = setup(args)
     import redis
-    from servers import distributed_store
+    from helpers.servers import distributed_store
 
     parts = args.parts.split(",")
     results = {}

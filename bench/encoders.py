@@ -3,7 +3,7 @@
 - accuracy: the default head (default Model and Trainer config; embedding_length follows
   the encoder: 768 hashing, 384 MiniLM) trained on intent utterances from 6 templates
   per intent, tested on held-out utterances from unseen templates and slot values
-  (tests/intent_data.py). Several data seeds, and a few-shot size as well as the full one.
+  (tests/helpers/intent_data.py). Several data seeds, and a few-shot size as well as the full one.
 - cost: the encoder alone on one text, and `predict(uuid, text)` end to end, p50.
 - stacked pass: `predict_many` with N heads sharing the encoder, one text each; the time
   spent inside the encoder (measured in the pass) against the rest, and what encoding
@@ -59,7 +59,7 @@ def head_config(encoder: str, device: torch.device, epochs: int | None) -> dict:
 
 def accuracy(registry, encoder: str, device, seeds: list[int], per_intent: int,
              epochs: int | None) -> dict:
-    from intent_data import as_label_lists, make_split
+    from helpers.intent_data import as_label_lists, make_split
     scores, seconds = [], []
     for seed in seeds:
         train, held = make_split(seed=seed, per_intent=per_intent)
@@ -96,7 +96,7 @@ def predict_cost(registry, encoder: str, device, repeat: int) -> dict:
 def stacked_pass(registry, encoder: str, device, n: int, repeat: int) -> dict:
     """predict_many over n heads (one text each); the encoder's time is read inside the
     pass by wrapping the shared encoder's `encode`."""
-    from intent_data import make_split
+    from helpers.intent_data import make_split
     uuids = [registry.create_head(f"{encoder}-user{i}", head_config(encoder, device, None))
              for i in range(n)]
     texts = [r["text"] for r in make_split(seed=1)[1]]

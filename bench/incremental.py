@@ -1,5 +1,5 @@
 """Learning a new label without forgetting: incremental training vs full retraining vs
-naive fine-tuning, on held-out intent utterances (made offline by tests/intent_data.py).
+naive fine-tuning, on held-out intent utterances (made offline by tests/helpers/intent_data.py).
 
 A head is trained on the stored examples of N old labels. Then k examples of a new label
 are added and three copies of that head learn them:
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from common import emit, parser, setup
-from intent_data import as_label_lists, make_split
+from helpers.intent_data import as_label_lists, make_split
 from ph.config.schema import INCREMENTAL_DEFAULTS
 from ph.heads.service import HeadRegistry
 

@@ -119,7 +119,7 @@ def trained_weights(root: Path, device) -> tuple[Path, list[str]]:
     """Train one default head on the intent set (a few seconds) for realistic weights."""
     import json
     from ph.heads.service import HeadRegistry
-    from intent_data import as_label_lists, make_split
+    from helpers.intent_data import as_label_lists, make_split
     train, held = make_split(seed=0)
     data = root / "train.json"
     data.write_text(json.dumps(as_label_lists(train)))

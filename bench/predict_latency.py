@@ -21,7 +21,7 @@ TEXT = "I want to order a pizza"
 def http_latency(heads_dir: Path, repeat: int) -> dict:
     import requests
     sys.path.insert(0, str(ROOT / "tests"))
-    from servers import ph_server
+    from helpers.servers import ph_server
     with ph_server(heads_dir.parent, "--heads-dir", str(heads_dir)) as url:
         session = requests.Session()
         results = {}

@@ -27,7 +27,7 @@ import requests
 
 import loadgen
 from common import emit, latency_ms, parser  # (common puts tests/ on the path)
-from servers import distributed_store, free_port, stop, wait_for
+from helpers.servers import distributed_store, free_port, stop, wait_for
 
 
 @contextlib.contextmanager
@@ -149,7 +149,7 @@ def jaseci_walker(url: str, repeat: int) -> dict:
 def with_training(url: str, proc, work: Path, heads: int, connections: int, seconds: float,
                   generator: str) -> dict:
     """Throughput while a background training job runs, against the same point without it."""
-    from intent_data import make_split
+    from helpers.intent_data import make_split
     train, _ = make_split(seed=0, per_intent=60)
     (work / "train.json").write_text(json.dumps(train))
     quiet = point(url, proc, heads, connections, seconds, generator=generator)

@@ -33,9 +33,9 @@ from pathlib import Path
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the offline intent-data generator
-from intent_data import as_label_lists, make_split  # noqa: E402
-from servers import free_port, stop, wait_for  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # helpers: the offline intent data, the test servers
+from helpers.intent_data import as_label_lists, make_split  # noqa: E402
+from helpers.servers import free_port, stop, wait_for  # noqa: E402
 
 TEXTS = ["I want to order a pizza", "will it rain in Lima", "play some Bach", "wake me at 6"]
 ENDED = ("succeeded", "failed", "stopped")

@@ -1,12 +1,11 @@
-"""Shared fixtures: a scratch working folder, intent data made offline, small configs, and
-real Redis and S3 servers for the distributed store."""
+"""Shared fixtures: a scratch working folder, intent data made offline, registries, and
+real Redis and S3 servers for the distributed store; gpu-marked tests are skipped where no
+CUDA device is present. Shared helper functions live in tests/helpers/, not here."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -17,41 +16,25 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from intent_data import as_label_lists, make_split  # noqa: E402
-from servers import RedisServer, S3Server, distributed_url  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))  # `helpers` (tests/helpers/) imports from here
+from helpers.intent_data import as_label_lists, make_split  # noqa: E402
+from helpers.servers import RedisServer, S3Server, distributed_url  # noqa: E402
+from helpers.stores import TEST_BUCKET, close_store  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures"
 torch.set_num_threads(1)
 
-
-TINY_SOURCE = ("import torch\nclass Tiny(torch.nn.Module):\n"
-               "    def __init__(self):\n        super().__init__()\n        self.l = torch.nn.Linear(64, 8)\n"
-               "    def forward(self, x):\n        return torch.log_softmax(self.l(x.squeeze(1)), -1)\n")
+NO_GPU = "no CUDA device on this machine"
 
 
-def tiny_custom_config(registry) -> dict:
-    """A head config whose model is user code without a stacked forward (its source set
-    as the registry's head-list Python)."""
-    registry.create_head_list(python=TINY_SOURCE)
-    config = small_config()
-    config["Model"] = {"type": "CustomModel", "args": {"module_name": "Tiny"}}
-    config["Inference"] = {"preprocess": {"args": {"embedding_length": 64}}}
-    return config
-
-
-def small_config(**trainer_loop) -> dict:
-    """A head small enough to train in a second, with the seed's structure."""
-    loop = {"epochs": 3, "save_period": 100, "tensorboard": False, "verbosity": 0,
-            "early_stop": 0, **trainer_loop}
-    return {
-        "Model": {"type": "PersonalizedHead",
-                  "args": {"embedding_length": 64, "n_classes": 8, "ph_ff_dim": 64,
-                           "ph_nhead": 2, "ph_nlayers": 1}},
-        "Trainer": {"n_gpu": 0, "trainer": loop,
-                    "dataloader": {"args": {"batch_size": 16, "num_workers": 0}}},
-    }
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: without one they are skipped, with the reason
+    (`pytest -rs` lists them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=NO_GPU)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -91,9 +74,6 @@ def fresh_api(workdir):
     ph.api._registry = None
     for job in (workdir / "heads" / "_jobs").glob("*.json"):
         job.with_suffix(".stop").touch()  # a job a failed test left running stops itself
-
-
-TEST_BUCKET = "ph-test"
 
 
 @pytest.fixture(scope="session")
@@ -140,51 +120,3 @@ def any_registry(workdir, any_store):
     yield registry
     close_store(registry.store)
 
-
-def close_store(store) -> None:
-    """Stop a RedisStore's notification thread (nothing to do for a local store)."""
-    close = getattr(store, "close", None)
-    if close is not None:
-        close()
-
-
-def stored_example_bytes(store) -> bytes:
-    """Every byte of every head's stored examples as the store keeps them (the local
-    folder's examples.jsonl files; a distributed store's example chunk objects), to check
-    that deleted examples are gone from storage, not merely hidden."""
-    if not getattr(store, "distributed", False):
-        return b"".join(p.read_bytes() for p in sorted(store.root.rglob("examples.jsonl")))
-    return b"".join(store.objects.get(name) for name in store.objects.list("heads/")
-                    if "/examples/" in name)
-
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
-
-
-@contextlib.contextmanager
-def training_held(registry, uid: str, on_hold=lambda: None):
-    """Train `uid` in a thread that holds at the end of its first epoch (after calling
-    `on_hold`) until the block ends; yields the list that gets the run's exception."""
-    held, release, errors = threading.Event(), threading.Event(), []
-
-    def hold(_record):
-        on_hold()
-        held.set()
-        release.wait(30)
-
-    def run():
-        try:
-            registry.train(uid, on_epoch=hold)
-        except Exception as exc:  # noqa: BLE001  (the caller checks it)
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    try:
-        assert held.wait(30)
-        yield errors
-    finally:
-        release.set()
-        thread.join(60)

@@ -8,7 +8,7 @@ import torch
 
 import ph
 import ph.api
-from conftest import small_config
+from helpers.heads import small_config
 from ph.errors import BadInputError, ConfigError
 
 

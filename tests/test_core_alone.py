@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT, small_config
+from helpers.heads import small_config
+from helpers.paths import ROOT
 
 BLOCKED = ["jaseci", "jaseci_serv", "fastapi", "uvicorn", "starlette", "pydantic", "requests",
            "django", "tensorboard", "torch.utils.tensorboard"]

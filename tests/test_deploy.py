@@ -16,13 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from helpers.paths import ROOT
 import ph.adapters.cli
 import ph.deploy
 from ph import settings
 import ph.server.app
 from ph import stores
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ph.deploy.manifests()
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 SECRET_KEYS = {"token", "redis-password", "aws-access-key-id", "aws-secret-access-key"}
@@ -163,7 +163,7 @@ def ph_parse(argv: list[str], capsys) -> _Parsed:
         except _Parsed as parsed:
             return parsed
         except SystemExit:
-            pytest.fail(f"`ph {' '.join(argv)}` is refused by ph.cli: {capsys.readouterr().err}")
+            pytest.fail(f"`ph {' '.join(argv)}` is refused by ph.adapters.cli: {capsys.readouterr().err}")
     pytest.fail("ph.adapters.cli.main did not parse its arguments with argparse")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import ROOT
+from helpers.paths import ROOT
 
 PACKAGE = ROOT / "ph"
 # Lower numbers are lower layers; a module may import its own layer or lower ones.

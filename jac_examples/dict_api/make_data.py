@@ -3,16 +3,16 @@ later ph API: "text", "label" (class index) and "input_ids" (a 1x768 embedding p
 
 The embeddings come from ph's offline hashing encoder, i.e. the vectors the head's own
 pre-processor computes for the same text, so predicting from text or from vectors agrees.
-Run from this folder: python make_data.py (needs ../../tests/intent_data.py).
+Run from this folder: python make_data.py (needs ../../tests/helpers/intent_data.py).
 """
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from intent_data import TEMPLATES, make_split  # noqa: E402
+from helpers.intent_data import TEMPLATES, make_split  # noqa: E402
 
-from ph.processors import HashingEncoder  # noqa: E402
+from ph.modeling.processors import HashingEncoder  # noqa: E402
 
 INTENTS = list(TEMPLATES)
 train, _ = make_split(seed=3, per_intent=20)

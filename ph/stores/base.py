@@ -3,8 +3,9 @@
 The interface is one Protocol per concern (records, blobs, examples, locks, jobs) and
 `Store`, which combines them: what the heads service, the job code and the adapters may
 call, whichever backend is behind it. Each method's docstring is its contract; a
-backend that cannot give a guarantee as such says so there. tests/test_store_interface.py
-checks that every backend has every method with the same signature.
+backend that cannot give a guarantee as such says so there.
+tests/stores/test_store_interface.py checks that every backend has every method with the
+same signature.
 
 Shared by the backends: uuid rules (a uuid is a folder name or a key part, so it must
 never be able to name anything outside its head), content ids, how long job records are

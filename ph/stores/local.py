@@ -3,7 +3,7 @@
 Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/head.json          config, label map, revision, weights file, runs
     <root>/<uuid>/weights-<rev>.pt   current weights (state dict)
-    <root>/<uuid>/examples.jsonl     the head's stored examples (ph.examples.ExampleLog)
+    <root>/<uuid>/examples.jsonl     the head's stored examples (ph.stores.example_files)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
     <root>/_data/<sha>.jsonl         training data sets heads were trained on, by content
@@ -11,14 +11,18 @@ Layout (every write atomic; a head's writers hold its lock):
                                      and its children)
     <root>/_jobs/<id>.json           background training jobs (finished ones pruned: JobRetention)
     <root>/_jobs/<uuid>.head         the id of the head's latest job
+    <root>/_jobs/<id>.stop           the job was asked to stop
     <root>/_children/<parent>/<uuid> one empty file per untrained child that follows <parent>
-    <root>/_locks/                   lock files
+    <root>/_locks/                   lock files: a head's writers, its training, a job's
+                                     record, the head list
     <root>/_tmp/                     heads being built, replaced or deleted
+
+The store by concern: jobs and training locks (local_jobs), user code and data sets
+(local_blobs); here head records, followers, the head list, examples and head locks.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -27,18 +31,18 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Iterator
 
-from . import job_processes
+from ..errors import ConflictError, HeadNotFoundError, WeightsError
+from .base import JobRetention, StoreBase, StoredExamples, check_uuid
 from .example_files import ExampleLog
-from ..errors import ConflictError, HeadNotFoundError, NotFoundError, WeightsError
-from .fileio import (atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths,
-                     file_lock, fsync_dir, load_state)
-from .base import (ACTIVE, JobRetention, StoreBase, StoredExamples, check_uuid, content_id,
-                   dataset_bytes, dataset_rows)
+from .fileio import atomic_torch_save, atomic_write_json, exchange_paths, file_lock, fsync_dir, \
+    load_state
+from .local_blobs import LocalBlobs
+from .local_jobs import LocalJobs
 
 REPLACED = "replaced-"  # _tmp/replaced-<uuid>: an old head moved aside while it is replaced
 
 
-class LocalStore(StoreBase):
+class LocalStore(LocalBlobs, LocalJobs, StoreBase):
     """Files of every head under one root folder (the default store: no servers needed).
     The interface and its contracts: base.Store."""
 
@@ -254,7 +258,7 @@ class LocalStore(StoreBase):
         except FileNotFoundError:
             return []
 
-    # --- head list and user code ---------------------------------------------------------
+    # --- the head list -------------------------------------------------------------------
     def write_head_list(self, record: dict) -> None:
         with file_lock(self.root / "_locks" / "_list.lock"):
             atomic_write_json(self.root / "_list.json", record)
@@ -271,169 +275,3 @@ class LocalStore(StoreBase):
         except FileNotFoundError:
             return None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def save_code(self, source: str) -> str:
-        """Store a user source by content; returns its digest."""
-        digest = content_id(source.encode("utf-8"))
-        path = self.root / "_code" / f"{digest}.py"
-        if not path.exists():
-            atomic_write_bytes(path, source.encode("utf-8"))
-        return digest
-
-    def load_code(self, digest: str) -> str:
-        path = self.root / "_code" / f"{digest}.py"
-        try:
-            return path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise WeightsError(f"user code {digest} is missing from {path.parent}; create the "
-                               "head list (or head) again with its source") from None
-
-    def save_dataset(self, rows: list[dict]) -> str:
-        """Store a training data set by content (once, whoever trains on it); returns its id."""
-        data = dataset_bytes(rows)
-        digest = content_id(data)
-        path = self.root / "_data" / f"{digest}.jsonl"
-        if not path.exists():
-            atomic_write_bytes(path, data)
-        return digest
-
-    def load_dataset(self, digest: str) -> list[dict]:
-        """The rows of a stored data set. Raises FileNotFoundError if it is gone."""
-        return dataset_rows((self.root / "_data" / f"{digest}.jsonl").read_bytes())
-
-    # --- jobs ------------------------------------------------------------------------------
-    def job_path(self, job_id: str) -> Path:
-        return self.root / "_jobs" / f"{check_uuid(job_id)}.json"
-
-    def write_job(self, job: dict, expect_attempt: int | None = None) -> bool:
-        """Write a job's record; writing a finished one prunes old finished records.
-
-        With `expect_attempt`, only while the stored job is still queued or running at
-        that attempt (whoever decided otherwise first wins); returns whether it wrote."""
-        with file_lock(self.root / "_locks" / f"job-{check_uuid(job['id'])}.lock"):
-            if expect_attempt is not None:
-                try:
-                    current = self.read_job(job["id"])
-                except NotFoundError:
-                    return False
-                if current["state"] not in ACTIVE or current.get("attempt", 1) != expect_attempt:
-                    return False
-            atomic_write_json(self.job_path(job["id"]), job)
-        if job.get("state") not in ACTIVE:
-            self._prune_jobs()
-        return True
-
-    def _prune_jobs(self) -> None:
-        """Remove the records of finished jobs beyond the newest `job_retention.kept`
-        records or older than `job_retention.max_age_s`, by when each was last written (a
-        finished record is not written again). A queued or running job's record stays,
-        whatever its age. Costs a stat per record, and a read per record past the limits."""
-        records = []
-        with os.scandir(self.root / "_jobs") as entries:
-            for entry in entries:
-                if entry.name.endswith(".json"):
-                    with contextlib.suppress(FileNotFoundError):
-                        records.append((entry.stat().st_mtime, Path(entry.path)))
-        records.sort(reverse=True)
-        oldest_kept = time.time() - self.job_retention.max_age_s
-        for position, (written, path) in enumerate(records):
-            if position < self.job_retention.kept and written >= oldest_kept:
-                continue
-            try:
-                if json.loads(path.read_text(encoding="utf-8")).get("state") in ACTIVE:
-                    continue
-            except (OSError, ValueError):
-                continue
-            path.unlink(missing_ok=True)
-            path.with_suffix(".stop").unlink(missing_ok=True)
-
-    def read_job(self, job_id: str) -> dict:
-        job_processes.reap()  # this process's ended job processes: no zombies left
-        try:
-            return json.loads(self.job_path(job_id).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            hours = self.job_retention.max_age_s / 3600
-            raise NotFoundError(f"no training job '{job_id}'; train_head(..., background=True) "
-                                "returns the job id. Finished jobs are forgotten after "
-                                f"{hours:g} hour{'' if hours == 1 else 's'}, and beyond the "
-                                f"newest {self.job_retention.kept} (PH_JOB_RECORDS_MAX_AGE_S, "
-                                "PH_JOB_RECORDS_KEPT)") from None
-
-    def latest_job(self, uuid: str) -> str | None:
-        """The id of the last background job accepted for the head, if any."""
-        try:
-            return self._job_pointer(uuid).read_text(encoding="utf-8") or None
-        except FileNotFoundError:
-            return None
-
-    def set_latest_job(self, uuid: str, job_id: str) -> None:
-        """Point the head at its newest job (call with the head's lock held)."""
-        atomic_write_bytes(self._job_pointer(uuid), check_uuid(job_id).encode("utf-8"))
-
-    def _job_pointer(self, uuid: str) -> Path:
-        return self.root / "_jobs" / f"{check_uuid(uuid)}.head"
-
-    def request_stop(self, job_id: str) -> None:
-        """Ask the job to stop: a flag file, not a signal, so no process id (which the
-        system may have reused) is ever signalled."""
-        self.job_path(job_id).with_suffix(".stop").touch()
-
-    def stop_requested(self, job_id: str) -> bool:
-        return self.job_path(job_id).with_suffix(".stop").exists()
-
-    def clear_stop(self, job_id: str) -> None:
-        self.job_path(job_id).with_suffix(".stop").unlink(missing_ok=True)
-
-    def dispatch_job(self, job: dict) -> dict:
-        """A process of its own on this machine (job_processes); {"pid": its id}."""
-        return {"pid": job_processes.start(self.root, job)}
-
-    def withdraw_queued(self, job_id: str, attempt: int) -> bool:
-        """False: the job's process was started for it; it reads the stop flag at its start."""
-        return False
-
-    def claim_job(self, job_id: str, attempt: int) -> bool:
-        """Always True: a local job has exactly one process, started for it."""
-        return True
-
-    def beat(self, job_id: str) -> None:
-        """Nothing to do: a local job is alive while its process is (see job_alive)."""
-
-    def job_alive(self, job: dict) -> bool:
-        """Whether the job's process lives (job_processes.alive)."""
-        return job_processes.alive(job)
-
-    @contextlib.contextmanager
-    def training(self, uuid: str, wait_s: float = 0.2) -> Iterator[None]:
-        """Held while a head trains: one training per head, across threads and processes.
-
-        Waits up to `wait_s` for it: a status probe or a refused caller holds it for a moment.
-        """
-        fd = os.open(self._train_lock(uuid), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            deadline = time.monotonic() + wait_s
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise ConflictError(f"head '{uuid}' is already training; wait for that run "
-                                            "to finish (train_status) and try again") from None
-                    time.sleep(0.01)
-            yield
-        finally:
-            os.close(fd)
-
-    def is_training(self, uuid: str) -> bool:
-        fd = os.open(self._train_lock(uuid), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-
-    def _train_lock(self, uuid: str) -> Path:
-        return self.root / "_locks" / f"{check_uuid(uuid)}.train"
