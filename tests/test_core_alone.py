@@ -6,8 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from helpers.heads import small_config
 from helpers.paths import ROOT
+
+pytestmark = pytest.mark.slow  # a child process trains and serves
 
 BLOCKED = ["jaseci", "jaseci_serv", "fastapi", "uvicorn", "starlette", "pydantic", "requests",
            "django", "tensorboard", "torch.utils.tensorboard"]

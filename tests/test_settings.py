@@ -106,6 +106,7 @@ def test_every_bad_flag_or_variable_is_one_line_and_exit_status_2(tmp_path):
         assert "Traceback" not in text and SECRET not in text
 
 
+@pytest.mark.slow  # three `python -m ph` processes
 def test_version_and_help_show_each_default_once():
     out = subprocess.run([sys.executable, "-m", "ph", "--version"], capture_output=True,
                          text=True, timeout=120)

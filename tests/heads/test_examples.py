@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from helpers.heads import small_config
+from helpers.heads import small_config, wait_job
 from helpers.intent_data import as_label_lists
 from ph.errors import BadInputError, ConfigError, TooLargeError
 from ph.stores.example_files import ExampleLimits
@@ -144,9 +144,9 @@ def test_without_examples_or_train_json_the_error_says_how_to_add_data(registry,
         registry.train(head)
 
 
+@pytest.mark.slow  # a job process
 def test_a_background_job_trains_on_the_stored_examples(fresh_api, intents):
     import ph
-    from helpers.heads import wait_job
     ph.create_head(uuid="bg", config=small_config(epochs=2))
     ph.add_examples("bg", as_label_lists(intents[0]))
     ph.train_head("bg")
@@ -264,6 +264,7 @@ HeadRegistry(sys.argv[1]).train("k", {"Trainer": {"trainer": {"epochs": 100000, 
 """
 
 
+@pytest.mark.slow  # a child process trains and is killed
 def test_kill_9_during_training_leaves_examples_and_weights_intact(registry, intents, workdir):
     registry.create_head("k", small_config(epochs=2))
     registry.add_examples("k", as_label_lists(intents[0]))

@@ -94,6 +94,7 @@ def test_validate_config_accepts_monitor_off_and_no_scheduler():
     assert full["Trainer"]["lr_scheduler"] is None
 
 
+@pytest.mark.slow  # a child process under a memory limit
 def test_validate_config_does_not_allocate_the_model():
     # Built-in models are checked on the meta device: a 400M-parameter (1.6 GB) head costs
     # no memory. Measured in a fresh process (VmHWM: its own peak resident size).

@@ -103,6 +103,7 @@ def test_store_url_is_fresh_for_each_test(store_url, redis_server, s3_server, ru
         Bucket="ph-test", Prefix=prefix)["KeyCount"] == 0  # credentials from os.environ
 
 
+@pytest.mark.slow  # a `ph worker` process
 def test_ph_worker_reports_a_worker_that_exits(tmp_path):
     with pytest.raises(RuntimeError, match="ph worker exited"):
         with ph_worker("nosuch://store", tmp_path / "heads"):

@@ -255,6 +255,7 @@ def test_stacked_pass_encodes_the_texts_of_all_heads_in_one_call(heads, monkeypa
 
 # --- through a Jaseci walker ---------------------------------------------------------------
 
+@pytest.mark.slow  # the Jaseci runtime
 class TestMiniLMHeadThroughWalkers(JacCase):
     """A JAC program names the encoder in a config dict; no path anywhere."""
 

@@ -129,6 +129,7 @@ def test_custom_heads_without_a_stacked_forward_answer_one_by_one(registry):
     assert "bank" not in registry.cache.peek(uid).extra
 
 
+@pytest.mark.slow  # a `ph serve` process
 def test_server_batches_concurrent_predict_calls(workdir):
     with ph_server(workdir) as url:
         uids = [requests.post(f"{url}/create_head/", json={"uuid": f"s{i}", "config": scores_config()},

@@ -145,6 +145,7 @@ def test_while_notifications_are_down_every_call_reads_redis(servers, monkeypatc
     assert b.store.signature("h") != sig
 
 
+@pytest.mark.slow  # waits seconds for the distrust
 def test_a_silently_dead_notification_connection_is_distrusted_within_seconds(
         redis_server, store_url, workdir):
     """A partition that closes nothing (no error on the socket): the listener's echo stops

@@ -207,6 +207,7 @@ def test_every_malformed_url_fails_every_cli_in_one_line(tmp_path):
         assert result["status"] == 0 and SECRET not in result["out"], result["out"]
 
 
+@pytest.mark.slow  # real `python -m ph` processes
 def test_the_real_commands_agree(tmp_path):
     """`python -m ph` itself, in every mode with one of the two URLs, run side by side."""
     names = ["slash in password", "stray bracket"] * 2
