@@ -79,14 +79,16 @@ def create_head_list(config: dict | str | None = None, python: str | None = None
 
 def create_head(uuid: str | None = None, config: dict | str | None = None,
                 config_file: str | None = None, replace: bool = False,
-                parent: str | None = None) -> str:
+                parent: str | None = None, addin: Any = None) -> str:
     """Create a head (config merged onto the head list's); returns its uuid.
 
     With `parent` (a head's uuid) the new head is its child: it answers with the parent's
     weights and labels until it first trains, then has weights of its own (cold start for
-    a new user). `config` may then change Trainer only."""
+    a new user). `config` may then change Trainer only. With `addin` too ("lora",
+    "adapter", "bias", or {"type", "args"}), it trains only a small add-in on the frozen
+    parent (a few KB per user instead of a whole head)."""
     return get_registry().create_head(uuid, _one_config(config, config_file),
-                                      _flag(replace, "replace"), parent)
+                                      _flag(replace, "replace"), parent, addin)
 
 
 def predict(uuid: str, data: Any) -> Any:
@@ -105,19 +107,45 @@ def predict_many(requests: list) -> list:
 
 def train_head(uuid: str, config: dict | str | None = None, config_file: str | None = None,
                auto_update: bool = True, background: bool = False,
-               incremental: bool = False) -> dict:
+               incremental: bool = False, rebase: bool = False) -> dict:
     """Train a head; returns the summary, or `{"job_id": ...}` at once when `background`.
 
     Without a train_json in `config`, a head with stored examples trains on them; with
     one, on both. `incremental` starts from the current weights and trains on the
-    examples added since the last run plus a replay sample of older ones."""
+    examples added since the last run plus a replay sample of older ones. `rebase` (an
+    add-in head) moves it onto its parent's current weights (see rebase_addins)."""
     registry = get_registry()
     config = _one_config(config, config_file)
     auto_update = _flag(auto_update, "auto_update")
     incremental = _flag(incremental, "incremental")
+    rebase = _flag(rebase, "rebase")
     if _flag(background, "background"):
-        return start_job(registry, uuid, config, auto_update, incremental)
-    return to_plain(registry.train(uuid, config, auto_update, incremental=incremental))
+        return start_job(registry, uuid, config, auto_update, incremental, rebase)
+    return to_plain(registry.train(uuid, config, auto_update, incremental=incremental,
+                                   rebase=rebase))
+
+
+def rebase_addins(parent: str, background: bool = True) -> dict:
+    """Move the add-ins on `parent` that are pinned to an older revision onto its current
+    weights: each is trained again (incrementally, on its stored examples and a replay of
+    what the parent knew). Returns {"parent", "revision", "heads": {uuid: job or summary}};
+    a head that cannot start (training already) gets {"error", "message"}."""
+    registry = get_registry()
+    background = _flag(background, "background")
+    heads: dict[str, Any] = {}
+    for uuid in registry.addins_behind(parent):
+        try:
+            heads[uuid] = start_job(registry, uuid, None, True, False, True) if background \
+                else to_plain(registry.train(uuid, rebase=True))
+        except PHError as exc:
+            heads[uuid] = exc.to_dict()
+    return {"parent": parent, "revision": registry.store.read(parent)["revision"], "heads": heads}
+
+
+def export_weights(uuid: str, weights_file: str) -> dict:
+    """Write the head's weights as a plain state dict of its model ({"state_dict",
+    "labels"}; an add-in folded into its parent's weights) that plain torch loads."""
+    return get_registry().export_weights(uuid, weights_file)
 
 
 def train_status(job_id: str) -> dict:
@@ -180,7 +208,7 @@ def head_stats() -> dict:
 
 ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, train_status, stop_training,
            load_weights, get_config, check_head, list_heads, delete_head, head_stats,
-           add_examples, list_examples, delete_examples)
+           add_examples, list_examples, delete_examples, rebase_addins, export_weights)
 
 
 def _flag(value: Any, name: str) -> bool:

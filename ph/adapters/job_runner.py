@@ -74,7 +74,7 @@ def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threadi
                                   "previous weights")
         summary = registry.train_resolved(job["uuid"], job["config"], job["auto_update"],
                                           stop, on_epoch, job.get("incremental", False),
-                                          job_id=job_id)
+                                          job_id=job_id, rebase=job.get("rebase", False))
         job.update(state="succeeded", summary=summary)
     except PHError as exc:
         job.update(state="stopped" if stop.is_set() or isinstance(exc, TrainingStopped)

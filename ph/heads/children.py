@@ -36,6 +36,12 @@ def follows_parent(record: Mapping) -> str | None:
     return parent if parent and not record.get("weights") else None
 
 
+def depends_on(record: Mapping, uuid: str) -> bool:
+    """Whether `record`'s head needs head `uuid`: it follows it (an untrained child) or
+    is an add-in on it (trained or not: it is pinned to one of its revisions)."""
+    return follows_parent(record) == uuid or bool(record.get("addin") and record.get("parent") == uuid)
+
+
 def check_parent(uuid: str, parent: Any) -> str:
     """The `parent` argument of create_head, checked (a valid uuid, not the head itself)."""
     if not isinstance(parent, str) or not parent:
@@ -67,26 +73,36 @@ def read_parent(store, parent: str) -> dict:
 
 
 def refuse_if_followed(store, uuid: str, doing: str) -> None:
-    """Raise a ConflictError if untrained children follow `uuid` (call under its lock).
+    """Raise a ConflictError if untrained children or add-ins depend on `uuid` (call under
+    its lock).
 
     Each recorded follower is checked against its record; links left by trained or
     deleted children, or by a crashed create, are removed on the way. Costs one read per
     recorded follower: only delete and replace pay it, never predict."""
-    followers = []
+    followers, addins = [], []
     for child in store.followers(uuid):
         try:
-            if follows_parent(store.read(child)) == uuid:
-                followers.append(child)
+            record = store.read(child)
+            if depends_on(record, uuid):
+                (addins if record.get("addin") else followers).append(child)
                 continue
         except NotFoundError:
             pass
         store.remove_follower(uuid, child)
+    reasons = []
     if followers:
-        shown = ", ".join(f"'{c}'" for c in followers[:5]) + (" ..." if len(followers) > 5 else "")
-        raise ConflictError(
-            f"head '{uuid}' cannot be {doing}: {len(followers)} untrained child head(s) answer "
-            f"with its weights ({shown}). Train each child first (train_head gives it weights of "
-            "its own) or delete it (delete_head), then try again")
+        reasons.append(f"{len(followers)} untrained child head(s) answer with its weights "
+                       f"({_shown(followers)}). Train each child first (train_head gives it "
+                       "weights of its own) or delete it (delete_head)")
+    if addins:
+        reasons.append(f"{len(addins)} add-in head(s) are trained on it ({_shown(addins)}). Delete "
+                       "them first (delete_head)")
+    if reasons:
+        raise ConflictError(f"head '{uuid}' cannot be {doing}: {'; '.join(reasons)}, then try again")
+
+
+def _shown(uuids: list[str]) -> str:
+    return ", ".join(f"'{c}'" for c in uuids[:5]) + (" ..." if len(uuids) > 5 else "")
 
 
 def merge_trainer_only(base: dict, overrides: Mapping, doing: str, why: str) -> dict:

@@ -33,7 +33,7 @@ FIELDS = ("id", "uuid", "state", "epoch", "epochs", "metrics", "error", "summary
 
 
 def start_job(registry: "HeadRegistry", uuid: str, config=None, auto_update: bool = True,
-              incremental: bool = False) -> dict:
+              incremental: bool = False, rebase: bool = False) -> dict:
     """Validate the training config now, then hand the job to the store's runner; returns
     the job id and where it went (`pid` or `queue`).
 
@@ -45,7 +45,7 @@ def start_job(registry: "HeadRegistry", uuid: str, config=None, auto_update: boo
     policy = registry.policy
     job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
            "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
-           "epoch": 0,
+           "rebase": bool(rebase), "epoch": 0,
            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
            "summary": None, "pid": None, "attempt": 1,
            "retries": job_retries() if store.can_resend_jobs else 0,

@@ -15,9 +15,10 @@ from typing import Any
 
 from ..config.components import UserCode
 from ..config.schema import config_diff, deep_merge
-from ..errors import ConfigError, ConflictError, NotFoundError
+from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError, PHError
 from ..modeling.engine import make_model, read_weights
 from ..stores import check_uuid, new_uuid
+from .addin_heads import addin_info, addin_spec, check_addin, refuse_child_of_addin
 from .children import check_parent, follows_parent, read_parent, refuse_if_followed
 from .examples import check_page
 from .loader import HeadLoader
@@ -59,12 +60,14 @@ class Lifecycle:
         return record["config"], record.get("python"), record.get("path_limits", [])
 
     def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False,
-                    parent: str | None = None) -> str:
+                    parent: str | None = None, addin: Any = None) -> str:
         """A head from the head list's config with `config` merged in, or a child of
-        `parent`; returns its uuid."""
+        `parent` (an add-in on it with `addin`); returns its uuid."""
         uuid = new_uuid() if uuid is None else check_uuid(uuid)
         if parent is not None:
-            return self._create_child(uuid, parent, config, replace)
+            return self._create_child(uuid, parent, config, replace, addin)
+        if addin is not None:
+            raise BadInputError("addin: an add-in sits on a shared head; name it with parent=...")
         base, python, list_limits = self._head_list()
         limits = merge_limits(list_limits, self.policy.limits())  # who wrote this config
         merged = deep_merge(base, self.sources.read_config(config, "config"))
@@ -85,13 +88,19 @@ class Lifecycle:
         make_model(full, code, state)  # raises a WeightsError if they do not fit
         return state, extras.get("labels")
 
-    def _create_child(self, uuid: str, parent: Any, config: Any, replace: bool) -> str:
-        """A head that follows `parent` until it trains (see `ph.children`)."""
+    def _create_child(self, uuid: str, parent: Any, config: Any, replace: bool,
+                      addin: Any = None) -> str:
+        """A head that follows `parent` until it trains (see `ph.children`), and with
+        `addin` then trains only an add-in on it (see `ph.heads.addin_heads`)."""
         parent = check_parent(uuid, parent)
         overrides = self.sources.read_config(config, "config")
         with self.store.locks(uuid, parent):  # the parent cannot be deleted or replaced meanwhile
             base = read_parent(self.store, parent)
             self.sources.check_stored_model_folder(base)  # before validation loads it
+            if addin is None:
+                refuse_child_of_addin(base)
+            else:
+                addin = check_addin(addin, base, self.sources.code_of(base))
             full = base["config"]
             if overrides:
                 full = self.sources.with_trainer(base, overrides,
@@ -100,6 +109,8 @@ class Lifecycle:
             limits = merge_limits(base.get("path_limits"), self.policy.limits())
             record = _new_record(uuid, full, base.get("code", {}), base["seed"], limits,
                                  parent=parent)
+            if addin is not None:
+                record["addin"] = addin
             return self._put(record, None, replace)
 
     def _put(self, record: dict, state: dict | None, replace: bool) -> str:
@@ -145,7 +156,7 @@ class Lifecycle:
             record = self.store.read(uuid)
             refuse_if_followed(self.store, uuid, "deleted")
             self.store.delete(uuid)
-            self.loader.stop_following(uuid, record)
+            self.loader.stop_following(uuid, record, deleted=True)
             self.loader.forget(uuid)
         return True
 
@@ -184,7 +195,20 @@ class Lifecycle:
                 "followers": self.store.follower_count(uuid)}
         if parent:
             info["parent_revision"] = source["revision"]
+        if record.get("addin"):
+            info["addin"] = self._addin_info(record)
         return info
+
+    def _addin_info(self, record: dict) -> dict:
+        try:
+            parent = self.store.read(record["parent"])
+        except NotFoundError:
+            parent = None
+        try:
+            spec = addin_spec(record["config"], record["addin"], self.sources.code_of(record))
+        except PHError:
+            spec = None
+        return addin_info(record, parent, spec)
 
 
 def _new_record(uuid: str, config: dict, code_ids: dict, seed: int, limits: list,
@@ -204,6 +228,8 @@ def _differences(existing: dict, record: dict) -> list[str]:
     its parent's)."""
     was, parent = existing.get("parent"), record.get("parent")
     changes = [] if was == parent else [f"it is a child of '{was}'" if was else "it has no parent"]
+    if existing.get("addin") != record.get("addin"):
+        changes.append(f"its add-in ({existing.get('addin')} -> {record.get('addin')})")
     changes += config_diff(existing["config"], record["config"])
     if not parent and not changes and existing.get("code", {}) != record["code"]:
         changes.append("its user Python code")

@@ -9,19 +9,24 @@ signature in the store, so a head changed by another process is rebuilt on its n
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from typing import Any
 
 from ..errors import NotFoundError, PHError
-from ..modeling.engine import build_engine, build_processors
+from ..modeling.addin_bank import AddinBank, AddinEngine
+from ..modeling.addins import FrozenBase
+from ..modeling.engine import DTYPES, build_engine, build_processors, make_model, resolve_device
 from ..modeling.stacked import HeadBank
 from ..stores import check_uuid
+from .addin_heads import addin_spec
 from .cache import HeadCache, LoadedHead
 from .children import FollowMap, follows_parent
 from .sources import ConfigSources
 
 MAX_HOPS = 4  # an untrained child resolves in one hop; more means a record edited by hand
 LOCK_STRIPES = 64
+ADDIN_OVERHEAD = 4096  # bytes of Python objects per loaded add-in head, besides its tensors
 
 
 class HeadLoader:
@@ -75,6 +80,8 @@ class HeadLoader:
         """A head built from its record and weights, in a bank slot where its model has one."""
         uuid = record["uuid"]
         self.sources.check_stored_model_folder(record)
+        if record.get("addin"):
+            return self._build_addin(record, state, signature)
         engine = build_engine(record["config"], self.sources.code_of(record), state,
                               record.get("labels"), record["seed"])
         head = LoadedHead(uuid, signature, record["revision"], record["config"], engine,
@@ -85,6 +92,41 @@ class HeadLoader:
             head.nbytes = bank.slot_bytes()
             engine.guard = bank.reading
         return head
+
+    def _build_addin(self, record: dict, state: dict, signature: tuple) -> LoadedHead:
+        """An add-in head: a slot in the bank of its parent revision's add-ins (the parent
+        built once per process per revision, then about a millisecond per user)."""
+        config, code = record["config"], self.sources.code_of(record)
+        spec = addin_spec(config, record["addin"], code)
+        key = ("addin", record["base"], spec.layout(),
+               json.dumps([config["Model"], config["Inference"]], sort_keys=True, default=str))
+        with self._banks_lock:
+            bank = self.banks.get(key)
+            if bank is None:
+                base = self._frozen_base(record["base"], config, code)
+                bank = self.banks[key] = AddinBank(base, spec, base.device, base.dtype)
+                bank.processors = build_processors(config, code)
+        slot = bank.attach(state)
+        engine = AddinEngine(bank, slot, *bank.processors, record.get("labels"))
+        head = LoadedHead(record["uuid"], signature, record["revision"], config, engine,
+                          bank.slot_bytes() + ADDIN_OVERHEAD)
+        head.extra.update(bank=bank, slot=slot)
+        return head
+
+    def _frozen_base(self, digest: str, config: dict, code) -> FrozenBase:
+        """The parent revision `digest`, frozen on the config's device (call under the
+        banks lock); banks of other add-in layouts on it share it."""
+        for bank in self.banks.values():
+            if isinstance(bank, AddinBank) and bank.base.digest == digest \
+                    and bank.base.config == [config["Model"], config["Inference"]]:
+                return bank.base
+        inference = config["Inference"]
+        model = make_model(config, code, self.store.load_snapshot(digest))
+        model = model.to(resolve_device(inference["device"]), DTYPES[inference["dtype"]])
+        base = FrozenBase(model, config["Model"].get("args") or {})
+        base.digest, base.config = digest, [config["Model"], config["Inference"]]
+        base.device, base.dtype = next(model.parameters()).device, DTYPES[inference["dtype"]]
+        return base
 
     def _bank_for(self, engine, config: dict) -> HeadBank | None:
         args = config["Model"].get("args") or {}
@@ -120,7 +162,7 @@ class HeadLoader:
             head = self.cache.peek(uuid)
             if head is None:
                 return
-            if head.config != record["config"]:  # replaced elsewhere: build afresh next call
+            if head.config != record["config"] or model is None:  # None: an add-in, rebuilt  # replaced elsewhere: build afresh next call
                 self.cache.drop(uuid)
                 return
             engine = copy.copy(head.engine)  # same processors and device, new weights
@@ -133,10 +175,13 @@ class HeadLoader:
                 new.extra.update(bank=bank, slot=bank.attach(engine.model))
             self.cache.put(new)
 
-    def stop_following(self, uuid: str, record: dict) -> None:
-        """A child got weights of its own (or was removed): its parent no longer has it
-        as a follower."""
-        parent = follows_parent(record)
+    def stop_following(self, uuid: str, record: dict, deleted: bool = False) -> None:
+        """A child got weights of its own (or was `deleted`): its parent no longer has it
+        as a follower. An add-in stays one while it exists (it is pinned to the parent)."""
+        if record.get("addin"):
+            parent = record.get("parent") if deleted else None
+        else:
+            parent = follows_parent(record)
         if parent:
             self.store.remove_follower(parent, uuid)
         self.follows.pop(uuid)

@@ -23,11 +23,13 @@ from typing import Any, Callable, Iterator
 
 from ..config.components import UserCode
 from ..config.schema import dig
-from ..errors import ConfigError, ConflictError, NotFoundError
+from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError
+from ..modeling.addins import AddinModel, FrozenBase, initial_addin
 from ..modeling.engine import build_processors, fit_state_dict, make_model, read_weights
 from ..training.data import DataContext, read_records
 from ..training.plan import ExamplePlan, choose_data, forgetting_warning, plan_examples
 from ..training.trainer import run_training
+from .addin_heads import AddinBase, addin_base, addin_spec
 from .children import follows_parent
 from .jobs import is_active
 from .loader import HeadLoader
@@ -104,6 +106,7 @@ class _Start:
     record: dict
     source: dict
     state: dict | None
+    base: AddinBase | None = None  # an add-in's run: the parent weights it trains against
 
 
 class TrainingRuns:
@@ -139,13 +142,18 @@ class TrainingRuns:
     def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
                        stop: threading.Event | None = None,
                        on_epoch: Callable[[dict], None] | None = None,
-                       incremental: bool = False, job_id: str | None = None) -> dict:
+                       incremental: bool = False, job_id: str | None = None,
+                       rebase: bool = False) -> dict:
         """Train with an already validated config, holding the head's training lock (see
-        `TrainingGuard.training`), and publish the best weights if `auto_update`."""
+        `TrainingGuard.training`), and publish the best weights if `auto_update`.
+
+        `rebase` (add-in heads): train against the parent's current weights instead of the
+        pinned revision, on all stored examples plus a replay of what the parent knew."""
         with self.guard.training(uuid, job_id):
-            start = self._start(uuid)
+            start = self._start(uuid, rebase)
+            incremental = incremental or (rebase and start.base is not None)
             plan = plan_examples(list(self.store.examples(uuid).iter()),
-                                 start.record.get("examples_seen", 0), incremental,
+                                 0 if rebase else start.record.get("examples_seen", 0), incremental,
                                  config["Trainer"], config["Trainer"]["seed"],
                                  self._replay_sources(start) if incremental else None)
             if plan.nothing_new:
@@ -167,8 +175,16 @@ class TrainingRuns:
                 summary.update(updated=True, revision=new["revision"], labels=labels)
         return summary
 
-    def _start(self, uuid: str) -> _Start:
+    def _start(self, uuid: str, rebase: bool = False) -> _Start:
         record, state = self.store.read_current(uuid)
+        if record.get("addin"):  # the add-in's own weights, against a revision of its parent
+            base = addin_base(self.store, record, state is not None, rebase,
+                              self.sources.code_of(record))
+            source = record if state is not None else self.store.read(record["parent"])
+            return _Start(record, source, state, base)
+        if rebase:
+            raise BadInputError(f"rebase: head '{uuid}' is not an add-in; only add-ins are pinned "
+                                "to a revision of their parent")
         source, parent = record, follows_parent(record)
         if parent:  # a child's first training starts from its parent as it is now
             try:
@@ -183,13 +199,23 @@ class TrainingRuns:
              stop: threading.Event | None,
              on_epoch: Callable[[dict], None] | None) -> tuple[dict, dict | None, list | None]:
         """One run of the training loop from `start` on the planned examples."""
-        model = make_model(config, code, start.state, start.source["seed"])
+        model = self._model(start, code, config)
         context = DataContext(code, build_processors(config, code)[0],
                               start.source.get("labels"),
                               config["Model"].get("args", {}).get("n_classes"),
                               config["Trainer"]["seed"], self.policy.resolve,
                               (plan.inputs, plan.labels), plan.replay)
         return run_training(config, model, context, uuid, self.policy.resolve, stop, on_epoch)
+
+    @staticmethod
+    def _model(start: _Start, code: UserCode, config: dict):
+        """What the run trains: the head's model, or an add-in over its frozen parent."""
+        if start.base is None:
+            return make_model(config, code, start.state, start.source["seed"])
+        spec = addin_spec(config, start.record["addin"], code)
+        parent = make_model(config, code, start.base.state)
+        state = start.state or initial_addin(spec, parent, start.record["seed"])
+        return AddinModel(FrozenBase(parent, config["Model"].get("args") or {}), spec, state)
 
     def _publish(self, uuid: str, start: _Start, code: UserCode, config: dict, plan: ExamplePlan,
                  result: tuple[dict, dict, list | None]) -> dict:
@@ -198,6 +224,8 @@ class TrainingRuns:
         replaced while it trained (the weights stay in the run's folder)."""
         summary, best, labels = result
         trained_on = self._trained_on(start.source, config)  # stored before the record names it
+        if start.base is not None and start.base.digest is None:  # likewise the parent revision
+            start.base.digest = self.store.save_snapshot(start.base.state)
         with self.store.lock(uuid):
             current = self.store.read(uuid)
             if current["config"] != start.record["config"] \
@@ -211,13 +239,21 @@ class TrainingRuns:
                 current["examples_seen"] = max(current.get("examples_seen", 0), plan.seen_up_to)
             if trained_on:
                 current["trained_on"] = trained_on
+            if start.base is not None:
+                current.update(base=start.base.digest, parent_revision=start.base.revision)
             return self._serve_weights(uuid, current, best, labels,
-                                       make_model(config, code, best), run)
+                                       None if start.base else make_model(config, code, best), run)
 
     def load_weights(self, uuid: str, path: str) -> dict:
         """Switch a head to the weights in a file, checked against its model first."""
         if not isinstance(path, str) or not path:
             raise ConfigError("weights_file: give the path of a weights file (.pt)")
+        record = self.store.read(uuid)
+        if record.get("addin"):
+            raise BadInputError(f"head '{uuid}' is an add-in on '{record['parent']}': its weights "
+                                "are trained against a pinned parent revision, so load_weights "
+                                "cannot set them. Train it (train_head), or create a head without "
+                                "addin to load whole weights")
         head = self.loader.loaded(uuid)
         state, extras = read_weights(self.policy.resolve(path, "weights_file"))
         state = fit_state_dict(head.engine.model, state)  # checked before anything changes

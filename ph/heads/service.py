@@ -20,10 +20,13 @@ import os
 import threading
 from typing import Any, Callable
 
-from ..errors import as_ph_error
+from ..errors import NotFoundError, as_ph_error
+from ..modeling.addins import merged_state
 from ..modeling.stacked import answer_many
 from ..stores import check_uuid, open_store
 from ..stores.example_files import ExampleLimits
+from ..stores.fileio import atomic_torch_save
+from .addin_heads import addin_spec
 from .cache import LoadedHead
 from .examples import HeadExamples
 from .lifecycle import LIST_PAGE, Lifecycle
@@ -60,16 +63,18 @@ class HeadRegistry:
         self.lifecycle.create_head_list(config, python)
 
     def create_head(self, uuid: str | None = None, config: Any = None, replace: bool = False,
-                    parent: str | None = None) -> str:
+                    parent: str | None = None, addin: Any = None) -> str:
         """Create a head from the head list's config with `config` merged in; returns its uuid.
 
         Creating an existing uuid with the same config returns it unchanged (trained
         weights kept); with another config it is a conflict. `replace` starts the head over
         (new weights) whatever its config. With `parent`, the head is a child of that head
         (see `ph.children`): it takes the parent's config (`config` may change Trainer only)
-        and answers with the parent's weights until it first trains.
+        and answers with the parent's weights until it first trains. With `addin` too
+        ("lora", "adapter", "bias" or {type, args}; see ph.modeling.addins) its trainings
+        train only a small add-in on a pinned revision of the parent (ph.heads.addin_heads).
         """
-        return self.lifecycle.create_head(uuid, config, replace, parent)
+        return self.lifecycle.create_head(uuid, config, replace, parent, addin)
 
     def get_config(self, uuid: str) -> dict:
         return self.lifecycle.get_config(uuid)
@@ -120,7 +125,8 @@ class HeadRegistry:
     # --- training --------------------------------------------------------------------------
     def train(self, uuid: str, config: Any = None, auto_update: bool = True,
               stop: threading.Event | None = None,
-              on_epoch: Callable[[dict], None] | None = None, incremental: bool = False) -> dict:
+              on_epoch: Callable[[dict], None] | None = None, incremental: bool = False,
+              rebase: bool = False) -> dict:
         """Train a head on its Trainer config (with `config` merged in); returns a summary.
 
         With `auto_update` the head switches to the best weights at the end, atomically.
@@ -129,7 +135,8 @@ class HeadRegistry:
         """
         record = self.store.read(check_uuid(uuid))
         full = self.training_config(record, config, incremental)
-        return self.train_resolved(uuid, full, auto_update, stop, on_epoch, incremental)
+        return self.train_resolved(uuid, full, auto_update, stop, on_epoch, incremental,
+                                   rebase=rebase)
 
     def training_config(self, record: dict, config: Any = None, incremental: bool = False) -> dict:
         """The head's config with the Trainer section of `config` merged in, validated.
@@ -146,11 +153,12 @@ class HeadRegistry:
     def train_resolved(self, uuid: str, config: dict, auto_update: bool = True,
                        stop: threading.Event | None = None,
                        on_epoch: Callable[[dict], None] | None = None,
-                       incremental: bool = False, job_id: str | None = None) -> dict:
+                       incremental: bool = False, job_id: str | None = None,
+                       rebase: bool = False) -> dict:
         """Train with an already validated config (background jobs start here, with their
         `job_id`: the head is already theirs, so they wait for a probe to let go of its lock)."""
         return self.runs.train_resolved(uuid, config, auto_update, stop, on_epoch, incremental,
-                                        job_id)
+                                        job_id, rebase)
 
     # --- one training per head (see ph.heads.runs) -----------------------------------------
     def training_job(self, uuid: str) -> str | None:
@@ -184,6 +192,35 @@ class HeadRegistry:
         from disk when this returns. Weights already trained on them keep what they
         learnt until the head is trained again. Refused while the head is training."""
         return self.examples.delete(uuid, ids)
+
+    # --- add-ins (see ph.heads.addin_heads) -------------------------------------------------
+    def addins_behind(self, parent: str) -> list[str]:
+        """The trained add-ins on `parent` pinned to an older revision than its current one."""
+        current = self.store.read(check_uuid(parent))["revision"]
+        behind = []
+        for uuid in sorted(self.store.followers(parent)):
+            try:
+                record = self.store.read(uuid)
+            except NotFoundError:
+                continue
+            if record.get("addin") and record.get("parent") == parent and record.get("weights") \
+                    and record.get("parent_revision") != current:
+                behind.append(uuid)
+        return behind
+
+    def export_weights(self, uuid: str, weights_file: str) -> dict:
+        """Write the head's weights as a plain state dict of its model's architecture (an
+        add-in folded into its parent's weights) to `weights_file`, with its labels."""
+        record, state = self.store.read_current(check_uuid(uuid))
+        if state is None:  # untrained: the weights it answers with
+            state = self.loaded(uuid).engine.state_dict()
+        elif record.get("addin"):
+            spec = addin_spec(record["config"], record["addin"], self.sources.code_of(record))
+            state = merged_state(spec, self.store.load_snapshot(record["base"]), state)
+        path = self.policy.resolve(weights_file, "weights_file")
+        atomic_torch_save({"state_dict": state, "labels": record.get("labels")}, path)
+        return {"uuid": uuid, "weights_file": str(path), "revision": record["revision"],
+                "parent_revision": record.get("parent_revision")}
 
     # --- the process -----------------------------------------------------------------------
     def close(self) -> None:

@@ -62,37 +62,47 @@ class PersonalizedHead(nn.Module):
             derived[pre + "fused_vo.bias"] = torch.baddbmm(b_o.unsqueeze(2), w_o, b_v.unsqueeze(2)).squeeze(2)
         return derived
 
+    addin_hooks = True  # stacked_forward calls `hook` at each named layer (ph.modeling.addins)
+
     @staticmethod
-    def stacked_forward(p: dict[str, torch.Tensor], x: torch.Tensor, args: dict) -> torch.Tensor:
+    def stacked_forward(p: dict[str, torch.Tensor], x: torch.Tensor, args: dict,
+                        hook=None) -> torch.Tensor:
         """x: [H, B, L, E] -> log-probabilities [H, B, n_classes] (eval mode, ReLU, post-norm).
 
-        `p` holds the stacked parameters and, optionally, `stacked_derived` weights."""
+        `p` holds the stacked parameters and, optionally, `stacked_derived` weights.
+        `hook(name, input, output)`, if given, may change the output of each linear layer
+        and encoder layer, named by module path (an add-in's corrections)."""
         if x.dim() == 3:
             x = x.unsqueeze(2)
         heads, batch, seq, emb = x.shape
         nhead = args.get("ph_nhead", 8)
+        at = _hooked(hook, heads * batch)
         h = x.reshape(heads, batch * seq, emb)
         for i in range(args.get("ph_nlayers", 1)):
             pre = f"transformer_encoder.layers.{i}."
             w_in, b_in = p[pre + "self_attn.in_proj_weight"], p[pre + "self_attn.in_proj_bias"]
             fused = pre + "self_attn.fused_vo.weight"
-            if seq == 1 and fused in p:  # a single key: attention is out_proj(V(x)), fused
+            if seq == 1 and fused in p and hook is None:  # attention is out_proj(V(x)), fused
                 attn = _linear(h, p[fused], p[pre + "self_attn.fused_vo.bias"])
-            elif seq == 1:  # softmax over a single key is 1: attention returns V, skip Q and K
-                attn = _linear(h, w_in[:, 2 * emb:], b_in[:, 2 * emb:])
-                attn = _linear(attn, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"])
             else:
-                qkv = _linear(h, w_in, b_in).view(heads * batch, seq, 3, nhead, emb // nhead)
-                q, k, v = qkv.permute(2, 0, 3, 1, 4)
-                attn = F.scaled_dot_product_attention(q, k, v)
-                attn = attn.permute(0, 2, 1, 3).reshape(heads, batch * seq, emb)
-                attn = _linear(attn, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"])
+                if seq == 1:  # softmax over a single key is 1: attention returns V, skip Q and K
+                    values = _linear(h, w_in[:, 2 * emb:], b_in[:, 2 * emb:])
+                else:
+                    qkv = _linear(h, w_in, b_in).view(heads * batch, seq, 3, nhead, emb // nhead)
+                    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+                    values = F.scaled_dot_product_attention(q, k, v)
+                    values = values.permute(0, 2, 1, 3).reshape(heads, batch * seq, emb)
+                attn = at(pre + "self_attn.out_proj", values, _linear(
+                    values, p[pre + "self_attn.out_proj.weight"], p[pre + "self_attn.out_proj.bias"]))
+            block_in = h
             h = _layer_norm(h + attn, p[pre + "norm1.weight"], p[pre + "norm1.bias"])
-            ff = _linear(h, p[pre + "linear1.weight"], p[pre + "linear1.bias"]).relu_()
-            ff = _linear(ff, p[pre + "linear2.weight"], p[pre + "linear2.bias"])
+            ff = at(pre + "linear1", h, _linear(h, p[pre + "linear1.weight"], p[pre + "linear1.bias"]))
+            ff = ff.relu_()
+            ff = at(pre + "linear2", ff, _linear(ff, p[pre + "linear2.weight"], p[pre + "linear2.bias"]))
             h = _layer_norm(h + ff, p[pre + "norm2.weight"], p[pre + "norm2.bias"])
+            h = at(pre[:-1], block_in, h)
         pooled = h.view(heads, batch, seq, emb).mean(dim=2)
-        return F.log_softmax(_linear(pooled, p["fc.weight"], p["fc.bias"]), dim=-1)
+        return F.log_softmax(at("fc", pooled, _linear(pooled, p["fc.weight"], p["fc.bias"])), dim=-1)
 
 
 @MODELS.register("PHVector2Vector")
@@ -117,15 +127,31 @@ class PHVector2Vector(nn.Module):
             x = self.dropout(torch.relu(layer(x)))
         return self.layers[-1](x)
 
+    addin_hooks = True  # see PersonalizedHead.stacked_forward
+
     @staticmethod
-    def stacked_forward(p: dict[str, torch.Tensor], x: torch.Tensor, args: dict) -> torch.Tensor:
-        """x: [H, B, input_dim] -> [H, B, output_dim]."""
+    def stacked_forward(p: dict[str, torch.Tensor], x: torch.Tensor, args: dict,
+                        hook=None) -> torch.Tensor:
+        """x: [H, B, input_dim] -> [H, B, output_dim]; `hook` as PersonalizedHead's."""
         count = args.get("n_layers", 1) + 1
+        at = _hooked(hook, x.shape[0] * x.shape[1])
         for i in range(count):
-            x = _linear(x, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"])
+            x = at(f"layers.{i}", x, _linear(x, p[f"layers.{i}.weight"], p[f"layers.{i}.bias"]))
             if i < count - 1:
                 x = x.relu_()
         return x
+
+
+def _hooked(hook, rows: int):
+    """`at(name, input, output)`: the output passed through `hook` with both seen as
+    [rows, L, features] (rows: heads x batch), or unchanged without a hook."""
+    if hook is None:
+        return lambda name, x, y: y
+
+    def at(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = hook(name, x.reshape(rows, -1, x.shape[-1]), y.reshape(rows, -1, y.shape[-1]))
+        return out.reshape(y.shape[:-1] + out.shape[-1:])
+    return at
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 
+import torch
+
 from .. import settings
-from ..errors import BadInputError
+from ..errors import BadInputError, WeightsError
 
 RUNS_KEPT = 20  # training runs remembered in a head's record
 ACTIVE = ("queued", "running")  # a job in these states owns its head
@@ -58,6 +61,22 @@ def dataset_bytes(rows: list[dict]) -> bytes:
     canonical form both stores keep, so the same data always gets the same content id."""
     return b"".join(json.dumps(row, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n"
                     for row in rows)
+
+
+def snapshot_bytes(state: dict) -> bytes:
+    """A state dict as torch.save writes it (the same tensors give the same bytes)."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().to("cpu") for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def snapshot_state(data: bytes, digest: str) -> dict:
+    """The state dict in snapshot bytes, checked against its id."""
+    if content_id(data) != digest:
+        raise WeightsError(f"parent snapshot {digest} is missing or damaged in the store; train "
+                           "the add-in again against its parent's current weights "
+                           "(rebase_addins)")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def dataset_rows(data: bytes) -> list[dict]:
@@ -368,6 +387,19 @@ class Blobs(Protocol):
 
         Raises:
             FileNotFoundError: it is gone (callers replay what is left, with a warning).
+        """
+        ...
+
+    def save_snapshot(self, state: dict) -> str:
+        """Store a parent's weights by content (the revision add-ins were trained on, kept
+        while the parent moves on); returns its id. Stored once however many add-ins."""
+        ...
+
+    def load_snapshot(self, digest: str) -> dict:
+        """The weights stored under `digest` (loaded without unpickling objects).
+
+        Raises:
+            WeightsError: they are missing or do not match their id.
         """
         ...
 

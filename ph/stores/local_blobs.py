@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import WeightsError
-from .base import content_id, dataset_bytes, dataset_rows
+from .base import content_id, dataset_bytes, dataset_rows, snapshot_bytes, snapshot_state
 from .fileio import atomic_write_bytes
 
 
@@ -43,3 +43,19 @@ class LocalBlobs:
     def load_dataset(self, digest: str) -> list[dict]:
         """The rows of a stored data set. Raises FileNotFoundError if it is gone."""
         return dataset_rows((self.root / "_data" / f"{digest}.jsonl").read_bytes())
+
+    def save_snapshot(self, state: dict) -> str:
+        """Store a parent's weights by content (see base.Blobs); returns their id."""
+        data = snapshot_bytes(state)
+        digest = content_id(data)
+        path = self.root / "_bases" / f"{digest}.pt"
+        if not path.exists():
+            atomic_write_bytes(path, data)
+        return digest
+
+    def load_snapshot(self, digest: str) -> dict:
+        try:
+            data = (self.root / "_bases" / f"{digest}.pt").read_bytes()
+        except FileNotFoundError:
+            data = b""
+        return snapshot_state(data, digest)

@@ -10,7 +10,7 @@ import logging
 import time
 
 from ..errors import StoreUnavailableError, WeightsError
-from .base import content_id, dataset_bytes, dataset_rows
+from .base import content_id, dataset_bytes, dataset_rows, snapshot_bytes, snapshot_state
 from .objects import ObjectStore
 from .redis_access import RedisAccess
 from .sweeper import GC_PREFIX
@@ -50,6 +50,17 @@ class RedisBlobs(RedisAccess):
         if data is None:
             raise FileNotFoundError(f"data set {digest}")
         return dataset_rows(data)
+
+    def save_snapshot(self, state: dict) -> str:
+        """Store a parent's weights by content (see base.Blobs); returns their id."""
+        data = snapshot_bytes(state)
+        digest = content_id(data)
+        if self.objects.modified(f"bases/{digest}.pt") is None:  # 13 MB: upload once
+            self.objects.put(f"bases/{digest}.pt", data)
+        return digest
+
+    def load_snapshot(self, digest: str) -> dict:
+        return snapshot_state(self._by_content(f"bases/{digest}.pt", digest) or b"", digest)
 
     def _by_content(self, name: str, digest: str) -> bytes | None:
         """The bytes of a content-addressed object, or None if none matches `digest`; a

@@ -1,0 +1,104 @@
+"""Add-in heads at the heads level: which spec a record's add-in has, what a run of one
+starts from, and moving users onto a new parent revision (ph.modeling.addins has the math).
+
+An add-in head is a child (`parent`) whose record has `addin` ({type, args}). Until its
+first training it follows its parent like any child (an untrained add-in is the
+identity). A run trains only the add-in, against a *pinned* revision of the parent:
+the parent's weights of that revision are stored once by content (`base`, a snapshot
+in the store) and the record names them with `parent_revision`. The parent may train
+on; its add-ins keep answering on the weights they were trained with, never on others,
+until the app moves them (`rebase`: an incremental run on the parent's current weights).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from ..config.components import UserCode
+from ..errors import BadInputError, NotFoundError
+from ..modeling.addins import AddinSpec, addin_bytes, parse_addin
+from ..modeling.engine import build_model, make_model
+
+
+@dataclass
+class AddinBase:
+    """The parent weights an add-in run trains against: their snapshot id (None until
+    stored), the weights and the parent revision they are."""
+
+    digest: str | None
+    state: dict
+    revision: int
+
+
+def addin_spec(config: Mapping, addin: Mapping, code: UserCode) -> AddinSpec:
+    """The AddinSpec of a head's stored `addin`, checked against its Model (cached)."""
+    key = (json.dumps(config["Model"], sort_keys=True), json.dumps(addin, sort_keys=True),
+           tuple(sorted(code.sources.items())))
+    spec = _SPECS.get(key)
+    if spec is None:
+        with torch.device("meta"):
+            spec = parse_addin(addin, build_model(config, code))
+        if len(_SPECS) >= 256:
+            _SPECS.clear()
+        _SPECS[key] = spec
+    return spec
+
+
+_SPECS: dict[tuple, AddinSpec] = {}  # building a model, even on meta, costs ~1 ms
+
+
+def check_addin(value, parent: Mapping, code: UserCode) -> dict:
+    """The `addin` argument of create_head checked against the parent; its stored form.
+
+    Raises:
+        BadInputError: the parent is itself an add-in.
+        ConfigError: see parse_addin.
+    """
+    if parent.get("addin"):
+        raise BadInputError(f"parent: head '{parent['uuid']}' is itself an add-in (on "
+                            f"'{parent.get('parent')}'); an add-in must sit on a whole head. "
+                            f"Use parent='{parent.get('parent')}'")
+    with torch.device("meta"):
+        model = build_model(parent["config"], code)
+    return parse_addin(value, model).to_dict()
+
+
+def refuse_child_of_addin(parent: Mapping) -> None:
+    """A plain child copies its parent's weights at its first training; an add-in's
+    weights are only a delta, so it cannot be a parent."""
+    if parent.get("addin"):
+        raise BadInputError(f"parent: head '{parent['uuid']}' is an add-in; children start from "
+                            f"a whole head. Use parent='{parent.get('parent')}'")
+
+
+def addin_base(store, record: Mapping, trained: bool, rebase: bool, code: UserCode) -> AddinBase:
+    """What an add-in run trains against: the pinned snapshot, or (first run, rebase) the
+    parent's weights as they are now."""
+    if trained and not rebase:
+        return AddinBase(record["base"], store.load_snapshot(record["base"]),
+                         record["parent_revision"])
+    try:
+        parent, state = store.read_current(record["parent"])
+    except NotFoundError:
+        raise NotFoundError(f"head '{record['uuid']}' is an add-in on '{record['parent']}', which "
+                            "no longer exists") from None
+    if state is None:  # an untrained parent answers with its seeded weights
+        state = make_model(parent["config"], code, None, parent["seed"]).state_dict()
+    return AddinBase(None, state, parent["revision"])
+
+
+def addin_info(record: Mapping, parent: Mapping | None, spec: AddinSpec | None) -> dict:
+    """check_head's `addin` entry: kind, rank, bytes, parent and the revision pinned."""
+    info = {"type": record["addin"]["type"], "rank": record["addin"]["args"]["rank"],
+            "targets": record["addin"]["args"]["targets"],
+            "own_output": record["addin"]["args"]["own_output"],
+            "parent": record["parent"], "parent_revision": record.get("parent_revision"),
+            "parent_current_revision": parent["revision"] if parent else None}
+    if spec is not None:
+        info["bytes"] = addin_bytes(spec)
+    info["behind_parent"] = bool(record.get("weights")) and parent is not None \
+        and record.get("parent_revision") != parent["revision"]
+    return info
