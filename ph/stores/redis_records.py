@@ -24,6 +24,8 @@ from .redis_blobs import RedisBlobs
 from .redis_changes import ChangeListener
 from .sweeper import GC_PREFIX
 
+INLINE_MAX_BYTES = 256 * 1024  # weights up to this size also live in Redis (add-ins: ~80 KB)
+
 
 class RedisRecords(RedisBlobs):
     """base.Records for RedisStore, which gives `changes` (its ChangeListener), `leases`,
@@ -110,7 +112,7 @@ class RedisRecords(RedisBlobs):
         record = {**record, "inc": inc, "v": 1, "w": uuidlib.uuid4().hex[:12]}
         if state is not None:
             name = f"heads/{uuid}/{inc}/weights-1-{uuidlib.uuid4().hex[:8]}.pt"
-            self.objects.put(name, _tensor_bytes(state))
+            self._put_weights(uuid, inc, name, state)
             record.update(revision=1, weights=name)
         text = json.dumps(self._stored(record))
         old = self.redis.get(self.key("h", uuid)) if replace else None
@@ -146,21 +148,35 @@ class RedisRecords(RedisBlobs):
         self._publish(uuid, f"{record['inc']}:{record['v']}", new, dropped)
         return new
 
+    @redis_errors
     def _save_weights(self, uuid: str, record: dict, revision: int, state: dict) -> str:
         """Uploaded under a name of their own (immutable: a cached copy never goes stale)."""
         name = f"heads/{uuid}/{record['inc']}/weights-{revision}-{uuidlib.uuid4().hex[:8]}.pt"
-        self.objects.put(name, _tensor_bytes(state))
+        self._put_weights(uuid, record["inc"], name, state)
         return name
 
+    def _put_weights(self, uuid: str, inc: str, name: str, state: dict) -> None:
+        """Upload weights; small ones (an add-in) are also kept in Redis, in the head
+        incarnation's NS:inline hash, so a cold load costs no object-store round trip.
+        The object stays the durable copy (and the sweeper's view is unchanged)."""
+        data = _tensor_bytes(state)
+        self.objects.put(name, data)
+        if len(data) <= INLINE_MAX_BYTES:
+            self.redis.hset(self.key("inline", uuid, inc), name, data)
+
+    @redis_errors
     def _switch_weights(self, uuid: str, old: dict, new: dict) -> dict:
         """One fenced write (leases.SWITCH) that also queues the old weights for removal."""
         dropped = [old["weights"]] if old.get("weights") else []
         try:
             new = self._rewrite(uuid, new, dropped)
         except (ConflictError, HeadNotFoundError):  # refused for sure: nothing names it
+            self.redis.hdel(self.key("inline", uuid, new["inc"]), new["weights"])
             self.forget_objects([new["weights"]],
                                 f"head '{uuid}': the refused upload of new weights")
             raise
+        if dropped:
+            self.redis.hdel(self.key("inline", uuid, old["inc"]), *dropped)
         self.forget_objects(dropped, f"head '{uuid}' has new weights; the old weights",
                             queued=True)
         return new
@@ -195,9 +211,13 @@ class RedisRecords(RedisBlobs):
         raise WeightsError(f"head '{uuid}': its weights object {record.get('weights')} is missing "
                            f"from the object store; load weights again with load_weights")
 
+    @redis_errors
     def read_weights(self, uuid: str, record: dict) -> dict | None:
         if not record.get("weights"):
             return None
+        inline = self.redis.hget(self.key("inline", uuid, record["inc"]), record["weights"])
+        if inline is not None:
+            return load_state(io.BytesIO(inline))
         try:
             return load_state(self.objects.cached(record["weights"]))
         except StoreUnavailableError:
@@ -229,6 +249,7 @@ class RedisRecords(RedisBlobs):
         is queued for removal. Returns the NS:gc entry."""
         entry = f"{GC_PREFIX}heads/{uuid}/{inc}/"
         pipe.delete(self.key("ex", uuid, inc))
+        pipe.delete(self.key("inline", uuid, inc))
         pipe.hset(self.key("gc"), entry, time.time())
         return [entry]
 

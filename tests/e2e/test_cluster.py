@@ -217,6 +217,40 @@ def test_create_on_one_server_train_through_the_worker_predict_on_the_other_dele
     assert_bucket_holds_exactly_what_redis_names(cluster)
 
 
+def test_an_addin_trained_by_the_worker_is_served_by_the_other_server_in_one_pass(
+        cluster, trained, intents):
+    """A lora add-in on 'shared': created on a, trained by `ph worker`, answered by b from
+    its pinned parent revision (stacked with another user), exported, and deleted."""
+    a, b = cluster.a, cluster.b
+    texts, _ = held_out_texts(intents)
+    parent = call(a, "predict", uuid=trained, data=texts)
+    for user in ("ann", "ben"):
+        assert call(a, "create_head", uuid=user, parent=trained, addin="lora",
+                    config={"Trainer": {"trainer": {"epochs": 30}}}) == user
+    assert call(b, "predict", uuid="ann", data=texts) == parent  # untrained: the parent
+    mine = {"ann": {"greet": ["hello there", "hi friend", "good morning to you"]},
+            "ben": {"bye": ["see you later", "goodbye now", "bye for now"]}}
+    for user, examples in mine.items():
+        call(a, "add_examples", uuid=user, examples=examples)
+        job = call(a, "train_head", uuid=user, background=True, incremental=True)
+        done = wait_job(b, job["job_id"])
+        assert done["state"] == "succeeded", done["error"]
+        assert cluster.job_record(job["job_id"])["pid"] == cluster.worker.pid
+    check = call(b, "check_head", uuid="ann")
+    revision = call(b, "check_head", uuid=trained)["revision"]
+    assert check["addin"]["type"] == "lora" and check["addin"]["parent_revision"] == revision
+    assert 0 < check["addin"]["bytes"] < 100_000
+    requests = [["ann", "hello there"], ["ben", "see you later"], [trained, texts[0]]]
+    together = call(b, "predict_many", requests=requests)
+    assert together == [call(a, "predict", uuid=u, data=d) for u, d in requests]
+    labels = call(b, "check_head", uuid="ann")["labels"]
+    assert labels[together[0]] == "greet"
+    assert cluster.objects("bases/")  # the pinned parent revision, stored once
+    for user in ("ann", "ben"):
+        assert call(b, "delete_head", uuid=user) is True
+    assert call(a, "predict", uuid="ann", data=texts[0], expect=404)["error"] == "not_found"
+
+
 def assert_bucket_holds_exactly_what_redis_names(cluster: Cluster) -> None:
     """After a sweep (waiting out one a server or the worker may be running), the bucket
     holds exactly the objects the records name: nothing ph deleted is left behind."""
@@ -448,9 +482,10 @@ def test_while_s3_is_unreachable_cached_heads_answer_and_s3_calls_fail_clearly(
     try:
         assert call(b, "predict", uuid=trained, data=texts) == shared  # from memory
         assert call(a, "predict", uuid="cold", data=texts) == cold
+        # not cached on b, but small weights (up to INLINE_MAX_BYTES) are in Redis too
+        assert call(b, "predict", uuid="cold", data=texts) == cold
         warm = {**small_config(), "Inference": {"weights": str(weights)}}
         for url, action, args in [
-                (b, "predict", {"uuid": "cold", "data": texts}),  # not cached on b
                 (a, "create_head", {"uuid": "warm", "config": warm}),
                 (b, "add_examples", {"uuid": trained, "examples": {"greet": ["hi there"]}}),
                 (a, "list_examples", {"uuid": trained})]:
@@ -464,7 +499,7 @@ def test_while_s3_is_unreachable_cached_heads_answer_and_s3_calls_fail_clearly(
     finally:
         cluster.s3_proxy.unblock()
 
-    assert call(b, "predict", uuid="cold", data=texts) == cold  # loaded from S3 now
+    assert call(b, "predict", uuid="cold", data=texts) == cold
     assert call(a, "create_head", uuid="warm", config=warm) == "warm"
     assert call(b, "predict", uuid="warm", data=texts) == cold  # same weights
     assert call(b, "check_head", uuid="warm")["revision"] == 1

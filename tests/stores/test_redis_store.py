@@ -312,6 +312,8 @@ def test_redis_down_gives_a_clear_503_and_calls_work_once_it_is_back(own_redis, 
 
 def test_object_store_down_gives_a_clear_503_and_cached_heads_still_predict(
         redis_server, s3_server, monkeypatch, workdir, train_json):
+    from ph.stores import redis_records
+    monkeypatch.setattr(redis_records, "INLINE_MAX_BYTES", 0)  # weights only in the bucket
     for name, value in s3_server.env.items():
         monkeypatch.setenv(name, value)
     with TcpProxy(("127.0.0.1", s3_server.port)) as proxy:
@@ -522,3 +524,34 @@ def test_a_queued_job_a_worker_took_and_died_on_is_failed(registry, monkeypatch)
     status = jobs.job_status(registry.store, job["job_id"])
     assert status["state"] == "failed" and "ended without finishing" in status["error"]
     assert registry.delete_head(uid)
+
+
+def test_small_weights_load_from_redis_while_the_object_store_is_down(
+        redis_server, s3_server, monkeypatch, workdir):
+    """Weights up to INLINE_MAX_BYTES (an add-in's) are kept in Redis too: another machine
+    loads them cold with no object-store round trip; replacing the head drops the copy."""
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    with TcpProxy(("127.0.0.1", s3_server.port)) as proxy:
+        endpoint = f"http://127.0.0.1:{proxy.port}"
+        url = distributed_url(redis_server.url, endpoint, TEST_BUCKET, "inline", "inline")
+        a = HeadRegistry(workdir / "a", store=url)
+        b = HeadRegistry(workdir / "b", store=url)  # nothing cached on this machine
+        try:
+            a.create_head("h", small_config(epochs=2))
+            a.add_examples("h", {"x": ["one two", "two three"], "y": ["four five", "five six"]})
+            a.train("h")
+            a.train("h")  # the first revision's copy goes with its weights
+            record = a.store.read("h")
+            inline = a.store.redis.hkeys(a.store.key("inline", "h", record["inc"]))
+            assert inline == [record["weights"].encode()]  # the old revision's copy is gone
+            expected = a.predict("h", TEXTS)
+            proxy.block()
+            assert b.predict("h", TEXTS) == expected
+            proxy.unblock()
+            a.delete_head("h")
+            assert not a.store.redis.exists(a.store.key("inline", "h", record["inc"]))
+        finally:
+            proxy.unblock()
+            a.close()
+            b.close()
