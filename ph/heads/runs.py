@@ -109,6 +109,20 @@ class _Start:
     base: AddinBase | None = None  # an add-in's run: the parent weights it trains against
 
 
+@dataclass
+class Run:
+    """One head's run, prepared: its config, start, planned examples and user code;
+    `done` (nothing to learn) or a forgetting `warning`."""
+
+    uuid: str
+    config: dict
+    start: _Start
+    plan: ExamplePlan
+    code: UserCode
+    warning: str | None = None
+    done: dict | None = None
+
+
 class TrainingRuns:
     """Configures and runs a head's trainings, and switches it to new weights."""
 
@@ -150,29 +164,47 @@ class TrainingRuns:
         `rebase` (add-in heads): train against the parent's current weights instead of the
         pinned revision, on all stored examples plus a replay of what the parent knew."""
         with self.guard.training(uuid, job_id):
-            start = self._start(uuid, rebase)
-            incremental = incremental or (rebase and start.base is not None)
-            plan = plan_examples(list(self.store.examples(uuid).iter()),
-                                 0 if rebase else start.record.get("examples_seen", 0), incremental,
-                                 config["Trainer"], config["Trainer"]["seed"],
-                                 self._replay_sources(start) if incremental else None)
-            if plan.nothing_new:
-                return {"uuid": uuid, "updated": False, "examples": plan.info,
+            run = self.prepare_run(uuid, config, incremental, rebase)
+            if run.done is not None:
+                return run.done
+            model = self._model(run.start, run.code, config)
+            result = run_training(config, model, self.data_context(run), uuid, self.policy.resolve,
+                                  stop, on_epoch)
+            return self.finish_run(run, result, auto_update)
+
+    def prepare_run(self, uuid: str, config: dict, incremental: bool, rebase: bool) -> "Run":
+        """What a run of head `uuid` starts from and trains on (call holding its training
+        lock); `done` is set when there is nothing to learn."""
+        start = self._start(uuid, rebase)
+        incremental = incremental or (rebase and start.base is not None)
+        plan = plan_examples(list(self.store.examples(uuid).iter()),
+                             0 if rebase else start.record.get("examples_seen", 0), incremental,
+                             config["Trainer"], config["Trainer"]["seed"],
+                             self._replay_sources(start) if incremental else None)
+        run = Run(uuid, config, start, plan, self.sources.code_of(start.record))
+        if plan.nothing_new:
+            run.done = {"uuid": uuid, "updated": False, "examples": plan.info,
                         "note": "no examples were added since the last run: nothing to learn"}
-            warning = forgetting_warning(plan, start.state is not None)
-            if warning:
-                log.warning("head '%s': %s", uuid, warning)
-            code = self.sources.code_of(start.record)
-            summary, best, labels = self._fit(uuid, start, code, config, plan, stop, on_epoch)
-            summary.update(uuid=uuid, updated=False, examples=plan.info)
-            if warning:
-                summary["warning"] = warning
-            if best is None:
-                summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
-                                   "the head keeps its weights")
-            elif auto_update:
-                new = self._publish(uuid, start, code, config, plan, (summary, best, labels))
-                summary.update(updated=True, revision=new["revision"], labels=labels)
+            return run
+        run.warning = forgetting_warning(plan, start.state is not None)
+        if run.warning:
+            log.warning("head '%s': %s", uuid, run.warning)
+        return run
+
+    def finish_run(self, run: "Run", result: tuple[dict, dict | None, list | None],
+                   auto_update: bool = True) -> dict:
+        """The run's summary, its best weights published if `auto_update`."""
+        summary, best, labels = result
+        summary.update(uuid=run.uuid, updated=False, examples=run.plan.info)
+        if run.warning:
+            summary["warning"] = run.warning
+        if best is None:
+            summary["note"] = ("no epoch improved on the resumed checkpoint's best value, so "
+                               "the head keeps its weights")
+        elif auto_update:
+            new = self._publish(run.uuid, run.start, run.code, run.config, run.plan,
+                                (summary, best, labels))
+            summary.update(updated=True, revision=new["revision"], labels=labels)
         return summary
 
     def _start(self, uuid: str, rebase: bool = False) -> _Start:
@@ -195,27 +227,27 @@ class TrainingRuns:
                                     "from") from None
         return _Start(record, source, state)
 
-    def _fit(self, uuid: str, start: _Start, code: UserCode, config: dict, plan: ExamplePlan,
-             stop: threading.Event | None,
-             on_epoch: Callable[[dict], None] | None) -> tuple[dict, dict | None, list | None]:
-        """One run of the training loop from `start` on the planned examples."""
-        model = self._model(start, code, config)
-        context = DataContext(code, build_processors(config, code)[0],
-                              start.source.get("labels"),
-                              config["Model"].get("args", {}).get("n_classes"),
-                              config["Trainer"]["seed"], self.policy.resolve,
-                              (plan.inputs, plan.labels), plan.replay)
-        return run_training(config, model, context, uuid, self.policy.resolve, stop, on_epoch)
+    def data_context(self, run: "Run") -> DataContext:
+        """What the run's data loader reads: the planned examples, labels to start from."""
+        config, start, plan = run.config, run.start, run.plan
+        return DataContext(run.code, build_processors(config, run.code)[0],
+                           start.source.get("labels"),
+                           config["Model"].get("args", {}).get("n_classes"),
+                           config["Trainer"]["seed"], self.policy.resolve,
+                           (plan.inputs, plan.labels), plan.replay)
 
     @staticmethod
-    def _model(start: _Start, code: UserCode, config: dict):
-        """What the run trains: the head's model, or an add-in over its frozen parent."""
+    def _model(start: _Start, code: UserCode, config: dict, frozen: FrozenBase | None = None):
+        """What the run trains: the head's model, or an add-in over its frozen parent
+        (`frozen`, shared by runs against the same parent weights, else built here)."""
         if start.base is None:
             return make_model(config, code, start.state, start.source["seed"])
         spec = addin_spec(config, start.record["addin"], code)
-        parent = make_model(config, code, start.base.state)
-        state = start.state or initial_addin(spec, parent, start.record["seed"])
-        return AddinModel(FrozenBase(parent, config["Model"].get("args") or {}), spec, state)
+        if frozen is None:
+            frozen = FrozenBase(make_model(config, code, start.base.state),
+                                config["Model"].get("args") or {})
+        state = start.state or initial_addin(spec, frozen.model, start.record["seed"])
+        return AddinModel(frozen, spec, state)
 
     def _publish(self, uuid: str, start: _Start, code: UserCode, config: dict, plan: ExamplePlan,
                  result: tuple[dict, dict, list | None]) -> dict:

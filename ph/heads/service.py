@@ -27,6 +27,7 @@ from ..stores import check_uuid, open_store
 from ..stores.example_files import ExampleLimits
 from ..stores.fileio import atomic_torch_save
 from .addin_heads import addin_spec
+from .together import train_together
 from .cache import LoadedHead
 from .examples import HeadExamples
 from .lifecycle import LIST_PAGE, Lifecycle
@@ -207,6 +208,12 @@ class HeadRegistry:
                     and record.get("parent_revision") != current:
                 behind.append(uuid)
         return behind
+
+    def train_together(self, uuids: list[str], incremental: bool = True,
+                       rebase: bool = False) -> dict[str, Any]:
+        """Train many add-in heads at once, one parent pass per step for all of them (see
+        ph.heads.together); uuid -> summary, or the PHError that ended that head's run."""
+        return train_together(self.runs, uuids, incremental, rebase)
 
     def export_weights(self, uuid: str, weights_file: str) -> dict:
         """Write the head's weights as a plain state dict of its model's architecture (an

@@ -112,7 +112,8 @@ def parse_addin(value: Any, model: nn.Module, key: str = "addin") -> AddinSpec:
     if not isinstance(own_output, bool):
         problems.append(f"{key}.args.own_output: must be true or false, got {own_output!r}")
         own_output = False
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    hidden = unhookable_linears(model)
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in hidden}
     blocks = {n: m for n, m in model.named_modules() if isinstance(m, nn.TransformerEncoderLayer)}
     output = list(linears)[-1:] if own_output else []
     allowed = {**linears, **blocks} if kind == "adapter" else linears
@@ -128,7 +129,12 @@ def parse_addin(value: Any, model: nn.Module, key: str = "addin") -> AddinSpec:
     for name in names:
         found = [n for n in allowed if n == name or n.endswith("." + name)]
         wrong = [n for n in modules if n and (n == name or n.endswith("." + name)) and n not in allowed]
-        if not found and wrong:
+        if not found and any(w in hidden for w in wrong):
+            problems.append(f"{key}.args.targets: '{name}' sits inside {hidden[wrong[0]]}, which "
+                            "computes it without calling the module, so no add-in can reach it in "
+                            "a model without stacked_forward; target other nn.Linear layers, or the "
+                            "encoder layer itself with an adapter")
+        elif not found and wrong:
             problems.append(f"{key}.args.targets: '{name}' is a {type(modules[wrong[0]]).__name__}; "
                             f"{kind} targets nn.Linear{' or encoder-layer' if kind == 'adapter' else ''} "
                             f"modules: {', '.join(list(allowed)[:12])}")
@@ -154,6 +160,21 @@ def parse_addin(value: Any, model: nn.Module, key: str = "addin") -> AddinSpec:
         raise ConfigError(problems)
     return AddinSpec(kind, rank, float(alpha), tuple(targets), tuple(output), activation,
                      tuple(dims) + tuple(_dims(linears[n]) for n in output))
+
+
+def unhookable_linears(model: nn.Module) -> dict[str, str]:
+    """Linear layers that a forward hook cannot reach, path -> why: in a model without
+    stacked_forward, MultiheadAttention reads its out_proj's weight directly and an encoder
+    layer's eval fast path bypasses its linear1 and linear2."""
+    if getattr(type(model), "addin_hooks", False):
+        return {}
+    hidden = {}
+    for outer, module in model.named_modules():
+        if isinstance(module, (nn.MultiheadAttention, nn.TransformerEncoderLayer)):
+            for inner, sub in module.named_modules():
+                if isinstance(sub, nn.Linear):
+                    hidden[f"{outer}.{inner}" if outer else inner] = f"a {type(module).__name__}"
+    return hidden
 
 
 def default_targets(kind: str, linears: dict, blocks: dict, output: list) -> list[str]:
@@ -334,6 +355,13 @@ class AddinModel(nn.Module):
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.deltas))
+
+    def __deepcopy__(self, memo: dict) -> "AddinModel":
+        """A copy with its own add-in and the same frozen parent: a training copies its
+        model, and 100 users' runs must not hold 100 copies of the parent."""
+        copied = AddinModel(self.base, self.spec, self.tensors())
+        copied.train(self.training)
+        return copied
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = self.tensors()

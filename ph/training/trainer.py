@@ -305,34 +305,48 @@ def run_training(config: Mapping, model: nn.Module, context: DataContext, run_na
     Raises:
         PHError: bad data or config (before any epoch), TrainingError during training.
     """
+    with torch.random.fork_rng(devices=[]):
+        trainer = prepare_training(config, model, context, run_name, resolve_path, stop, on_epoch)
+        return fit(trainer)
+
+
+def prepare_training(config: Mapping, model: nn.Module, context: DataContext, run_name: str,
+                     resolve_path: Callable[[str, str], Path], stop: threading.Event | None = None,
+                     on_epoch: Callable[[dict], None] | None = None,
+                     trainer_class: type[Trainer] = Trainer) -> Trainer:
+    """A Trainer for a copy of `model`, its data loaded (seeds the global RNG: call it
+    inside torch.random.fork_rng)."""
     trainer_cfg = config["Trainer"]
     loop = LoopSettings.from_config(trainer_cfg["trainer"])
     if loop.resume:  # a path like any other: the caller's policy decides if it may be read
         loop.resume = str(resolve_path(loop.resume, "Trainer.trainer.resume"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(trainer_cfg["seed"])
-        data = build_loader(trainer_cfg["dataloader"], context).load()
-        device = training_device(trainer_cfg["n_gpu"])
-        net = copy.deepcopy(model).to(device=device, dtype=torch.float32)
-        gpus = min(trainer_cfg["n_gpu"], torch.cuda.device_count())
-        if gpus > 1:
-            net = nn.DataParallel(net, device_ids=list(range(gpus)))
-        optimizer = build_optimizer(trainer_cfg["optimizer"], net.parameters())
-        scheduler = build_scheduler(trainer_cfg["lr_scheduler"], optimizer)
-        save_dir = resolve_path(trainer_cfg["trainer"]["save_dir"], "Trainer.trainer.save_dir")
-        name = trainer_cfg["name"]
-        extra = {"arch": config["Model"]["type"], "config": copy.deepcopy(dict(config)),
-                 "labels": data.labels}
-        trainer = Trainer(net, LOSSES.get(trainer_cfg["loss"], "Trainer.loss"),
-                          {m: METRICS.get(m, "Trainer.metrics") for m in trainer_cfg["metrics"]},
-                          optimizer, scheduler, data, loop, device,
-                          save_dir / "models" / name / run_name, save_dir / "log" / name / run_name,
-                          extra, stop, on_epoch)
-        try:
-            summary = trainer.fit()
-        except PHError:
-            raise
-        except Exception as exc:
-            raise TrainingError(f"training failed: {type(exc).__name__}: {str(exc)[:300]}; the "
-                                "head keeps its previous weights") from exc
-    return summary, trainer.best_state, data.labels  # best_state None: no epoch improved
+    torch.manual_seed(trainer_cfg["seed"])
+    data = build_loader(trainer_cfg["dataloader"], context).load()
+    device = training_device(trainer_cfg["n_gpu"])
+    net = copy.deepcopy(model).to(device=device, dtype=torch.float32)
+    gpus = min(trainer_cfg["n_gpu"], torch.cuda.device_count())
+    if gpus > 1:
+        net = nn.DataParallel(net, device_ids=list(range(gpus)))
+    optimizer = build_optimizer(trainer_cfg["optimizer"], net.parameters())
+    scheduler = build_scheduler(trainer_cfg["lr_scheduler"], optimizer)
+    save_dir = resolve_path(trainer_cfg["trainer"]["save_dir"], "Trainer.trainer.save_dir")
+    name = trainer_cfg["name"]
+    extra = {"arch": config["Model"]["type"], "config": copy.deepcopy(dict(config)),
+             "labels": data.labels}
+    return trainer_class(net, LOSSES.get(trainer_cfg["loss"], "Trainer.loss"),
+                         {m: METRICS.get(m, "Trainer.metrics") for m in trainer_cfg["metrics"]},
+                         optimizer, scheduler, data, loop, device,
+                         save_dir / "models" / name / run_name, save_dir / "log" / name / run_name,
+                         extra, stop, on_epoch)
+
+
+def fit(trainer: Trainer) -> tuple[dict, dict | None, list | None]:
+    """Run a prepared Trainer: (summary, best weights or None, label map)."""
+    try:
+        summary = trainer.fit()
+    except PHError:
+        raise
+    except Exception as exc:
+        raise TrainingError(f"training failed: {type(exc).__name__}: {str(exc)[:300]}; the "
+                            "head keeps its previous weights") from exc
+    return summary, trainer.best_state, trainer.data.labels  # best_state None: no epoch improved

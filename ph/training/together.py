@@ -1,0 +1,145 @@
+"""Many users' add-in trainings at once, in lockstep: each round, one pass of the shared
+parent forward and backward over every user's batch.
+
+Each user keeps its own Trainer (its data, optimizer, schedule, validation, early stop,
+checkpoints), running in a thread of its own. Only its training step is shared: a step
+waits until every running user has a batch ready (or has finished), then one thread
+runs the round: the users' add-ins are stacked, the parent runs once over all rows with
+each row's own correction (apply_addin, gathered by user), and the sum of the users'
+losses is backpropagated. A user's loss depends on its own add-in alone, so each user's
+gradient is the gradient its own run would get, and its own optimizer steps it: with the
+same seed a user's result equals its run alone up to float rounding (the batches come
+from seeded generators, so no global random state is shared).
+
+A user whose step fails alone (a non-finite loss, a stop) leaves the round; a round
+that fails as a whole is run again user by user, so one user's bad data never fails
+another's training.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+
+from ..modeling.addins import AddinModel, apply_addin
+from .trainer import Trainer, fit
+
+
+class Lockstep:
+    """The shared step of `models` (AddinModels over one FrozenBase, one AddinSpec)."""
+
+    def __init__(self, models: list[AddinModel]):
+        self.models = models
+        self.base, self.spec = models[0].base, models[0].spec
+        self._cond = threading.Condition()
+        self._waiting: dict[int, tuple] = {}
+        self._results: dict[int, object] = {}
+        self._live = set(range(len(models)))
+        self._running = False
+        self.rounds = 0
+
+    def step(self, i: int, x: torch.Tensor, y: torch.Tensor, criterion: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """User i's forward and backward (its gradients accumulate in its own add-in);
+        returns (its loss, its output). Blocks until the round with it has run."""
+        with self._cond:
+            self._waiting[i] = (x, y, criterion)
+            while i not in self._results:
+                if not self._running and set(self._waiting) == self._live:
+                    self._running = True
+                    batch, self._waiting = self._waiting, {}
+                    self._cond.release()
+                    try:
+                        results = self._round(batch)
+                    finally:
+                        self._cond.acquire()
+                        self._running = False
+                    self._results.update(results)
+                    self._cond.notify_all()
+                else:
+                    self._cond.wait()
+            result = self._results.pop(i)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def leave(self, i: int) -> None:
+        """User i's training ended (done, failed or stopped): rounds no longer wait for it."""
+        with self._cond:
+            self._live.discard(i)
+            self._cond.notify_all()
+
+    def _round(self, batch: dict[int, tuple]) -> dict[int, object]:
+        self.rounds += 1
+        users = sorted(batch)
+        try:
+            return self._together(users, batch)
+        except Exception:  # noqa: BLE001  (one user's input spoils the round: run each alone)
+            for i in users:
+                for p in self.models[i].deltas:
+                    p.grad = None
+            return {i: self._alone(i, batch[i]) for i in users}
+
+    def _together(self, users: list[int], batch: dict[int, tuple]) -> dict[int, object]:
+        names = self.models[users[0]].names
+        stacked = {n: torch.stack([self.models[i].deltas[k] for i in users])
+                   for k, n in enumerate(names)}
+        counts = [len(batch[i][0]) for i in users]
+        x = torch.cat([batch[i][0] for i in users])
+        rows = torch.repeat_interleave(torch.arange(len(users), device=x.device),
+                                       torch.tensor(counts, device=x.device))
+        spec = self.spec
+        out = self.base(x, lambda name, x_in, y: apply_addin(spec, stacked, rows, name, x_in, y))
+        losses = [batch[i][2](o, batch[i][1]) for i, o in zip(users, torch.split(out, counts))]
+        torch.stack(losses).sum().backward()
+        return {i: (loss.detach(), o.detach())
+                for i, loss, o in zip(users, losses, torch.split(out, counts))}
+
+    def _alone(self, i: int, item: tuple) -> object:
+        x, y, criterion = item
+        try:
+            out = self.models[i](x)
+            loss = criterion(out, y)
+            loss.backward()
+            return loss.detach(), out.detach()
+        except Exception as exc:  # noqa: BLE001  (this user's own failure)
+            return exc
+
+
+class LockstepTrainer(Trainer):
+    """A Trainer whose training step is a round of a Lockstep (`lockstep`, `index` set
+    after construction)."""
+
+    lockstep: Lockstep
+    index: int
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, output = self.lockstep.step(self.index, x, y, self.criterion)
+        self.optimizer.step()
+        return loss.item(), output
+
+
+def fit_together(trainers: list[LockstepTrainer]) -> list[tuple | BaseException]:
+    """Fit prepared LockstepTrainers (their models AddinModels over one parent) at once;
+    per trainer, fit's (summary, best weights, labels) or the exception that ended it."""
+    lockstep = Lockstep([t.model for t in trainers])
+    for i, trainer in enumerate(trainers):
+        trainer.lockstep, trainer.index = lockstep, i
+    results: list = [None] * len(trainers)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = fit(trainers[i])
+        except BaseException as exc:  # noqa: BLE001  (reported per user)
+            results[i] = exc
+        finally:
+            lockstep.leave(i)
+
+    threads = [threading.Thread(target=run, args=(i,), name=f"ph-together-{i}", daemon=True)
+               for i in range(len(trainers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
