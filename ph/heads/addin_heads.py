@@ -12,6 +12,7 @@ until the app moves them (`rebase`: an incremental run on the parent's current w
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -74,20 +75,47 @@ def refuse_child_of_addin(parent: Mapping) -> None:
                             f"a whole head. Use parent='{parent.get('parent')}'")
 
 
-def addin_base(store, record: Mapping, trained: bool, rebase: bool, code: UserCode) -> AddinBase:
-    """What an add-in run trains against: the pinned snapshot, or (first run, rebase) the
-    parent's weights as they are now."""
-    if trained and not rebase:
-        return AddinBase(record["base"], store.load_snapshot(record["base"]),
-                         record["parent_revision"])
-    try:
-        parent, state = store.read_current(record["parent"])
-    except NotFoundError:
-        raise NotFoundError(f"head '{record['uuid']}' is an add-in on '{record['parent']}', which "
-                            "no longer exists") from None
-    if state is None:  # an untrained parent answers with its seeded weights
-        state = make_model(parent["config"], code, None, parent["seed"]).state_dict()
-    return AddinBase(None, state, parent["revision"])
+class AddinBases:
+    """What add-in runs train against: the pinned snapshot, or (first run, rebase) the
+    parent's weights as they are now. The last few are kept, so that many users' runs on
+    one parent load, hash and store its weights once, not once per user."""
+
+    KEEP = 4
+
+    def __init__(self, store):
+        self.store = store
+        self._kept: dict[tuple, AddinBase] = {}
+        self._lock = threading.Lock()
+
+    def get(self, record: Mapping, trained: bool, rebase: bool, code: UserCode) -> AddinBase:
+        if trained and not rebase:
+            key = ("snapshot", record["base"])
+            return self._kept_or(key, lambda: AddinBase(
+                record["base"], self.store.load_snapshot(record["base"]), record["parent_revision"]))
+        try:
+            parent = self.store.read(record["parent"])
+        except NotFoundError:
+            raise NotFoundError(f"head '{record['uuid']}' is an add-in on '{record['parent']}', "
+                                "which no longer exists") from None
+        key = ("current", parent["uuid"], parent["created"], parent["revision"])
+        return self._kept_or(key, lambda: self._current(record["parent"], code))
+
+    def _current(self, uuid: str, code: UserCode) -> AddinBase:
+        parent, state = self.store.read_current(uuid)
+        if state is None:  # an untrained parent answers with its seeded weights
+            state = make_model(parent["config"], code, None, parent["seed"]).state_dict()
+        return AddinBase(None, state, parent["revision"])
+
+    def _kept_or(self, key: tuple, load) -> AddinBase:
+        with self._lock:
+            base = self._kept.pop(key, None)
+        if base is None:
+            base = load()
+        with self._lock:
+            self._kept[key] = base
+            while len(self._kept) > self.KEEP:
+                self._kept.pop(next(iter(self._kept)))
+        return base
 
 
 def addin_info(record: Mapping, parent: Mapping | None, spec: AddinSpec | None) -> dict:

@@ -29,7 +29,7 @@ from ..modeling.engine import build_processors, fit_state_dict, make_model, read
 from ..training.data import DataContext, read_records
 from ..training.plan import ExamplePlan, choose_data, forgetting_warning, plan_examples
 from ..training.trainer import run_training
-from .addin_heads import AddinBase, addin_base, addin_spec
+from .addin_heads import AddinBase, AddinBases, addin_spec
 from .children import follows_parent
 from .jobs import is_active
 from .loader import HeadLoader
@@ -133,6 +133,7 @@ class TrainingRuns:
         self.sources = sources
         self.loader = loader
         self.guard = guard
+        self.bases = AddinBases(store)
 
     def training_config(self, record: dict, config: Any = None, incremental: bool = False) -> dict:
         """The head's config with the Trainer of `config` merged in, validated, and the
@@ -210,8 +211,7 @@ class TrainingRuns:
     def _start(self, uuid: str, rebase: bool = False) -> _Start:
         record, state = self.store.read_current(uuid)
         if record.get("addin"):  # the add-in's own weights, against a revision of its parent
-            base = addin_base(self.store, record, state is not None, rebase,
-                              self.sources.code_of(record))
+            base = self.bases.get(record, state is not None, rebase, self.sources.code_of(record))
             source = record if state is not None else self.store.read(record["parent"])
             return _Start(record, source, state, base)
         if rebase:

@@ -234,14 +234,62 @@ def addin_bytes(spec: AddinSpec) -> int:
     return 4 * sum(math.prod(s) for s in addin_shapes(spec).values())
 
 
-def apply_addin(spec: AddinSpec, tensors: Mapping[str, torch.Tensor], rows: torch.Tensor | None,
-                name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+@dataclass(frozen=True)
+class UserRuns:
+    """A batch laid out user after user: `counts[u]` rows of user u, in user order (a
+    lockstep training round). Each user's rows are multiplied by its own add-in, not
+    stacked, with no per-row copy of the add-in's matrices: the rows are padded to
+    [users, width] (a view when every user has `width` rows) for one batched product."""
+
+    counts: tuple[int, ...]
+    width: int
+    spread: torch.Tensor | None  # padded position -> row (len(rows) for padding); None: uniform
+    place: torch.Tensor | None   # row -> padded position
+
+    @classmethod
+    def of(cls, counts: list[int], device: torch.device | str = "cpu") -> "UserRuns":
+        width = max(counts)
+        if all(c == width for c in counts):
+            return cls(tuple(counts), width, None, None)
+        total = sum(counts)
+        spread = torch.full((len(counts), width), total, dtype=torch.long)
+        place, start = [], 0
+        for user, count in enumerate(counts):
+            spread[user, :count] = torch.arange(start, start + count)
+            place += range(user * width, user * width + count)
+            start += count
+        return cls(tuple(counts), width, spread.reshape(-1).to(device),
+                   torch.tensor(place, dtype=torch.long, device=device))
+
+    @property
+    def users(self) -> torch.Tensor:
+        """The user of each row."""
+        return torch.repeat_interleave(torch.arange(len(self.counts)), torch.tensor(self.counts))
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[rows, L, f] -> [users, width * L, f]."""
+        if self.spread is not None:
+            x = torch.cat([x, x.new_zeros((1,) + x.shape[1:])])[self.spread]
+        return x.reshape(len(self.counts), -1, x.shape[-1])
+
+    def unpad(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """[users, width * L, f] -> [rows, L, f]."""
+        x = x.reshape(-1, length, x.shape[-1])
+        return x if self.place is None else x[self.place]
+
+
+def apply_addin(spec: AddinSpec, tensors: Mapping[str, torch.Tensor],
+                rows: torch.Tensor | UserRuns | None, name: str, x: torch.Tensor,
+                y: torch.Tensor) -> torch.Tensor:
     """Layer `name`'s output `y` (from input `x`; both [N, L, features]) with the add-in.
 
     tensors: one user's add-in (`rows` None), or many users' stacked along a first
-        dimension, row i of the batch using user `rows[i]`: gathered by user index, one
-        batched matrix product per target (Punica's BGMV, on the CPU too).
+        dimension: row i of the batch uses user `rows[i]` (gathered by user index, one
+        batched matrix product per target: Punica's BGMV, on the CPU too), or `rows` is
+        UserRuns (each user's rows in a run of their own: no gather).
     """
+    if isinstance(rows, UserRuns):
+        return _apply_to_runs(spec, tensors, rows, name, x, y)
     if name in spec.own:
         w, b = tensors[f"{name}:weight"], tensors[f"{name}:bias"]
         if rows is None:
@@ -255,15 +303,38 @@ def apply_addin(spec: AddinSpec, tensors: Mapping[str, torch.Tensor], rows: torc
         delta = get("delta")
         return y + (delta if rows is None else delta.unsqueeze(1))
     if spec.kind == "lora":
-        a, b = get("A"), get("B")
-        low = x @ a.transpose(-1, -2)
-        return y + spec.scale * (low @ b.transpose(-1, -2))
-    down, up = get("down"), get("up")
+        return y + _lora(spec, get("A"), get("B"), x)
     down_bias, up_bias = get("down_bias"), get("up_bias")
     if rows is not None:
         down_bias, up_bias = down_bias.unsqueeze(1), up_bias.unsqueeze(1)
+    return y + _adapter(spec, get("down"), down_bias, get("up"), up_bias, y)
+
+
+def _lora(spec: AddinSpec, a: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return spec.scale * ((x @ a.transpose(-1, -2)) @ b.transpose(-1, -2))
+
+
+def _adapter(spec: AddinSpec, down, down_bias, up, up_bias, y: torch.Tensor) -> torch.Tensor:
     hidden = ACTIVATIONS[spec.activation](y @ down.transpose(-1, -2) + down_bias)
-    return y + spec.scale * (hidden @ up.transpose(-1, -2) + up_bias)
+    return spec.scale * (hidden @ up.transpose(-1, -2) + up_bias)
+
+
+def _apply_to_runs(spec: AddinSpec, tensors: Mapping[str, torch.Tensor], runs: UserRuns,
+                   name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    get = lambda part: tensors[f"{name}:{part}"]  # noqa: E731  ([users, ...], no gather)
+    length = y.shape[1]
+    if name in spec.own:
+        w, b = get("weight"), get("bias")
+        return runs.unpad(torch.baddbmm(b.unsqueeze(1), runs.pad(x), w.transpose(1, 2)), length)
+    if name not in spec.targets:
+        return y
+    if spec.kind == "bias":
+        return y + get("delta")[runs.users.to(y.device)].unsqueeze(1)
+    if spec.kind == "lora":
+        return y + runs.unpad(_lora(spec, get("A"), get("B"), runs.pad(x)), length)
+    delta = _adapter(spec, get("down"), get("down_bias").unsqueeze(1), get("up"),
+                     get("up_bias").unsqueeze(1), runs.pad(y))
+    return y + runs.unpad(delta, length)
 
 
 def merged_state(spec: AddinSpec, base_state: Mapping[str, torch.Tensor],

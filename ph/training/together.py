@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from ..modeling.addins import AddinModel, apply_addin
+from ..modeling.addins import AddinModel, UserRuns, apply_addin
 from .trainer import Trainer, fit
 
 
@@ -39,9 +39,11 @@ class Lockstep:
         self._running = False
         self.rounds = 0
 
-    def step(self, i: int, x: torch.Tensor, y: torch.Tensor, criterion: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, i: int, x: torch.Tensor, y: torch.Tensor | None,
+             criterion: Callable | None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """User i's forward and backward (its gradients accumulate in its own add-in);
-        returns (its loss, its output). Blocks until the round with it has run."""
+        returns (its loss, its output). Without a criterion, the forward alone (its
+        validation). Blocks until the round with it has run."""
         with self._cond:
             self._waiting[i] = (x, y, criterion)
             while i not in self._results:
@@ -86,38 +88,48 @@ class Lockstep:
                    for k, n in enumerate(names)}
         counts = [len(batch[i][0]) for i in users]
         x = torch.cat([batch[i][0] for i in users])
-        rows = torch.repeat_interleave(torch.arange(len(users), device=x.device),
-                                       torch.tensor(counts, device=x.device))
+        rows = UserRuns.of(counts, x.device)
         spec = self.spec
-        out = self.base(x, lambda name, x_in, y: apply_addin(spec, stacked, rows, name, x_in, y))
-        losses = [batch[i][2](o, batch[i][1]) for i, o in zip(users, torch.split(out, counts))]
-        torch.stack(losses).sum().backward()
-        return {i: (loss.detach(), o.detach())
-                for i, loss, o in zip(users, losses, torch.split(out, counts))}
+        training = [i for i in users if batch[i][2] is not None]
+        with torch.set_grad_enabled(bool(training)):  # the round runs in any user's thread
+            out = self.base(x, lambda name, x_in, y: apply_addin(spec, stacked, rows, name, x_in, y))
+            outputs = dict(zip(users, torch.split(out, counts)))
+            losses = {i: batch[i][2](outputs[i], batch[i][1]) for i in training}
+            if losses:
+                torch.stack(list(losses.values())).sum().backward()
+        return {i: (losses[i].detach() if i in losses else None, outputs[i].detach())
+                for i in users}
 
     def _alone(self, i: int, item: tuple) -> object:
         x, y, criterion = item
         try:
-            out = self.models[i](x)
-            loss = criterion(out, y)
-            loss.backward()
+            with torch.set_grad_enabled(criterion is not None):
+                out = self.models[i](x)
+                if criterion is None:
+                    return None, out.detach()
+                loss = criterion(out, y)
+                loss.backward()
             return loss.detach(), out.detach()
         except Exception as exc:  # noqa: BLE001  (this user's own failure)
             return exc
 
 
 class LockstepTrainer(Trainer):
-    """A Trainer whose training step is a round of a Lockstep (`lockstep`, `index` set
-    after construction)."""
+    """A Trainer whose training and validation steps are rounds of a Lockstep
+    (`lockstep`, `index` set after construction)."""
 
     lockstep: Lockstep
     index: int
+    best_each_epoch = False  # 100 users' best files at every epoch would be the run's cost
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
         loss, output = self.lockstep.step(self.index, x, y, self.criterion)
         self.optimizer.step()
         return loss.item(), output
+
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lockstep.step(self.index, x, None, None)[1]
 
 
 def fit_together(trainers: list[LockstepTrainer]) -> list[tuple | BaseException]:

@@ -70,6 +70,10 @@ class LoopSettings:
 class Trainer:
     """Fits a model: `fit` runs epochs; `train_epoch`/`valid_epoch`/`train_step` do the work."""
 
+    # best_model.pt written at each improving epoch (False: once, at the end of the run;
+    # a killed run leaves no best file, but its periodic checkpoints still resume it)
+    best_each_epoch = True
+
     def __init__(self, model: nn.Module, criterion: Callable, metrics: dict[str, Callable],
                  optimizer: torch.optim.Optimizer, scheduler: Any, data: TrainingData,
                  settings: LoopSettings, device: torch.device, checkpoint_dir: Path, log_dir: Path,
@@ -88,6 +92,7 @@ class Trainer:
         self.mode, self.monitor_metric = mode, metric
         self.best_value = math.inf if mode == "min" else -math.inf
         self.best_state: dict | None = None
+        self._deferred_best: tuple[dict, int] | None = None
         self.start_epoch = 1
         self.writer = CheckpointWriter(checkpoint_dir, settings.keep_checkpoints)
 
@@ -119,6 +124,8 @@ class Trainer:
                     log.info("no improvement of %s for %d epochs: stopping early",
                              self.monitor_metric, not_improved)
                     break
+            if self._deferred_best is not None:
+                self.writer.submit(*self._deferred_best, periodic=False, best=True)
             self.writer.wait()  # every file is on disk when fit returns
         finally:
             if writer is not None:
@@ -157,6 +164,10 @@ class Trainer:
         self.optimizer.step()
         return loss.item(), output
 
+    def evaluate(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output on a validation batch."""
+        return self.model(x)
+
     def valid_epoch(self) -> dict:
         self.model.eval()
         totals: dict[str, float] = {}
@@ -164,7 +175,7 @@ class Trainer:
         with torch.no_grad():
             for x, y in self.data.valid:
                 x, y = x.to(self.device), y.to(self.device)
-                output = self.model(x)
+                output = self.evaluate(x)
                 self._accumulate(totals, self.criterion(output, y).item(), output, y, len(x))
                 count += len(x)
         return {k: v / max(count, 1) for k, v in totals.items()}
@@ -212,7 +223,11 @@ class Trainer:
                  "optimizer": snapshot(self.optimizer.state_dict()),
                  "lr_scheduler": snapshot(self.scheduler.state_dict()) if self.scheduler else None,
                  "monitor_best": self.best_value, **self.extra}
-        self.writer.submit(state, epoch, periodic, improved)
+        if periodic or self.best_each_epoch:
+            self.writer.submit(state, epoch, periodic, improved)
+            self._deferred_best = None
+        else:
+            self._deferred_best = (state, epoch)
 
     def _resume(self, path: Path) -> None:
         try:
