@@ -15,8 +15,9 @@ from . import settings
 from .errors import BadInputError, ConfigError, PHError
 from .stores.example_files import ExampleLimits
 from .heads.policy import PathPolicy
-from .heads.jobs import job_status, start_job, stop_job
+from .heads.jobs import job_status, start_group_job, start_job, stop_job
 from .heads.service import LIST_PAGE, HeadRegistry
+from .heads.together import Each
 from .stores import parse_store_url, store_url
 
 _registry: HeadRegistry | None = None
@@ -125,21 +126,42 @@ def train_head(uuid: str, config: dict | str | None = None, config_file: str | N
                                    rebase=rebase))
 
 
+def train_heads(uuids: list, config: dict | str | None = None, config_file: str | None = None,
+                incremental: bool = True, rebase: bool = False, background: bool = False) -> dict:
+    """Train many add-in heads together: one pass of their shared parent per step for all
+    of them, each with its own data, optimizer and result (as its own run would give).
+    Returns {"heads": {uuid: summary or {"error", "message"}}}, or with `background` one
+    job's {"job_id", "uuids", "refused"} (train_status reports each head under "heads";
+    stop_training(job_id, uuid) stops one head's run)."""
+    registry = get_registry()
+    uuids = _as_list(uuids, "uuids")
+    config = _one_config(config, config_file)
+    incremental, rebase = _flag(incremental, "incremental"), _flag(rebase, "rebase")
+    if _flag(background, "background"):
+        return start_group_job(registry, uuids, config, incremental, rebase)
+    each = Each({uuid: registry.training_config(registry.store.read(uuid), config, incremental)
+                 for uuid in dict.fromkeys(uuids)}) if config is not None else None
+    results = registry.train_together(uuids, incremental, rebase, each)
+    return {"heads": {uuid: r.to_dict() if isinstance(r, PHError) else to_plain(r)
+                      for uuid, r in results.items()}}
+
+
 def rebase_addins(parent: str, background: bool = True) -> dict:
     """Move the add-ins on `parent` that are pinned to an older revision onto its current
-    weights: each is trained again (incrementally, on its stored examples and a replay of
-    what the parent knew). Returns {"parent", "revision", "heads": {uuid: job or summary}};
-    a head that cannot start (training already) gets {"error", "message"}."""
+    weights: they are trained again together (train_heads with rebase: incrementally, on
+    their stored examples and a replay of what the parent knew). Returns {"parent",
+    "revision", "heads": {uuid: summary or error}}, or with `background` also "job_id"
+    (one job for all of them; "heads" then says {"job_id"} per head)."""
     registry = get_registry()
-    background = _flag(background, "background")
-    heads: dict[str, Any] = {}
-    for uuid in registry.addins_behind(parent):
-        try:
-            heads[uuid] = start_job(registry, uuid, None, True, False, True) if background \
-                else to_plain(registry.train(uuid, rebase=True))
-        except PHError as exc:
-            heads[uuid] = exc.to_dict()
-    return {"parent": parent, "revision": registry.store.read(parent)["revision"], "heads": heads}
+    behind = registry.addins_behind(parent)
+    out = {"parent": parent, "revision": registry.store.read(parent)["revision"]}
+    if not behind:
+        return {**out, "heads": {}}
+    if _flag(background, "background"):
+        job = start_group_job(registry, behind, None, True, True)
+        heads = {uuid: {"job_id": job["job_id"]} for uuid in job["uuids"]}
+        return {**out, "job_id": job["job_id"], "heads": {**heads, **job["refused"]}}
+    return {**out, **train_heads(behind, incremental=True, rebase=True)}
 
 
 def export_weights(uuid: str, weights_file: str) -> dict:
@@ -153,9 +175,10 @@ def train_status(job_id: str) -> dict:
     return job_status(get_registry().store, job_id)
 
 
-def stop_training(job_id: str) -> dict:
-    """Ask a background training job to stop; the head keeps its previous weights."""
-    return stop_job(get_registry(), job_id)
+def stop_training(job_id: str, uuid: str | None = None) -> dict:
+    """Ask a background training job to stop; the head keeps its previous weights. With
+    `uuid`, only that head's run in a job of train_heads stops; the others go on."""
+    return stop_job(get_registry(), job_id, uuid)
 
 
 def load_weights(uuid: str, weights_file: str | None = None, path: str | None = None) -> dict:
@@ -208,7 +231,7 @@ def head_stats() -> dict:
 
 ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, train_status, stop_training,
            load_weights, get_config, check_head, list_heads, delete_head, head_stats,
-           add_examples, list_examples, delete_examples, rebase_addins, export_weights)
+           add_examples, list_examples, delete_examples, train_heads, rebase_addins, export_weights)
 
 
 def _flag(value: Any, name: str) -> bool:

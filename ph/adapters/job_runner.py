@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 from ..errors import PHError
+from ..heads.jobs import head_stop_flag
 from ..heads.policy import PathPolicy
 from ..heads.service import HeadRegistry
+from ..heads.together import Each
 from ..stores import open_store
 from ..training.trainer import TrainingStopped
 
@@ -68,6 +70,9 @@ def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threadi
                         "dead); stopping", job_id, attempt)
             stop.set()
 
+    if job.get("uuids"):
+        _run_group(registry, job, attempt, stop, asked_to_stop)
+        return _record_end(store, job, attempt)
     try:
         if asked_to_stop:
             raise TrainingStopped("the job was stopped before it started; the head keeps its "
@@ -81,12 +86,76 @@ def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threadi
                    else "failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001  (report anything; the head is untouched)
         job.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+    return _record_end(store, job, attempt)
+
+
+def _record_end(store, job: dict, attempt: int) -> int:
     job["ended"] = time.time()
     if not store.write_job(job, expect_attempt=attempt):
         log.warning("job %s attempt %d ended %s, but it was ended elsewhere first",
-                    job_id, attempt, job["state"])
-    store.clear_stop(job_id)
+                    job["id"], attempt, job["state"])
+    store.clear_stop(job["id"])
+    for uuid in job.get("uuids", ()):
+        store.clear_stop(head_stop_flag(job["id"], uuid))
     return 0 if job["state"] == "succeeded" else 1
+
+
+def _run_group(registry: HeadRegistry, job: dict, attempt: int, stop: threading.Event,
+               asked_to_stop: bool) -> None:
+    """A group job (start_group_job): its heads train together, each reported under
+    job["heads"]; the job succeeded if at least one head did (the others say why not)."""
+    store, heads = registry.store, job["heads"]
+    stops = {uuid: threading.Event() for uuid in job["uuids"]}
+    if asked_to_stop:
+        for event in stops.values():
+            event.set()
+    watched = threading.Event()
+    threading.Thread(target=_watch_heads, args=(store, job["id"], stop, stops, watched),
+                     daemon=True).start()
+    lock = threading.Lock()
+
+    def on_epoch(uuid: str, record: dict) -> None:
+        with lock:
+            heads[uuid].update(state="running", epoch=record["epoch"], metrics=record)
+            job["epoch"] = max(h["epoch"] for h in heads.values())
+            if not store.write_job(job, expect_attempt=attempt):
+                log.warning("group job %s was ended elsewhere; stopping", job["id"])
+                stop.set()
+                for event in stops.values():
+                    event.set()
+
+    try:
+        results = registry.train_together(job["uuids"], job["incremental"], job["rebase"],
+                                          Each(job["configs"], stops, on_epoch, job["id"]))
+    except Exception as exc:  # noqa: BLE001  (a failure of the group as a whole)
+        results = {uuid: exc for uuid in job["uuids"]}
+    finally:
+        watched.set()
+    for uuid, result in results.items():
+        if isinstance(result, BaseException):
+            stopped = stops[uuid].is_set() or isinstance(result, TrainingStopped)
+            heads[uuid].update(state="stopped" if stopped else "failed", error=str(result))
+        else:
+            heads[uuid].update(state="succeeded", summary=result)
+    states = [h["state"] for h in heads.values()]
+    failed = {u: h["error"] for u, h in heads.items() if h["state"] != "succeeded"}
+    job["state"] = ("succeeded" if "succeeded" in states else
+                    "stopped" if all(st == "stopped" for st in states) else "failed")
+    job["summary"] = {"succeeded": states.count("succeeded"), "heads": len(states)}
+    job["error"] = (f"{len(failed)} of {len(states)} heads did not train: " + "; ".join(
+        f"{u}: {e}" for u, e in list(failed.items())[:5])) if failed else None
+
+
+def _watch_heads(store, job_id: str, stop: threading.Event, stops: dict,
+                 done: threading.Event) -> None:
+    """A group job's per-head stop flags (the job's own flag stops every head)."""
+    while not done.wait(0.5):
+        try:
+            for uuid, event in stops.items():
+                if stop.is_set() or store.stop_requested(head_stop_flag(job_id, uuid)):
+                    event.set()
+        except Exception as exc:  # noqa: BLE001  (the store is away a moment)
+            log.warning("job %s: %s", job_id, exc)
 
 
 def yield_cpu_to_serving(niceness: int = JOB_NICENESS) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import settings
-from ..errors import NotFoundError, PHError
+from ..errors import BadInputError, NotFoundError, PHError
 from ..stores import check_uuid, new_uuid
 from ..stores.base import ACTIVE, Store
 from ..stores.job_queue import queue_for
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 
 FIELDS = ("id", "uuid", "state", "epoch", "epochs", "metrics", "error", "summary", "created",
           "started", "ended")
+GROUP_FIELDS = ("uuids", "heads")  # a group job's (start_group_job)
+
+
+def head_stop_flag(job_id: str, uuid: str) -> str:
+    """The stop flag of one head's run in a group job."""
+    return f"{job_id}.{uuid}"
 
 
 def start_job(registry: "HeadRegistry", uuid: str, config=None, auto_update: bool = True,
@@ -39,37 +45,92 @@ def start_job(registry: "HeadRegistry", uuid: str, config=None, auto_update: boo
 
     The job trains on the head's stored examples as a foreground run would (they are
     read when the job starts training, so examples added until then are included)."""
-    store = registry.store
-    record = store.read(check_uuid(uuid))
+    record = registry.store.read(check_uuid(uuid))
     full = registry.training_config(record, config, incremental)
-    policy = registry.policy
-    job = {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
-           "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
-           "rebase": bool(rebase), "epoch": 0,
-           "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
-           "summary": None, "pid": None, "attempt": 1,
-           "retries": job_retries() if store.can_resend_jobs else 0,
-           "queue": queue_for(full),
-           "policy": {"roots": (None if policy.allowed_roots is None
-                                else [str(r) for r in policy.allowed_roots]),
-                      "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
+    job = _new_job(registry, uuid, full, auto_update, incremental, rebase)
     registry.accept_job(record, job)  # 409 if the head is training; from here the job owns it
+    return _dispatch(registry.store, job)
+
+
+def start_group_job(registry: "HeadRegistry", uuids: list[str], config=None,
+                    incremental: bool = True, rebase: bool = False) -> dict:
+    """One background job that trains many add-in heads together (ph.heads.together:
+    one parent pass per step for all of them). Each head is accepted as by start_job; a
+    head that cannot be (busy, not an add-in, bad config) is left out with its error in
+    `refused`. The job reports each head's state, epoch and outcome under `heads`, and
+    stop_training(job_id, uuid) stops one head's run alone."""
+    job, refused = None, {}
+    for uuid in dict.fromkeys(uuids):
+        try:
+            record = registry.store.read(check_uuid(uuid))
+            if not record.get("addin"):
+                raise BadInputError(f"head '{uuid}' is not an add-in; train it with train_head")
+            full = registry.training_config(record, config, incremental)
+            if job is None:
+                job = _new_job(registry, uuid, full, True, incremental, rebase)
+                job.update(uuids=[], configs={}, heads={})
+            job["uuids"].append(uuid)
+            job["configs"][uuid] = full
+            job["heads"][uuid] = {"state": "queued", "epoch": 0, "metrics": None,
+                                  "error": None, "summary": None}
+            try:
+                registry.accept_job(record, job)
+            except PHError:
+                job["uuids"].pop()
+                del job["configs"][uuid], job["heads"][uuid]
+                raise
+        except PHError as exc:
+            refused[uuid] = exc.to_dict()
+    if job is None or not job["uuids"]:
+        raise BadInputError("uuids: no head could start training: " + "; ".join(
+            f"{u}: {e['message']}" for u, e in refused.items()) if refused else
+            "uuids: give a list of add-in heads' uuids")
+    job["uuid"] = job["uuids"][0]
+    registry.store.write_job(job)
+    return {**_dispatch(registry.store, job), "uuids": job["uuids"], "refused": refused}
+
+
+def _new_job(registry: "HeadRegistry", uuid: str, full: dict, auto_update: bool,
+             incremental: bool, rebase: bool) -> dict:
+    policy = registry.policy
+    return {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
+            "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
+            "rebase": bool(rebase), "epoch": 0,
+            "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
+            "summary": None, "pid": None, "attempt": 1,
+            "retries": job_retries() if registry.store.can_resend_jobs else 0,
+            "queue": queue_for(full),
+            "policy": {"roots": (None if policy.allowed_roots is None
+                                 else [str(r) for r in policy.allowed_roots]),
+                       "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
+
+
+def _dispatch(store: Store, job: dict) -> dict:
     try:
         where = store.dispatch_job(job)
     except PHError as exc:  # it says what could not be started or queued
         job.update(state="failed", error=str(exc))
         store.write_job(job)
         raise
-    return {"job_id": job["id"], "uuid": uuid, "state": "queued", **where}
+    return {"job_id": job["id"], "uuid": job["uuid"], "state": "queued", **where}
 
 
-def stop_job(registry: "HeadRegistry", job_id: str) -> dict:
-    """Ask a job to stop (queued or running); the head keeps its previous weights.
+def stop_job(registry: "HeadRegistry", job_id: str, uuid: str | None = None) -> dict:
+    """Ask a job to stop (queued or running); the head keeps its previous weights. With
+    `uuid`, only that head's run of a group job (start_group_job) stops.
 
     A flag in the store, not a signal: the job checks it twice a second, so no process
     id (which the system may have reused) is ever signalled."""
     store = registry.store
     job = store.read_job(job_id)
+    if uuid is not None:
+        if uuid not in job.get("uuids", [job["uuid"]]):
+            raise BadInputError(f"uuid: head '{uuid}' is not trained by job {job_id}; its heads "
+                                f"are {', '.join(job.get('uuids', [job['uuid']]))}")
+        if job.get("uuids"):
+            if job["state"] in ACTIVE:
+                store.request_stop(head_stop_flag(job_id, uuid))
+            return job_status(store, job_id)
     if job["state"] in ACTIVE:
         store.request_stop(job_id)
         if job["state"] == "queued" and store.withdraw_queued(job_id, job.get("attempt", 1)):
@@ -109,7 +170,7 @@ def job_status(store: Store, job_id: str) -> dict:
                              "the head keeps its previous weights")
             store.write_job(job, expect_attempt=attempt)
         job = store.read_job(job_id)
-    return {k: job.get(k) for k in FIELDS}
+    return {k: job.get(k) for k in FIELDS + (GROUP_FIELDS if job.get("uuids") else ())}
 
 
 def is_active(store: Store, job_id: str) -> bool:

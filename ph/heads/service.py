@@ -27,7 +27,7 @@ from ..stores import check_uuid, open_store
 from ..stores.example_files import ExampleLimits
 from ..stores.fileio import atomic_torch_save
 from .addin_heads import addin_spec
-from .together import train_together
+from .together import Each, train_together
 from .cache import LoadedHead
 from .examples import HeadExamples
 from .lifecycle import LIST_PAGE, Lifecycle
@@ -210,10 +210,11 @@ class HeadRegistry:
         return behind
 
     def train_together(self, uuids: list[str], incremental: bool = True,
-                       rebase: bool = False) -> dict[str, Any]:
+                       rebase: bool = False, each: Each | None = None) -> dict[str, Any]:
         """Train many add-in heads at once, one parent pass per step for all of them (see
-        ph.heads.together); uuid -> summary, or the PHError that ended that head's run."""
-        return train_together(self.runs, uuids, incremental, rebase)
+        ph.heads.together); uuid -> summary, or the PHError that ended that head's run.
+        `each`: per head configs, stop events and epoch callback (a group job's)."""
+        return train_together(self.runs, uuids, incremental, rebase, each=each)
 
     def export_weights(self, uuid: str, weights_file: str) -> dict:
         """Write the head's weights as a plain state dict of its model's architecture (an

@@ -10,9 +10,12 @@ the others go on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
-from typing import Any
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 
@@ -25,11 +28,25 @@ from .addin_heads import addin_spec
 from .runs import Run, TrainingRuns
 
 log = logging.getLogger("ph.registry")
+MAX_TOGETHER = 128
+
+
+@dataclass
+class Each:
+    """Per head of a group run: its validated config (else the stored one), its stop
+    event and its epoch callback (a background group job's)."""
+
+    configs: dict[str, dict] = field(default_factory=dict)
+    stops: dict[str, threading.Event] = field(default_factory=dict)
+    on_epoch: Callable[[str, dict], None] | None = None
+    job_id: str | None = None
 
 
 def train_together(runs: TrainingRuns, uuids: list[str], incremental: bool = True,
-                   rebase: bool = False, auto_update: bool = True) -> dict[str, Any]:
+                   rebase: bool = False, auto_update: bool = True,
+                   each: Each | None = None) -> dict[str, Any]:
     """uuid -> its run's summary, or the PHError that ended it (see the module doc)."""
+    each = each or Each()
     results: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         prepared: list[Run] = []
@@ -38,8 +55,8 @@ def train_together(runs: TrainingRuns, uuids: list[str], incremental: bool = Tru
                 record = runs.store.read(uuid)
                 if not record.get("addin"):
                     raise BadInputError(f"head '{uuid}' is not an add-in; train it with train_head")
-                config = runs.training_config(record, None, incremental)
-                stack.enter_context(runs.guard.training(uuid, None))
+                config = each.configs.get(uuid) or runs.training_config(record, None, incremental)
+                stack.enter_context(runs.guard.training(uuid, each.job_id))
                 run = runs.prepare_run(uuid, config, incremental, rebase)
             except Exception as exc:  # noqa: BLE001  (this head's own failure)
                 results[uuid] = as_ph_error(exc, f"training head '{uuid}'")
@@ -49,12 +66,13 @@ def train_together(runs: TrainingRuns, uuids: list[str], incremental: bool = Tru
             else:
                 prepared.append(run)
         for group in _groups(prepared):
-            results.update(_fit_group(runs, group, auto_update))
+            results.update(_fit_group(runs, group, auto_update, each))
     return {uuid: results[uuid] for uuid in dict.fromkeys(uuids)}
 
 
 def _groups(prepared: list[Run]) -> list[list[Run]]:
-    """Runs that can share a parent pass: same parent weights, model and add-in layout."""
+    """Runs that can share a parent pass: same parent weights, model and add-in layout
+    (at most MAX_TOGETHER in one lockstep: each run has a thread)."""
     groups: dict[tuple, list[Run]] = {}
     for run in prepared:
         base = run.start.base
@@ -63,10 +81,12 @@ def _groups(prepared: list[Run]) -> list[list[Run]]:
                spec.layout(), json.dumps(run.config["Model"], sort_keys=True),
                run.config["Trainer"]["n_gpu"])
         groups.setdefault(key, []).append(run)
-    return list(groups.values())
+    return [group[i:i + MAX_TOGETHER] for group in groups.values()
+            for i in range(0, len(group), MAX_TOGETHER)]
 
 
-def _fit_group(runs: TrainingRuns, group: list[Run], auto_update: bool) -> dict[str, Any]:
+def _fit_group(runs: TrainingRuns, group: list[Run], auto_update: bool,
+               each: Each) -> dict[str, Any]:
     first = group[0]
     frozen = FrozenBase(make_model(first.config, first.code, first.start.base.state),
                         first.config["Model"].get("args") or {})
@@ -76,8 +96,10 @@ def _fit_group(runs: TrainingRuns, group: list[Run], auto_update: bool) -> dict[
         for run in group:
             try:
                 model = runs._model(run.start, run.code, run.config, frozen)
+                on_epoch = functools.partial(each.on_epoch, run.uuid) if each.on_epoch else None
                 trainers.append(prepare_training(run.config, model, runs.data_context(run),
                                                  run.uuid, runs.policy.resolve,
+                                                 each.stops.get(run.uuid), on_epoch,
                                                  trainer_class=LockstepTrainer))
                 kept.append(run)
             except Exception as exc:  # noqa: BLE001
