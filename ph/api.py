@@ -139,9 +139,7 @@ def train_heads(uuids: list, config: dict | str | None = None, config_file: str 
     incremental, rebase = _flag(incremental, "incremental"), _flag(rebase, "rebase")
     if _flag(background, "background"):
         return start_group_job(registry, uuids, config, incremental, rebase)
-    each = Each({uuid: registry.training_config(registry.store.read(uuid), config, incremental)
-                 for uuid in dict.fromkeys(uuids)}) if config is not None else None
-    results = registry.train_together(uuids, incremental, rebase, each)
+    results = registry.train_together(uuids, incremental, rebase, Each(config=config))
     return {"heads": {uuid: r.to_dict() if isinstance(r, PHError) else to_plain(r)
                       for uuid, r in results.items()}}
 

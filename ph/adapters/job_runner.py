@@ -126,7 +126,7 @@ def _run_group(registry: HeadRegistry, job: dict, attempt: int, stop: threading.
 
     try:
         results = registry.train_together(job["uuids"], job["incremental"], job["rebase"],
-                                          Each(job["configs"], stops, on_epoch, job["id"]))
+                                          Each(job["configs"], None, stops, on_epoch, job["id"]))
     except Exception as exc:  # noqa: BLE001  (a failure of the group as a whole)
         results = {uuid: exc for uuid in job["uuids"]}
     finally:

@@ -7,15 +7,17 @@ Why here and not in the store: the checks need the head's model and pre-processo
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from numbers import Number
 from typing import Any, Mapping
 
 from ..training.data import parse_records
-from ..errors import BadInputError, ConfigError, ConflictError, TooLargeError
+from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError, TooLargeError
 from ..stores import check_uuid
 from ..stores.example_files import ExampleLimits, LogSummary, label_kind
+from .children import follows_parent
 from .loader import HeadLoader
 from .runs import TrainingGuard
 
@@ -48,13 +50,23 @@ class HeadExamples:
                 current = self.store.read(uuid)
                 if current["created"] == record["created"]:
                     stored = self.store.examples(uuid)
-                    facts = HeadFacts.of(uuid, current["config"], current.get("labels"),
+                    facts = HeadFacts.of(uuid, current["config"], self._labels(current),
                                          preprocessor)
                     rows = check_examples(examples, facts, stored.summary(), self.limits)
                     return stored.append(rows).count
             record = current
         raise ConflictError(f"head '{uuid}' was replaced again and again while the examples were "
                             "checked; call add_examples again")
+
+    def _labels(self, record: dict) -> list | None:
+        """The label map the head's next training starts from: its parent's while it
+        follows its parent (an untrained child or add-in), else its own."""
+        parent = follows_parent(record)
+        if parent is None:
+            return record.get("labels")
+        with contextlib.suppress(NotFoundError):
+            return self.store.read(parent).get("labels")
+        return None
 
     def list(self, uuid: str, offset: int = 0, limit: int = 100) -> list[dict]:
         self.store.signature(check_uuid(uuid))  # raises if the head does not exist

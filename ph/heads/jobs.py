@@ -168,6 +168,9 @@ def job_status(store: Store, job_id: str) -> dict:
             job.update(state="failed", ended=time.time(),
                        error="the training process ended without finishing (killed or crashed); "
                              "the head keeps its previous weights")
+            for head in job.get("heads", {}).values():  # a group job's unfinished heads
+                if head["state"] in ACTIVE:
+                    head.update(state="failed", error=job["error"])
             store.write_job(job, expect_attempt=attempt)
         job = store.read_job(job_id)
     return {k: job.get(k) for k in FIELDS + (GROUP_FIELDS if job.get("uuids") else ())}

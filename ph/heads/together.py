@@ -33,10 +33,12 @@ MAX_TOGETHER = 128
 
 @dataclass
 class Each:
-    """Per head of a group run: its validated config (else the stored one), its stop
-    event and its epoch callback (a background group job's)."""
+    """Per head of a group run: its validated config (else its stored one with the
+    caller's `config` merged in), its stop event and its epoch callback (a background
+    group job's)."""
 
     configs: dict[str, dict] = field(default_factory=dict)
+    config: Any = None
     stops: dict[str, threading.Event] = field(default_factory=dict)
     on_epoch: Callable[[str, dict], None] | None = None
     job_id: str | None = None
@@ -55,7 +57,7 @@ def train_together(runs: TrainingRuns, uuids: list[str], incremental: bool = Tru
                 record = runs.store.read(uuid)
                 if not record.get("addin"):
                     raise BadInputError(f"head '{uuid}' is not an add-in; train it with train_head")
-                config = each.configs.get(uuid) or runs.training_config(record, None, incremental)
+                config = each.configs.get(uuid) or runs.training_config(record, each.config, incremental)
                 stack.enter_context(runs.guard.training(uuid, each.job_id))
                 run = runs.prepare_run(uuid, config, incremental, rebase)
             except Exception as exc:  # noqa: BLE001  (this head's own failure)
