@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import BadInputError, PHError, as_ph_error
-from ..modeling.addins import FrozenBase
+from ..modeling.addins import FrozenBase, joint_addin_forward
 from ..modeling.engine import make_model
 from ..training.together import LockstepTrainer, fit_together
 from ..training.trainer import prepare_training
@@ -106,7 +106,7 @@ def _fit_group(runs: TrainingRuns, group: list[Run], auto_update: bool,
                 kept.append(run)
             except Exception as exc:  # noqa: BLE001
                 results[run.uuid] = as_ph_error(exc, f"training head '{run.uuid}'")
-    for run, outcome in zip(kept, fit_together(trainers)):
+    for run, outcome in zip(kept, fit_together(trainers, joint_addin_forward)):
         try:
             if isinstance(outcome, BaseException):
                 raise outcome

@@ -362,6 +362,20 @@ def merged_state(spec: AddinSpec, base_state: Mapping[str, torch.Tensor],
     return state
 
 
+def joint_addin_forward(models: list["AddinModel"]):
+    """`joint(users, x, counts)` for a lockstep training (ph.training.together): the
+    users' add-ins stacked over one pass of their shared parent, each user's run of
+    rows multiplied by its own add-in (UserRuns)."""
+    base, spec, names = models[0].base, models[0].spec, models[0].names
+
+    def joint(users: list[int], x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        stacked = {n: torch.stack([models[i].deltas[k] for i in users])
+                   for k, n in enumerate(names)}
+        runs = UserRuns.of(counts, x.device)
+        return base(x, lambda name, x_in, y: apply_addin(spec, stacked, runs, name, x_in, y))
+    return joint
+
+
 # --- the frozen parent and a trainable add-in over it -----------------------------------------
 
 _active = threading.local()  # the hook of the forward pass running in this thread

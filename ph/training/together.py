@@ -1,15 +1,16 @@
-"""Many users' add-in trainings at once, in lockstep: each round, one pass of the shared
-parent forward and backward over every user's batch.
+"""Many users' trainings at once, in lockstep: each round, one joint forward and backward
+over every user's batch (for add-ins: one pass of their shared parent).
 
 Each user keeps its own Trainer (its data, optimizer, schedule, validation, early stop,
-checkpoints), running in a thread of its own. Only its training step is shared: a step
-waits until every running user has a batch ready (or has finished), then one thread
-runs the round: the users' add-ins are stacked, the parent runs once over all rows with
-each row's own correction (apply_addin, gathered by user), and the sum of the users'
-losses is backpropagated. A user's loss depends on its own add-in alone, so each user's
-gradient is the gradient its own run would get, and its own optimizer steps it: with the
-same seed a user's result equals its run alone up to float rounding (the batches come
-from seeded generators, so no global random state is shared).
+checkpoints), running in a thread of its own. Only its steps are shared: a step waits
+until every running user has a batch ready (or has finished), then one thread runs the
+round: `joint(users, x, counts)` computes every user's rows with that user's own model
+(ph.modeling.addins.joint_addin_forward stacks the users' add-ins over one parent
+pass), and the sum of the users' losses is backpropagated. A user's loss depends on its
+own parameters alone, so each user's gradient is the gradient its own run would get,
+and its own optimizer steps it: with the same seed a user's result equals its run alone
+up to float rounding (the batches come from seeded generators, so no global random state
+is shared).
 
 A user whose step fails alone (a non-finite loss, a stop) leaves the round; a round
 that fails as a whole is run again user by user, so one user's bad data never fails
@@ -21,17 +22,20 @@ import threading
 from typing import Callable
 
 import torch
+from torch import nn
 
-from ..modeling.addins import AddinModel, UserRuns, apply_addin
 from .trainer import Trainer, fit
 
 
-class Lockstep:
-    """The shared step of `models` (AddinModels over one FrozenBase, one AddinSpec)."""
+Joint = Callable[[list[int], torch.Tensor, list[int]], torch.Tensor]
 
-    def __init__(self, models: list[AddinModel]):
-        self.models = models
-        self.base, self.spec = models[0].base, models[0].spec
+
+class Lockstep:
+    """The shared step of `models`: `joint(users, x, counts)` is the output of
+    models[users[k]] on the k-th run of counts[k] rows of x, for every k at once."""
+
+    def __init__(self, models: list[nn.Module], joint: Joint):
+        self.models, self.joint = models, joint
         self._cond = threading.Condition()
         self._waiting: dict[int, tuple] = {}
         self._results: dict[int, object] = {}
@@ -78,21 +82,16 @@ class Lockstep:
             return self._together(users, batch)
         except Exception:  # noqa: BLE001  (one user's input spoils the round: run each alone)
             for i in users:
-                for p in self.models[i].deltas:
+                for p in self.models[i].parameters():
                     p.grad = None
             return {i: self._alone(i, batch[i]) for i in users}
 
     def _together(self, users: list[int], batch: dict[int, tuple]) -> dict[int, object]:
-        names = self.models[users[0]].names
-        stacked = {n: torch.stack([self.models[i].deltas[k] for i in users])
-                   for k, n in enumerate(names)}
         counts = [len(batch[i][0]) for i in users]
         x = torch.cat([batch[i][0] for i in users])
-        rows = UserRuns.of(counts, x.device)
-        spec = self.spec
         training = [i for i in users if batch[i][2] is not None]
         with torch.set_grad_enabled(bool(training)):  # the round runs in any user's thread
-            out = self.base(x, lambda name, x_in, y: apply_addin(spec, stacked, rows, name, x_in, y))
+            out = self.joint(users, x, counts)
             outputs = dict(zip(users, torch.split(out, counts)))
             losses = {i: batch[i][2](outputs[i], batch[i][1]) for i in training}
             if losses:
@@ -132,10 +131,12 @@ class LockstepTrainer(Trainer):
         return self.lockstep.step(self.index, x, None, None)[1]
 
 
-def fit_together(trainers: list[LockstepTrainer]) -> list[tuple | BaseException]:
-    """Fit prepared LockstepTrainers (their models AddinModels over one parent) at once;
+def fit_together(trainers: list[LockstepTrainer],
+                 joint_of: Callable[[list[nn.Module]], Joint]) -> list[tuple | BaseException]:
+    """Fit prepared LockstepTrainers at once, `joint_of(their models)` computing a round;
     per trainer, fit's (summary, best weights, labels) or the exception that ended it."""
-    lockstep = Lockstep([t.model for t in trainers])
+    models = [t.model for t in trainers]
+    lockstep = Lockstep(models, joint_of(models))
     for i, trainer in enumerate(trainers):
         trainer.lockstep, trainer.index = lockstep, i
     results: list = [None] * len(trainers)
