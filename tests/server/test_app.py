@@ -30,7 +30,10 @@ def server(tmp_path_factory):
 def test_spec_lists_every_action_with_its_parameters(server):
     spec = requests.get(server + "/jaseci_actions_spec/", timeout=10).json()
     assert spec["ph.predict"] == ["uuid", "data"]
-    assert spec["ph.create_head"] == ["uuid", "config", "config_file", "replace", "parent"]
+    assert spec["ph.create_head"] == ["uuid", "config", "config_file", "replace", "parent",
+                                      "addin"]
+    assert spec["ph.train_heads"][0] == "uuids" and spec["ph.rebase_addins"] == ["parent",
+                                                                                "background"]
     assert spec["ph.train_head"][:2] == ["uuid", "config"]
     assert {"ph.create_head_list", "ph.create_head", "ph.load_weights", "ph.get_config",
             "ph.check_head", "ph.list_heads", "ph.delete_head", "ph.train_status"} <= set(spec)
@@ -243,3 +246,32 @@ def test_training_on_stored_examples_needs_only_the_checkpoint_folder_and_big_bo
         assert "limit of 20000 bytes" in body["message"] and "--max-body-bytes" in body["message"]
         assert post(url, "check_head", uuid="u").json()["examples"] == 4
     assert (saved / "models").is_dir()
+
+
+def test_addin_users_train_together_and_answer_over_http(tmp_path):
+    saved = tmp_path / "saved"
+    users = ["ann", "ben", "cat"]
+    texts = ["book a table for two", "play some jazz", "is it sunny"]
+    with ph_server(tmp_path, "--allow-path", str(saved)) as url:
+        post(url, "create_head", uuid="shared", config=SMALL)
+        post(url, "add_examples", uuid="shared", examples={
+            "music": ["play jazz", "put on some rock", "play a song"],
+            "weather": ["is it sunny", "will it rain", "weather today"]})
+        assert post(url, "train_head", uuid="shared").json()["revision"] == 1
+        bad = post(url, "create_head", uuid="bad", parent="shared",
+                   addin={"type": "lora", "args": {"rank": 0, "target": ["fc"]}})
+        assert bad.status_code == 400 and "addin.args.rank" in bad.json()["message"] \
+            and "addin.args.target: unknown argument (did you mean 'targets'?)" in bad.json()["message"]
+        for i, uid in enumerate(users):
+            assert post(url, "create_head", uuid=uid, parent="shared", addin="lora").json() == uid
+            post(url, "add_examples", uuid=uid,
+                 examples={"restaurant": [f"book a table for {i + k}" for k in range(3)]})
+        trained = post(url, "train_heads", uuids=users).json()["heads"]
+        assert all(trained[u]["updated"] and trained[u]["trained_with"] == 3 for u in users)
+        together = post(url, "predict_many", requests=[[u, texts] for u in users]).json()
+        assert together == [post(url, "predict", uuid=u, data=texts).json() for u in users]
+        assert post(url, "check_head", uuid="ann").json()["addin"]["parent_revision"] == 1
+        outside = post(url, "export_weights", uuid="ann", weights_file=str(tmp_path / "x.pt"))
+        assert outside.status_code == 403 and "outside the folders" in outside.json()["message"]
+        exported = post(url, "export_weights", uuid="ann", weights_file=str(saved / "ann.pt"))
+        assert exported.status_code == 200 and (saved / "ann.pt").is_file()
