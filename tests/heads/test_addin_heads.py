@@ -379,3 +379,27 @@ def test_an_interrupted_addin_run_leaves_the_addin_and_its_parent_as_they_were(s
         assert same_answers(shared.predict(uid, TEXTS), answers, atol=0)
     assert not shared.check_head("u")["training"]
     assert shared.train("u", incremental=True)["updated"]  # the training lock was let go
+
+
+def test_an_addin_run_resumes_from_its_own_checkpoint(shared):
+    loop = {"epochs": 4, "save_period": 1, "early_stop": 0}
+    shared.create_head("u", {"Trainer": {"trainer": loop}}, parent="shared", addin="lora")
+    shared.add_examples("u", GREETINGS)
+    first = shared.train("u", incremental=True, auto_update=False)
+    checkpoint = first["weights"].replace("best_model.pt", "checkpoint-epoch2.pt")
+    assert torch.load(checkpoint, weights_only=True)["state_dict"].keys() \
+        == weights_of_addin_keys(shared, "u")
+    resumed = shared.train("u", {"Trainer": {"trainer": {"resume": checkpoint}}},
+                           incremental=True)
+    assert resumed["epochs_run"] == 2 and resumed["last_epoch"] == 4 and resumed["updated"]
+    assert same_weights(weights(shared, "shared"), shared.store.load_snapshot(
+        shared.store.read("u")["base"]))
+
+
+def weights_of_addin_keys(registry, uid) -> set:
+    """The names of an add-in's tensors (its checkpoint holds these, not the parent's)."""
+    from ph.heads.addin_heads import addin_spec
+    from ph.modeling.addins import addin_shapes
+    record = registry.store.read(uid)
+    return set(addin_shapes(addin_spec(record["config"], record["addin"],
+                                       registry.runs.sources.code_of(record))))
