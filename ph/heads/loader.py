@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import NotFoundError, PHError
 from ..modeling.addin_bank import AddinBank, AddinEngine
 from ..modeling.addins import FrozenBase
+from ..modeling.encoders import encoder_bytes
 from ..modeling.engine import DTYPES, build_engine, build_processors, make_model, resolve_device
 from ..modeling.stacked import HeadBank
 from ..stores import check_uuid
@@ -35,7 +36,8 @@ class HeadLoader:
     def __init__(self, store, sources: ConfigSources, memory_budget: int | None = None):
         self.store = store
         self.sources = sources
-        self.cache = HeadCache(memory_budget, on_evict=self._release_slot)
+        self.cache = HeadCache(memory_budget, on_evict=self._release_slot,
+                               shared_bytes=encoder_bytes)
         self.banks: dict[tuple, HeadBank] = {}
         self.follows = FollowMap()  # untrained children seen here -> their parents
         self._banks_lock = threading.Lock()

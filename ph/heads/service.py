@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..errors import NotFoundError, as_ph_error
 from ..modeling.addins import merged_state
+from ..modeling.encoders import encoder_stats
 from ..modeling.stacked import answer_many
 from ..stores import check_uuid, open_store
 from ..stores.example_files import ExampleLimits
@@ -236,4 +237,5 @@ class HeadRegistry:
         self.store.close()
 
     def stats(self) -> dict:
-        return {"heads_dir": str(self.store.root), **self.cache.stats()}
+        return {"heads_dir": str(self.store.root), **self.cache.stats(),
+                "encoders": encoder_stats()}

@@ -29,11 +29,13 @@ import torch
 from .. import settings
 from ..config.components import ComponentRegistry, bind, construct
 from ..errors import ConfigError, did_you_mean
+from .embedding_cache import EmbeddingCache
 
 log = logging.getLogger("ph.encoders")
 ENCODERS = ComponentRegistry("text encoder")
 ARGS = "Inference.preprocess.args.encoder_args"
 _WORD = re.compile(r"\w+", re.UNICODE)
+BACKENDS = ("torch", "onnx")
 WORD_CACHE_SIZE = 20_000  # words whose hashed features are kept (at most ~40 MB)
 
 
@@ -175,10 +177,17 @@ class SentenceTransformersEncoder:
     shared = True
 
     def __init__(self, model: str = "all-MiniLM-L6-v2", device: str = "cpu",
-                 batch_size: int = 64):
+                 batch_size: int = 64, backend: str = "torch", quantize: str = "none"):
         if not isinstance(model, str) or not model:
             raise ConfigError(f"{ARGS}.model: name a model ({', '.join(PACKAGED_MODELS)}) or give "
                               f"the path of a local sentence-transformers model folder; got {model!r}")
+        if backend not in BACKENDS:
+            raise ConfigError(f"{ARGS}.backend: {backend!r} is not a backend"
+                              f"{did_you_mean(str(backend), BACKENDS)}; use one of "
+                              f"{', '.join(BACKENDS)}")
+        from .onnx_encoder import check_quantize
+        if check_quantize(quantize) != "none" and backend != "onnx":
+            raise ConfigError(f"{ARGS}.quantize: {quantize} needs backend: onnx")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
@@ -188,19 +197,46 @@ class SentenceTransformersEncoder:
                               f"the sentence-transformers package ({exc}); {INSTALL_HINT}, or use "
                               "encoder: hashing") from None
         folder = self.locate(model)
+        self.name, self.batch_size, self.backend, self.quantize = model, batch_size, backend, quantize
+        self.device = _device(device)
+        if backend == "onnx" and self.device == "cpu":
+            self.model, self.dim, self.nbytes = self._onnx(folder, model, quantize)
+        else:  # torch, or onnx asked for on a GPU: the torch model runs there
+            self.model = self._torch(SentenceTransformer, folder, model)
+            self.dim = int(self.model.get_sentence_embedding_dimension())
+            self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.cache = EmbeddingCache(settings.value("PH_EMBEDDING_CACHE_BYTES"))
+        self._lock = threading.Lock()
+
+    def _torch(self, loader, folder: Path, model: str):
         try:
-            self.model = SentenceTransformer(str(folder), device=_device(device),
-                                             local_files_only=True)
+            loaded = loader(str(folder), device=self.device, local_files_only=True)
         except Exception as exc:
             raise ConfigError(f"{ARGS}.model: cannot load '{model}' from {folder} "
                               f"({type(exc).__name__}: {str(exc)[:300]}); give a folder saved by "
                               "SentenceTransformer.save()") from None
-        self.model.eval()
-        for param in self.model.parameters():
+        loaded.eval()
+        for param in loaded.parameters():
             param.requires_grad_(False)
-        self.name, self.batch_size = model, batch_size
-        self.dim = int(self.model.get_sentence_embedding_dimension())
-        self._lock = threading.Lock()
+        return loaded
+
+    @staticmethod
+    def _onnx(folder: Path, model: str, quantize: str):
+        from .onnx_encoder import OnnxSentenceModel, exported_model, pooling_dim
+        dim = pooling_dim(folder)
+        runner = OnnxSentenceModel(folder, exported_model(folder, model, quantize),
+                                   torch.get_num_threads())
+        return runner, dim, runner.nbytes
+
+    def stats(self) -> dict:
+        """For head_stats: which model and backend, its bytes, its embedding cache."""
+        return {"model": self.name, "backend": self.backend, "quantize": self.quantize,
+                "device": self.device, "bytes": self.nbytes, "cache": self.cache.stats()}
+
+    @property
+    def bytes_held(self) -> int:
+        """The encoder's and its embedding cache's bytes (counted in the memory budget)."""
+        return self.nbytes + self.cache.bytes
 
     @staticmethod
     def locate(model: str) -> Path:
@@ -222,9 +258,15 @@ class SentenceTransformersEncoder:
         return folder
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        """[len(texts), dim] float32 on the CPU (the engine moves it to the head's device)."""
+        """[len(texts), dim] float32 on the CPU (the engine moves it to the head's device);
+        texts seen before come from the embedding cache."""
+        return self.cache.encode(list(texts), self._encode)
+
+    def _encode(self, texts: list[str]) -> torch.Tensor:
         with self._lock, torch.inference_mode():
-            out = self.model.encode(list(texts), batch_size=self.batch_size,
+            if self.backend == "onnx" and self.device == "cpu":
+                return self.model.encode(texts, self.batch_size)
+            out = self.model.encode(texts, batch_size=self.batch_size,
                                     convert_to_tensor=True, show_progress_bar=False)
         return out.detach().to("cpu", torch.float32)
 
@@ -291,6 +333,16 @@ def loaded_encoders() -> dict[tuple, Any]:
     """The shared encoders this process holds, by (name, args as JSON)."""
     with _shared_lock:
         return dict(_shared)
+
+
+def encoder_bytes() -> int:
+    """Memory of the shared encoders this process holds, with their embedding caches."""
+    return sum(getattr(e, "bytes_held", 0) for e in loaded_encoders().values())
+
+
+def encoder_stats() -> list[dict]:
+    """head_stats' `encoders`: each shared encoder's model, backend, bytes and cache."""
+    return [e.stats() for e in loaded_encoders().values() if hasattr(e, "stats")]
 
 
 def encoder_dim(name: Any, args: Any) -> int | None:

@@ -16,8 +16,18 @@ def test_the_least_recently_used_head_leaves_when_over_budget():
     assert cache.get("a", (1,)) is not None  # a is now the most recent
     cache.put(head("c"))
     assert [h.uuid for h in evicted] == ["b"] and cache.uuids() == ["a", "c"]
-    assert cache.stats() == {"heads_loaded": 2, "bytes_held": 200, "budget_bytes": 250,
-                             "hits": 1, "misses": 0, "evictions": 1}
+    assert cache.stats() == {"heads_loaded": 2, "bytes_held": 200, "shared_bytes": 0,
+                             "budget_bytes": 250, "hits": 1, "misses": 0, "evictions": 1}
+
+
+def test_shared_parts_count_in_the_budget_and_leave_less_room_for_heads():
+    shared = [0]
+    cache = HeadCache(budget_bytes=250, shared_bytes=lambda: shared[0])
+    for uuid in "ab":
+        cache.put(head(uuid))
+    shared[0] = 120  # an encoder and its embedding cache: 250 - 120 leaves room for one head
+    cache.put(head("c"))
+    assert cache.uuids() == ["c"] and cache.stats()["shared_bytes"] == 120
 
 
 def test_a_changed_signature_is_a_miss():
