@@ -8,9 +8,16 @@
 - stacked pass: `predict_many` with N heads sharing the encoder, one text each; the time
   spent inside the encoder (measured in the pass) against the rest, and what encoding
   the N texts in one batch would cost.
+- backends: MiniLM run by torch, by ONNX Runtime (fp32) and by ONNX Runtime with dynamic
+  int8 quantization (`encoder_args.backend`, `quantize`), each in every part above;
+  `agreement`: each backend's cosine similarity to torch's embeddings of the held-out texts.
+- The embedding cache is off for every figure above (each pass would otherwise be answered
+  from it); `cache`: the stacked pass over N heads whose texts repeat half the time, with
+  the cache off and on, per backend.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -25,6 +32,11 @@ ENCODERS = {
     "hashing": {},
     "minilm": {"encoder": "sentence_transformers",
                "encoder_args": {"model": "all-MiniLM-L6-v2"}},
+    "minilm_onnx": {"encoder": "sentence_transformers",
+                    "encoder_args": {"model": "all-MiniLM-L6-v2", "backend": "onnx"}},
+    "minilm_onnx_int8": {"encoder": "sentence_transformers",
+                         "encoder_args": {"model": "all-MiniLM-L6-v2", "backend": "onnx",
+                                          "quantize": "int8"}},
 }
 TEXT = "I want to order a pizza"
 
@@ -140,6 +152,49 @@ def stacked_pass(registry, encoder: str, device, n: int, repeat: int) -> dict:
             "one_batched_encode_of_the_n_texts": batch}
 
 
+def agreement(registry, encoder: str, device) -> dict:
+    """Cosine similarity of `encoder`'s embeddings to torch MiniLM's, on held-out texts."""
+    from helpers.intent_data import make_split
+    texts = [r["text"] for r in make_split(seed=0)[1]]
+    reference = shared_encoder(registry, "minilm", device).encode(texts)
+    got = shared_encoder(registry, encoder, device).encode(texts)
+    cosine = torch.nn.functional.cosine_similarity(got, reference)
+    return {"texts": len(texts), "min_cosine": round(cosine.min().item(), 4),
+            "mean_cosine": round(cosine.mean().item(), 4)}
+
+
+def shared_encoder(registry, encoder: str, device):
+    uuid = registry.create_head(f"{encoder}-probe", head_config(encoder, device, None))
+    return registry.loaded(uuid).engine.preprocessor.encoder
+
+
+def cache_gain(registry, encoder: str, device, n: int, repeat: int) -> dict:
+    """Stacked passes over n heads, half of each pass's texts seen in earlier passes:
+    requests per CPU second with the embedding cache off and on."""
+    from helpers.intent_data import make_split
+    from ph.modeling.embedding_cache import EmbeddingCache
+    enc = shared_encoder(registry, encoder, device)
+    uuids = [registry.create_head(f"{encoder}-cached{i}", head_config(encoder, device, None))
+             for i in range(n)]
+    pool = [r["text"] for r in make_split(seed=2)[0]]
+    fresh = (f"{t} please ({i})" for i in itertools.count() for t in pool)
+    repeated = pool[:n]
+    out = {}
+    for label, size in (("off", 0), ("on", 64 * 2**20)):
+        enc.cache = EmbeddingCache(size)
+        registry.predict_many([(u, t) for u, t in zip(uuids, repeated)])
+        cpu = time.process_time()
+        for _ in range(repeat):
+            requests = [(u, repeated[i] if i % 2 else next(fresh)) for i, u in enumerate(uuids)]
+            registry.predict_many(requests)
+        out[label] = {"requests_per_cpu_second": round(n * repeat / (time.process_time() - cpu)),
+                      "cache": enc.cache.stats()}
+    enc.cache = EmbeddingCache(0)
+    out["on_over_off"] = round(out["on"]["requests_per_cpu_second"]
+                               / out["off"]["requests_per_cpu_second"], 2)
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seeds", default="0,1,2", help="intent-data seeds (one head per seed)")
@@ -150,8 +205,11 @@ def main() -> None:
     p.add_argument("--heads", default="10,100", help="N heads for the stacked pass")
     p.add_argument("--repeat", type=int, default=100, help="calls per latency figure")
     p.add_argument("--passes", type=int, default=20, help="stacked passes per N")
-    p.add_argument("--parts", default="accuracy,cost,stacked", help="which measurements")
+    p.add_argument("--parts", default="accuracy,cost,stacked,agreement,cache",
+                   help="which measurements")
+    p.add_argument("--encoders", default=",".join(ENCODERS), help="which encoders")
     args = p.parse_args()
+    os.environ["PH_EMBEDDING_CACHE_BYTES"] = "0"  # encoders measured, not the cache (part cache)
     device = setup(args)
     os.chdir(tempfile.mkdtemp())
     from ph.modeling.encoders import loaded_encoders
@@ -166,7 +224,12 @@ def main() -> None:
                      "minilm_load_rss_mb": round((rss_bytes() - rss) / 2**20, 1), "accuracy": {},
                      "cost": {}, "stacked": {}}
     parts = args.parts.split(",")
-    for encoder in ENCODERS:
+    for encoder in args.encoders.split(","):
+        if "agreement" in parts and encoder.startswith("minilm_"):
+            results.setdefault("agreement", {})[encoder] = agreement(registry, encoder, device)
+        if "cache" in parts and encoder != "hashing":
+            results.setdefault("cache", {})[encoder] = cache_gain(
+                registry, encoder, device, int(args.heads.split(",")[-1]), args.passes)
         if "accuracy" in parts:
             results["accuracy"][encoder] = [
                 accuracy(registry, encoder, device, seeds, int(k), args.epochs or None)
@@ -177,9 +240,22 @@ def main() -> None:
             results["stacked"][encoder] = [
                 stacked_pass(registry, encoder, device, int(n), args.passes)
                 for n in args.heads.split(",")]
+    for part in ("cost", "stacked"):
+        if "minilm" in results[part]:
+            results[f"{part}_over_torch"] = {
+                name: round(_per_request_cpu(results[part]["minilm"])
+                            / _per_request_cpu(figures), 2)
+                for name, figures in results[part].items() if name.startswith("minilm_")}
     results["minilm_encoders_loaded_in_this_process"] = sum(
         1 for key in loaded_encoders() if key[0] == "sentence_transformers")
     emit("encoders", args, device, results)
+
+
+def _per_request_cpu(figures) -> float:
+    """CPU per request: a cost entry's encoder p50, or the largest stacked pass's per head."""
+    if isinstance(figures, list):
+        return figures[-1]["pass_cpu_ms"] / figures[-1]["heads"]
+    return figures["encoder"]["cpu_p50_ms"]
 
 
 if __name__ == "__main__":
