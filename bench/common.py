@@ -103,3 +103,13 @@ def intent_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     train, held = make_split(seed=seed, per_intent=max(8, n // 6 + 1))
     rows = (train + held) * (n // max(1, len(train + held)) + 1)
     return [r["text"] for r in rows[:n]], [r["label"] for r in rows[:n]]
+
+
+def fixed_epochs_trainer(epochs: int, device: str) -> dict:
+    """The learning benchmarks' Trainer: a fixed number of epochs (no early stop, no
+    schedule), batch 16, 20% validation, no logs or periodic checkpoints."""
+    return {"n_gpu": 1 if device.startswith("cuda") else 0,
+            "dataloader": {"args": {"batch_size": 16, "num_workers": 0, "validation_split": 0.2}},
+            "lr_scheduler": None,
+            "trainer": {"epochs": epochs, "early_stop": 0, "save_period": 10_000,
+                        "tensorboard": False, "verbosity": 0}}

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, parser, setup
+from common import emit, fixed_epochs_trainer, parser, setup
 from helpers.intent_data import as_label_lists, make_split
 from ph.config.schema import INCREMENTAL_DEFAULTS
 from ph.heads.service import HeadRegistry
@@ -45,12 +45,7 @@ def head_config(epochs: int, device: str) -> dict:
                       "args": {"embedding_length": 256, "n_classes": 8, "ph_ff_dim": 256,
                                "ph_nhead": 4, "ph_nlayers": 1}},
             "Inference": {"device": device},
-            "Trainer": {"n_gpu": 1 if device.startswith("cuda") else 0,
-                        "dataloader": {"args": {"batch_size": 16, "num_workers": 0,
-                                                "validation_split": 0.2}},
-                        "lr_scheduler": None,
-                        "trainer": {"epochs": epochs, "early_stop": 0, "save_period": 10_000,
-                                    "tensorboard": False, "verbosity": 0}}}
+            "Trainer": fixed_epochs_trainer(epochs, device)}
 
 
 def accuracy(registry: HeadRegistry, uuid: str, rows: list[dict]) -> float | None:

@@ -23,9 +23,10 @@ WRK_SCRIPT = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local heads = %(heads)d
+local prefix = "%(prefix)s"
 local data = '%(data)s'
 request = function()
-  local body = '{"uuid": "u' .. math.random(0, heads - 1) .. '", "data": ' .. data .. '}'
+  local body = '{"uuid": "' .. prefix .. math.random(0, heads - 1) .. '", "data": ' .. data .. '}'
   return wrk.format(nil, "/predict/", nil, body)
 end
 done = function(summary, latency, requests)
@@ -51,7 +52,7 @@ def run(url: str, heads: int, connections: int, seconds: float, kind: str = "tex
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if generator == "wrk":
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-            fh.write(WRK_SCRIPT % {"heads": heads, "data": payload(kind)})
+            fh.write(WRK_SCRIPT % {"heads": heads, "prefix": "u", "data": payload(kind)})
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                               "-s", fh.name, url], capture_output=True, text=True, check=True).stdout
         Path(fh.name).unlink()

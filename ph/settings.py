@@ -197,6 +197,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PH_EMBEDDING_CACHE_BYTES", 64 * 2**20, "bytes", "embeddings of texts seen "
             "before, kept per shared text encoder (0 turns it off); counted in the memory "
             "budget", minimum=0),
+    Setting("PH_EMBEDDING_STORE", True, "flag", "keep text embeddings on this machine's "
+            "disk (the cache folder), so no process here encodes a text twice"),
     Setting("PH_SWEEP_INTERVAL_S", 30, "int", "seconds between two sweeps of the object "
             "store for objects nothing names", minimum=1),
     Setting("PH_ORPHAN_GRACE_S", 3600, "int", "seconds an object no record names is kept "

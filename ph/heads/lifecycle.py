@@ -18,7 +18,8 @@ from ..config.schema import config_diff, deep_merge
 from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError, PHError
 from ..modeling.engine import make_model, read_weights
 from ..stores import check_uuid, new_uuid
-from .addin_heads import addin_info, addin_spec, check_addin, refuse_child_of_addin
+from .addin_heads import (addin_info, addin_spec, check_addin, refuse_child_of_addin,
+                          with_addin_training)
 from .children import check_parent, follows_parent, read_parent, refuse_if_followed
 from .examples import check_page
 from .loader import HeadLoader
@@ -101,6 +102,7 @@ class Lifecycle:
                 refuse_child_of_addin(base)
             else:
                 addin = check_addin(addin, base, self.sources.code_of(base))
+                overrides = with_addin_training(overrides)
             full = base["config"]
             if overrides:
                 full = self.sources.with_trainer(base, overrides,

@@ -23,6 +23,7 @@ from .addins import AddinSpec, FrozenBase, addin_shapes, apply_addin
 from .engine import InferenceEngine
 
 MIN_CAPACITY = 16
+MAX_GROWTH = 1024  # slots (78 MB of the default lora): the most one growth adds
 
 
 @dataclass(eq=False)
@@ -47,7 +48,7 @@ class AddinBank:
         self._deferred: list[AddinSlot] = []
 
     def attach(self, state: Mapping[str, torch.Tensor]) -> AddinSlot:
-        """Copy a user's add-in into a free slot (the bank grows by doubling)."""
+        """Copy a user's add-in into a free slot (the bank grows when full)."""
         with self._lock:
             if not self.free:
                 self._grow()
@@ -58,9 +59,11 @@ class AddinBank:
         return slot
 
     def _grow(self) -> None:
-        """Double the capacity (call under the lock). Passes running meanwhile keep reading
-        the old tensors, which hold every slot they were given."""
-        capacity = max(MIN_CAPACITY, 2 * self.capacity)
+        """Double the capacity up to MAX_GROWTH slots more at a time (call under the
+        lock), so unused slots stay within one growth of what the budget counts. Passes
+        running meanwhile keep reading the old tensors, which hold every slot they were
+        given."""
+        capacity = max(MIN_CAPACITY, self.capacity + min(self.capacity, MAX_GROWTH))
         grown = {}
         for name, shape in self.shapes.items():
             tensor = torch.zeros((capacity, *shape), device=self.device, dtype=self.dtype)

@@ -1,5 +1,6 @@
 """Embeddings of texts seen before, kept per shared encoder: apps send the same phrases
-again and again, and encoding is nearly all the cost of a real-text predict.
+again and again, and encoding is nearly all the cost of a real-text predict. Behind the
+memory, optionally, this machine's EmbeddingStore on disk (texts any process encoded).
 
 Bounded in bytes (least recently used out first); the bytes count in the process's
 memory budget beside the encoder's own (HeadCache's `shared_bytes`).
@@ -18,16 +19,17 @@ ENTRY_OVERHEAD = 120  # dict entry, key object and tensor header, roughly
 class EmbeddingCache:
     """text -> embedding row, at most `max_bytes` (0 turns it off)."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, disk=None):
         self.max_bytes = max_bytes
+        self.disk = disk  # an EmbeddingStore behind the memory, or None
         self._rows: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
-        self.bytes = self.hits = self.misses = 0
+        self.bytes = self.hits = self.misses = self.disk_hits = 0
 
     def encode(self, texts: Sequence[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
         """Rows for `texts`: cached ones looked up, the others (each distinct text once)
         encoded in one call of `encode`, then kept."""
-        if self.max_bytes <= 0:
+        if self.max_bytes <= 0 and self.disk is None:
             return encode(list(texts))
         with self._lock:
             found = {t: self._rows.get(t) for t in texts}
@@ -38,10 +40,17 @@ class EmbeddingCache:
             self.hits += len(texts) - len(missing)  # a repeat within the call is a hit too
             self.misses += len(missing)
         if missing:
-            fresh = encode(missing)
-            for text, row in zip(missing, fresh):
-                found[text] = row.clone()  # its own storage: the batch is freed
-            self._keep(missing, found)
+            on_disk = self.disk.get(missing) if self.disk is not None else {}
+            self.disk_hits += len(on_disk)
+            to_encode = [t for t in missing if t not in on_disk]
+            fresh = dict(zip(to_encode, encode(to_encode))) if to_encode else {}
+            if self.disk is not None:
+                self.disk.put(fresh)
+            for text in missing:
+                row = on_disk.get(text)
+                found[text] = row if row is not None else fresh[text].clone()  # own storage
+            if self.max_bytes > 0:
+                self._keep(missing, found)
         return torch.stack([found[t] for t in texts]) if texts else torch.zeros(0)
 
     def _keep(self, texts: list[str], rows: dict) -> None:
@@ -58,7 +67,7 @@ class EmbeddingCache:
     def stats(self) -> dict:
         with self._lock:
             return {"entries": len(self._rows), "bytes": self.bytes, "max_bytes": self.max_bytes,
-                    "hits": self.hits, "misses": self.misses}
+                    "hits": self.hits, "misses": self.misses, "disk_hits": self.disk_hits}
 
 
 def _size(text: str, row: torch.Tensor) -> int:

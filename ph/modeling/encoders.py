@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import zipfile
@@ -190,23 +191,51 @@ class SentenceTransformersEncoder:
             raise ConfigError(f"{ARGS}.quantize: {quantize} needs backend: onnx")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is imported
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise ConfigError(f"Inference.preprocess.args.encoder: 'sentence_transformers' needs "
-                              f"the sentence-transformers package ({exc}); {INSTALL_HINT}, or use "
-                              "encoder: hashing") from None
-        folder = self.locate(model)
+        if not _installed("sentence_transformers"):  # imported (slow) only to load a model
+            raise ConfigError("Inference.preprocess.args.encoder: 'sentence_transformers' needs "
+                              f"the sentence-transformers package, which is not installed; "
+                              f"{INSTALL_HINT}, or use encoder: hashing")
+        if backend == "onnx" and not _installed("onnxruntime"):
+            from .onnx_encoder import missing
+            raise missing("onnxruntime")
+        self.folder = self.locate(model)
         self.name, self.batch_size, self.backend, self.quantize = model, batch_size, backend, quantize
         self.device = _device(device)
-        if backend == "onnx" and self.device == "cpu":
-            self.model, self.dim, self.nbytes = self._onnx(folder, model, quantize)
-        else:  # torch, or onnx asked for on a GPU: the torch model runs there
-            self.model = self._torch(SentenceTransformer, folder, model)
-            self.dim = int(self.model.get_sentence_embedding_dimension())
-            self.nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        self.cache = EmbeddingCache(settings.value("PH_EMBEDDING_CACHE_BYTES"))
-        self._lock = threading.Lock()
+        self._model, self.nbytes, self._lock = None, 0, threading.Lock()
+        packaged = packaged_model(model)
+        if packaged is not None:  # known without loading: the model loads at its first miss
+            self.dim = packaged.dim
+        else:
+            self.dim = int(self._load().get_sentence_embedding_dimension()) \
+                if self.backend == "torch" else self._load().dim
+        self.cache = EmbeddingCache(settings.value("PH_EMBEDDING_CACHE_BYTES"), self._disk())
+
+    @property
+    def model(self):
+        """The loaded model (torch SentenceTransformer, or the ONNX runner), loaded on first
+        use: a process whose texts are all in the embedding store never loads it."""
+        return self._model if self._model is not None else self._load()
+
+    def _load(self):
+        with self._lock:
+            if self._model is None:
+                if self.backend == "onnx" and self.device == "cpu":
+                    self._model, self.nbytes = self._onnx(self.folder, self.name, self.quantize)
+                else:  # torch, or onnx asked for on a GPU: the torch model runs there
+                    from sentence_transformers import SentenceTransformer
+                    self._model = self._torch(SentenceTransformer, self.folder, self.name)
+                    self.nbytes = sum(p.numel() * p.element_size()
+                                      for p in self._model.parameters())
+            return self._model
+
+    def _disk(self):
+        """This machine's embedding store for this encoder (None when turned off)."""
+        if not settings.value("PH_EMBEDDING_STORE"):
+            return None
+        from .onnx_encoder import export_key
+        from .embedding_store import EmbeddingStore
+        identity = export_key(self.folder, f"{self.backend}-{self.quantize}-{self.device}")
+        return EmbeddingStore(cache_dir().parent / "embeddings" / f"{identity}.sqlite", self.dim)
 
     def _torch(self, loader, folder: Path, model: str):
         try:
@@ -223,15 +252,17 @@ class SentenceTransformersEncoder:
     @staticmethod
     def _onnx(folder: Path, model: str, quantize: str):
         from .onnx_encoder import OnnxSentenceModel, exported_model, pooling_dim
-        dim = pooling_dim(folder)
         runner = OnnxSentenceModel(folder, exported_model(folder, model, quantize),
                                    torch.get_num_threads())
-        return runner, dim, runner.nbytes
+        runner.dim = pooling_dim(folder)
+        return runner, runner.nbytes
 
     def stats(self) -> dict:
         """For head_stats: which model and backend, its bytes, its embedding cache."""
         return {"model": self.name, "backend": self.backend, "quantize": self.quantize,
-                "device": self.device, "bytes": self.nbytes, "cache": self.cache.stats()}
+                "device": self.device, "loaded": self._model is not None, "bytes": self.nbytes,
+                "cache": self.cache.stats(),
+                "store": str(self.cache.disk.path) if self.cache.disk is not None else None}
 
     @property
     def bytes_held(self) -> int:
@@ -263,12 +294,19 @@ class SentenceTransformersEncoder:
         return self.cache.encode(list(texts), self._encode)
 
     def _encode(self, texts: list[str]) -> torch.Tensor:
+        model = self.model
         with self._lock, torch.inference_mode():
             if self.backend == "onnx" and self.device == "cpu":
-                return self.model.encode(texts, self.batch_size)
-            out = self.model.encode(texts, batch_size=self.batch_size,
-                                    convert_to_tensor=True, show_progress_bar=False)
+                return model.encode(texts, self.batch_size)
+            out = model.encode(texts, batch_size=self.batch_size,
+                               convert_to_tensor=True, show_progress_bar=False)
         return out.detach().to("cpu", torch.float32)
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def _device(name: str) -> str:

@@ -223,8 +223,12 @@ def _require(module: str) -> None:
     try:
         __import__(module)
     except ImportError:
-        raise ConfigError(f"{ARGS}.backend: onnx needs the '{module}' package, which is not "
-                          f"installed; {INSTALL}, or use backend: torch") from None
+        raise missing(module) from None
+
+
+def missing(module: str) -> ConfigError:
+    return ConfigError(f"{ARGS}.backend: onnx needs the '{module}' package, which is not "
+                       f"installed; {INSTALL}, or use backend: torch")
 
 
 def _version(name: str) -> str:

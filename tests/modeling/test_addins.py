@@ -440,3 +440,15 @@ def test_a_released_slot_is_reused_once_no_pass_reads_it():
     assert bank.capacity == MIN_CAPACITY
     state = random_addin(spec, seed=9)
     assert all(torch.equal(bank.state(reused)[n], state[n]) for n in state)  # overwritten whole
+
+
+def test_a_large_bank_grows_by_at_most_max_growth_slots(monkeypatch):
+    from ph.modeling import addin_bank
+    monkeypatch.setattr(addin_bank, "MAX_GROWTH", MIN_CAPACITY)
+    spec = spec_of("UserNet", "bias", False)
+    bank = AddinBank(frozen("UserNet"), spec, torch.device("cpu"), torch.float32)
+    capacities = []
+    for seed in range(3 * MIN_CAPACITY + 1):
+        bank.attach(random_addin(spec, seed=seed))
+        capacities.append(bank.capacity)
+    assert sorted(set(capacities)) == [MIN_CAPACITY * k for k in (1, 2, 3, 4)]
