@@ -101,3 +101,43 @@ def test_feedback_loop_example_learns_a_users_correction_and_new_users_start_sha
                      "follows": None}  # alice's own head now, with her correction learnt
     assert bob["follows"] == "shared" and bob["answer"] == first["answer"]  # bob is unchanged
     assert weather["answer"] == "get_weather"  # and alice's head kept the rest
+
+
+def test_user_addins_example_users_learn_as_addins_and_are_pinned_to_the_shared_revision(tmp_path):
+    folder = copy_example("user_addins", tmp_path)
+    results = jsctl_script(folder, *(folder / "run.jsctl").read_text().splitlines())
+    assert results[0] == {"success": True}, results[0]  # actions load module ph
+    assert all(r["success"] for r in results[1:]), [r.get("errors") for r in results[1:]]
+    (shared,), personalize, (behind, rebased) = [r["report"] for r in results[1:]]
+    assert shared["revision"] == 1 and "add_to_list" not in shared["labels"]
+    probes = personalize[0]["probes"]
+    taught = {r["user"]: r for r in personalize[1:3]}
+    answers = {r["head"]: r for r in personalize[3:6]}
+    sizes = personalize[6]
+    alice_own = [i for i, p in enumerate(probes) if "buy" in p]    # alice: add_to_list
+    bob_own = [i for i, p in enumerate(probes) if "with some" in p]  # bob: play_music
+    untouched = [i for i in range(len(probes)) if i not in alice_own + bob_own]
+    assert len(alice_own) == len(bob_own) == len(untouched) == 2
+    assert taught["alice"]["revision"] == taught["bob"]["revision"] == 1
+    assert taught["alice"]["new"] == 8 and taught["bob"]["new"] == 5
+    shared_answers = answers["shared"]["before"]
+    # the shared head is not trained here; an untrained add-in answers as the shared head
+    assert answers["shared"]["after"] == shared_answers and answers["shared"]["unchanged"]
+    assert answers["alice"]["before"] == answers["bob"]["before"] == shared_answers
+    alice, bob = answers["alice"]["after"], answers["bob"]["after"]
+    assert [alice[i] for i in alice_own] == ["add_to_list"] * 2  # a label the shared head lacks
+    assert [bob[i] for i in bob_own] == ["play_music"] * 2       # bob's correction, and its kin
+    assert all(shared_answers[i] != "play_music" for i in bob_own)  # it was a correction
+    # alice keeps every other answer (bob's probes included), bob the ones nobody taught
+    assert all(alice[i] == shared_answers[i] for i in bob_own + untouched)
+    assert all(bob[i] == shared_answers[i] for i in untouched)
+    assert all(bob[i] != "add_to_list" for i in alice_own)  # alice's label is hers alone
+    for user in ("alice", "bob"):
+        assert sizes["addin_bytes"][user] / sizes["full_head_bytes"] < 0.02
+    # pinned: the shared head trains again, the add-ins are behind until rebased
+    assert behind == {"shared_revision": 2, "alice_parent_revision": 1, "behind_parent": True}
+    assert sorted(rebased["rebased"]) == ["alice", "bob"]
+    assert rebased["alice_parent_revision"] == 2 and rebased["behind_parent"] is False
+    assert rebased["answers"] == {
+        "alice": {"asked": "remind me to buy milk", "answer": "add_to_list"},
+        "bob": {"asked": "wake me up with some Coldplay", "answer": "play_music"}}
