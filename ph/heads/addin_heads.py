@@ -69,22 +69,28 @@ def check_addin(value, parent: Mapping, code: UserCode) -> dict:
 
 # How an add-in trains unless its create_head config says otherwise: every epoch counts
 # (choosing the epoch by the loss on a few held-back rows picked early epochs, which the
-# frozen parent makes noisy) and more of the parent's data is replayed per new example.
-# With these, lora rank 1 to 8 and the adapter came within 0.02 of a whole head trained
-# the same way on bench/addins.py's new-label task (BENCHMARKS.md).
-ADDIN_TRAINING = {"trainer": {"monitor": "off"}, "incremental": {"replay_ratio": 4.0}}
+# frozen parent makes noisy), more of the parent's data is replayed per new example, and
+# a larger step (the add-in starts at zero). With these, lora rank 4 and the adapter came
+# within 0.02 of a whole head on bench/addins.py's new-label task (BENCHMARKS.md).
+ADDIN_TRAINING = {"trainer": {"monitor": "off"}, "incremental": {"replay_ratio": 4.0},
+                  "optimizer": {"args": {"lr": 0.003}}}
 
 
 def with_addin_training(overrides: Mapping | None) -> dict:
     """create_head's config overrides with ADDIN_TRAINING filled in where they are silent."""
     overrides = json.loads(json.dumps(overrides or {}))
-    trainer = overrides.setdefault("Trainer", {})
-    for section, values in ADDIN_TRAINING.items():
-        part = trainer.setdefault(section, {})
-        if isinstance(part, dict):
-            for key, value in values.items():
-                part.setdefault(key, value)
+    _fill(overrides.setdefault("Trainer", {}), ADDIN_TRAINING)
     return overrides
+
+
+def _fill(target: dict, defaults: Mapping) -> None:
+    for key, value in defaults.items():
+        if isinstance(value, Mapping):
+            part = target.setdefault(key, {})
+            if isinstance(part, dict):
+                _fill(part, value)
+        else:
+            target.setdefault(key, value)
 
 
 def refuse_child_of_addin(parent: Mapping) -> None:
