@@ -11,6 +11,8 @@
 - backends: MiniLM run by torch, by ONNX Runtime (fp32) and by ONNX Runtime with dynamic
   int8 quantization (`encoder_args.backend`, `quantize`), each in every part above;
   `agreement`: each backend's cosine similarity to torch's embeddings of the held-out texts.
+- `incremental` (not in the default parts): an incremental run of 10 new examples on a
+  head storing 100 and 10,000, the encoder's memory cache emptied first (a fresh job).
 - The embedding cache and the disk embedding store are off for every figure above (each pass would otherwise be answered
   from it); `cache`: the stacked pass over N heads whose texts repeat half the time, with
   the cache off and on, per backend.
@@ -195,6 +197,42 @@ def cache_gain(registry, encoder: str, device, n: int, repeat: int) -> dict:
     return out
 
 
+def incremental_cost(registry, encoder: str, device, stored_sizes: list[int], new: int) -> dict:
+    """An incremental run of `new` examples on a head storing N examples, with the
+    encoder's memory cache emptied first (as in a fresh training job): the texts encoded
+    before come from this machine's embedding store, so the run should cost about the
+    same whatever N (it also reads the example log and draws the replay pool)."""
+    from helpers.intent_data import make_split
+    from ph.modeling.embedding_cache import EmbeddingCache
+    train = make_split(seed=3, per_intent=40)[0]
+    enc = shared_encoder(registry, encoder, device)
+    disk = enc._disk()  # this machine's store (the part turns PH_EMBEDDING_STORE on)
+    out = {}
+    for n in stored_sizes:
+        enc.cache = EmbeddingCache(64 * 2**20, disk)
+        uuid = registry.create_head(f"{encoder}-stored{n}", head_config(encoder, device, 3))
+        rows = [{"text": f"{r['text']} ({i})", "label": r["label"]}
+                for i, r in zip(range(n), itertools.cycle(train))]
+        for start in range(0, n, 1000):
+            registry.add_examples(uuid, rows[start:start + 1000])
+        first = time.perf_counter()
+        registry.train(uuid, {"Trainer": {"dataloader": {"args": {"train_json": None}}}})
+        first = time.perf_counter() - first
+        registry.add_examples(uuid, [{"text": f"a brand new request number {i}", "label": r["label"]}
+                                     for i, r in zip(range(new), train)])
+        enc.cache = EmbeddingCache(0, disk)
+        wall, cpu = time.perf_counter(), time.process_time()
+        summary = registry.train(uuid, incremental=True)
+        out[n] = {"first_full_run_s": round(first, 2),
+                  "incremental_wall_s": round(time.perf_counter() - wall, 3),
+                  "incremental_cpu_s": round(time.process_time() - cpu, 3),
+                  "disk_hits": enc.cache.disk_hits, "examples": summary["examples"]}
+    small, large = out[stored_sizes[0]], out[stored_sizes[-1]]
+    out["large_over_small_wall"] = round(large["incremental_wall_s"] / small["incremental_wall_s"], 2)
+    enc.cache = EmbeddingCache(0)
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--seeds", default="0,1,2", help="intent-data seeds (one head per seed)")
@@ -208,6 +246,7 @@ def main() -> None:
     p.add_argument("--parts", default="accuracy,cost,stacked,agreement,cache",
                    help="which measurements")
     p.add_argument("--encoders", default=",".join(ENCODERS), help="which encoders")
+    p.add_argument("--stored", default="100,10000", help="part incremental: stored examples")
     args = p.parse_args()
     os.environ["PH_EMBEDDING_CACHE_BYTES"] = "0"  # encoders measured, not the caches (part
     os.environ["PH_EMBEDDING_STORE"] = "0"  # cache measures the memory one)
@@ -226,6 +265,11 @@ def main() -> None:
                      "cost": {}, "stacked": {}}
     parts = args.parts.split(",")
     for encoder in args.encoders.split(","):
+        if "incremental" in parts and encoder != "hashing":
+            os.environ["PH_EMBEDDING_STORE"] = "1"  # what this part measures
+            results.setdefault("incremental", {})[encoder] = incremental_cost(
+                registry, encoder, device, [int(n) for n in args.stored.split(",")], 10)
+            os.environ["PH_EMBEDDING_STORE"] = "0"
         if "agreement" in parts and encoder.startswith("minilm_"):
             results.setdefault("agreement", {})[encoder] = agreement(registry, encoder, device)
         if "cache" in parts and encoder != "hashing":
