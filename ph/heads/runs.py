@@ -168,7 +168,7 @@ class TrainingRuns:
             run = self.prepare_run(uuid, config, incremental, rebase)
             if run.done is not None:
                 return run.done
-            model = self._model(run.start, run.code, config)
+            model = self.model_for(run.start, run.code, config)
             result = run_training(config, model, self.data_context(run), uuid, self.policy.resolve,
                                   stop, on_epoch)
             return self.finish_run(run, result, auto_update)
@@ -237,7 +237,7 @@ class TrainingRuns:
                            (plan.inputs, plan.labels), plan.replay)
 
     @staticmethod
-    def _model(start: _Start, code: UserCode, config: dict, frozen: FrozenBase | None = None):
+    def model_for(start: _Start, code: UserCode, config: dict, frozen: FrozenBase | None = None):
         """What the run trains: the head's model, or an add-in over its frozen parent
         (`frozen`, shared by runs against the same parent weights, else built here)."""
         if start.base is None:

@@ -97,7 +97,7 @@ def _fit_group(runs: TrainingRuns, group: list[Run], auto_update: bool,
     with torch.random.fork_rng(devices=[]):
         for run in group:
             try:
-                model = runs._model(run.start, run.code, run.config, frozen)
+                model = runs.model_for(run.start, run.code, run.config, frozen)
                 on_epoch = functools.partial(each.on_epoch, run.uuid) if each.on_epoch else None
                 trainers.append(prepare_training(run.config, model, runs.data_context(run),
                                                  run.uuid, runs.policy.resolve,

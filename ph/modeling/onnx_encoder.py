@@ -14,7 +14,6 @@ checks the sha256: a damaged export is rebuilt, never used.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -30,6 +29,7 @@ import torch
 
 from .. import settings
 from ..errors import ConfigError
+from ..stores.fileio import file_lock
 
 log = logging.getLogger("ph.encoders")
 ARGS = "Inference.preprocess.args.encoder_args"
@@ -72,9 +72,7 @@ def pooling_dim(folder: Path) -> int:
 def export_key(folder: Path, quantize: str) -> str:
     """What the export depends on: every file of the model, the quantization, versions."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        digest.update(_file_sha256(path).encode())
+    digest.update(_folder_sha256(folder).encode())
     versions = {name: _version(name) for name in ("torch", "onnx", "onnxruntime")}
     digest.update(json.dumps({"quantize": quantize, "format": FORMAT, **versions},
                              sort_keys=True).encode())
@@ -94,7 +92,7 @@ def exported_model(folder: Path, name: str, quantize: str) -> Path:
     if _valid(target):
         return target / "model.onnx"
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):
+    with file_lock(target.with_suffix(".lock")):
         if _valid(target):  # another process built it while this one waited
             return target / "model.onnx"
         if target.exists():
@@ -201,22 +199,29 @@ def _max_seq_length(folder: Path) -> int:
     return 256
 
 
+def _folder_sha256(folder: Path) -> str:
+    """The hash of every file's name and bytes, computed once per process while no file
+    changes (size and mtime): the encoder's store and its export both key on it."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    stamp = (str(folder), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if stamp not in _FOLDER_HASHES:
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(str(path.relative_to(folder)).encode() + b"\0")
+            digest.update(_file_sha256(path).encode())
+        _FOLDER_HASHES[stamp] = digest.hexdigest()
+    return _FOLDER_HASHES[stamp]
+
+
+_FOLDER_HASHES: dict[tuple, str] = {}
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _require(module: str) -> None:

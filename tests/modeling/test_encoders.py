@@ -44,15 +44,6 @@ def minilm_config(**model_args) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    """PH_CACHE_DIR for this module: the model is unpacked here, not in ~/.cache."""
-    folder = tmp_path_factory.mktemp("ph-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PH_CACHE_DIR", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def heads(tmp_path_factory, cache, intents):
     """A registry holding two MiniLM heads ('a' trained on the intent data, 'b' not)."""
     folder = tmp_path_factory.mktemp("minilm")

@@ -19,14 +19,6 @@ TEXTS = ["order a large pizza with olives", "will it rain in Lima tomorrow", "pl
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("ph-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PH_CACHE_DIR", str(folder))
-        yield folder
-
-
-@pytest.fixture(scope="module")
 def torch_encoder(cache):
     return SentenceTransformersEncoder("all-MiniLM-L6-v2")
 
