@@ -17,6 +17,8 @@ setup(
         "jaseci",
         "jaseci-serv",
         "django-allauth",  # jaseci-serv imports it without declaring it
+        "prometheus-client",  # GET /metrics (ph.metrics); Jaseci pins the version
+        "tqdm",  # a direct train_head's progress bar in a terminal
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist", "httpx", "requests", "tensorboard", "pillow",

@@ -12,7 +12,10 @@
   int8 quantization (`encoder_args.backend`, `quantize`), each in every part above;
   `agreement`: each backend's cosine similarity to torch's embeddings of the held-out texts.
 - `incremental` (not in the default parts): an incremental run of 10 new examples on a
-  head storing 100 and 10,000, the encoder's memory cache emptied first (a fresh job).
+  head storing 100 and 10,000, with no cache but the head's stored embeddings (a fresh
+  job on another machine).
+- `job_rss` (not in the default parts): peak RSS of a training process on 1,000 stored
+  examples, encoding them (its first run) and on their stored embeddings (the next).
 - The embedding cache and the disk embedding store are off for every figure above (each pass would otherwise be answered
   from it); `cache`: the stacked pass over N heads whose texts repeat half the time, with
   the cache off and on, per backend.
@@ -199,17 +202,17 @@ def cache_gain(registry, encoder: str, device, n: int, repeat: int) -> dict:
 
 def incremental_cost(registry, encoder: str, device, stored_sizes: list[int], new: int) -> dict:
     """An incremental run of `new` examples on a head storing N examples, with the
-    encoder's memory cache emptied first (as in a fresh training job): the texts encoded
-    before come from this machine's embedding store, so the run should cost about the
-    same whatever N (it also reads the example log and draws the replay pool)."""
+    encoder's memory cache off and no machine embedding store (as a fresh training job on
+    another machine): the texts encoded before come from the head's stored embeddings
+    (ph.heads.stored_embeddings), so the run should cost about the same whatever N (it
+    also reads the example log and draws the replay pool)."""
     from helpers.intent_data import make_split
     from ph.modeling.embedding_cache import EmbeddingCache
     train = make_split(seed=3, per_intent=40)[0]
     enc = shared_encoder(registry, encoder, device)
-    disk = enc._disk()  # this machine's store (the part turns PH_EMBEDDING_STORE on)
     out = {}
     for n in stored_sizes:
-        enc.cache = EmbeddingCache(64 * 2**20, disk)
+        enc.cache = EmbeddingCache(64 * 2**20)
         uuid = registry.create_head(f"{encoder}-stored{n}", head_config(encoder, device, 3))
         rows = [{"text": f"{r['text']} ({i})", "label": r["label"]}
                 for i, r in zip(range(n), itertools.cycle(train))]
@@ -220,17 +223,57 @@ def incremental_cost(registry, encoder: str, device, stored_sizes: list[int], ne
         first = time.perf_counter() - first
         registry.add_examples(uuid, [{"text": f"a brand new request number {i}", "label": r["label"]}
                                      for i, r in zip(range(new), train)])
-        enc.cache = EmbeddingCache(0, disk)
+        enc.cache = EmbeddingCache(0)
+        encoded = []
+        real = enc._encode
+        enc._encode = lambda texts: encoded.extend(texts) or real(texts)
         wall, cpu = time.perf_counter(), time.process_time()
         summary = registry.train(uuid, incremental=True)
         out[n] = {"first_full_run_s": round(first, 2),
                   "incremental_wall_s": round(time.perf_counter() - wall, 3),
                   "incremental_cpu_s": round(time.process_time() - cpu, 3),
-                  "disk_hits": enc.cache.disk_hits, "examples": summary["examples"]}
+                  "texts_encoded": len(encoded), "examples": summary["examples"]}
+        del enc._encode
     small, large = out[stored_sizes[0]], out[stored_sizes[-1]]
     out["large_over_small_wall"] = round(large["incremental_wall_s"] / small["incremental_wall_s"], 2)
     enc.cache = EmbeddingCache(0)
     return out
+
+
+JOB = """
+import json, re, sys
+from pathlib import Path
+from ph.heads.service import HeadRegistry
+from ph.modeling.encoders import loaded_encoders
+summary = HeadRegistry(sys.argv[1]).train(sys.argv[2])
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", Path("/proc/self/status").read_text()).group(1))
+print(json.dumps({"updated": summary["updated"], "peak_rss_mb": round(peak_kb / 1024, 1),
+                  "encoder_loaded": any(e.stats()["loaded"] for e in loaded_encoders().values())}))
+"""
+
+
+def job_rss(encoder: str, device, examples: int) -> dict:
+    """Peak RSS (VmHWM: ru_maxrss would carry the parent's over the exec) of a training
+    process (as a background job runs one) on a head storing
+    `examples` texts: its first run, which encodes them, against the next, whose texts
+    are all in the head's stored embeddings. The machine's embedding caches are off."""
+    import subprocess
+    import sys
+    from helpers.intent_data import make_split
+    from ph.heads.service import HeadRegistry
+    heads = Path(tempfile.mkdtemp(prefix="ph-job-rss-"))
+    train = make_split(seed=5, per_intent=40)[0]
+    config = head_config(encoder, device, 5)
+    config["Trainer"]["dataloader"]["args"]["train_json"] = None  # its stored examples only
+    HeadRegistry(heads).create_head("job", config)
+    HeadRegistry(heads).add_examples("job", [{"text": f"{r['text']} ({i})", "label": r["label"]}
+                                             for i, r in zip(range(examples), itertools.cycle(train))])
+    env = {**os.environ, "PH_EMBEDDING_STORE": "0", "PH_EMBEDDING_CACHE_BYTES": "0"}
+    run = lambda: json.loads(subprocess.run([sys.executable, "-c", JOB, str(heads), "job"], env=env,
+                                            check=True, capture_output=True, text=True).stdout)
+    first, encoded = run(), run()
+    return {"examples": examples, "first_run": first, "on_encoded_examples": encoded,
+            "rss_ratio": round(encoded["peak_rss_mb"] / first["peak_rss_mb"], 3)}
 
 
 def main() -> None:
@@ -266,10 +309,10 @@ def main() -> None:
     parts = args.parts.split(",")
     for encoder in args.encoders.split(","):
         if "incremental" in parts and encoder != "hashing":
-            os.environ["PH_EMBEDDING_STORE"] = "1"  # what this part measures
             results.setdefault("incremental", {})[encoder] = incremental_cost(
                 registry, encoder, device, [int(n) for n in args.stored.split(",")], 10)
-            os.environ["PH_EMBEDDING_STORE"] = "0"
+        if "job_rss" in parts and encoder != "hashing":
+            results.setdefault("job_rss", {})[encoder] = job_rss(encoder, device, 1000)
         if "agreement" in parts and encoder.startswith("minilm_"):
             results.setdefault("agreement", {})[encoder] = agreement(registry, encoder, device)
         if "cache" in parts and encoder != "hashing":

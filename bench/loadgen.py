@@ -25,8 +25,16 @@ wrk.headers["Content-Type"] = "application/json"
 local heads = %(heads)d
 local prefix = "%(prefix)s"
 local data = '%(data)s'
+local repeated = %(repeated)s
+local function text()
+  if repeated < 0 then return data end
+  if math.random() < repeated then
+    return '"' .. string.format(COMMON, math.random(1, PHRASES)) .. '"'
+  end
+  return '"' .. string.format(UNIQUE, math.random(1, 1000000000)) .. '"'
+end
 request = function()
-  local body = '{"uuid": "' .. prefix .. math.random(0, heads - 1) .. '", "data": ' .. data .. '}'
+  local body = '{"uuid": "' .. prefix .. math.random(0, heads - 1) .. '", "data": ' .. text() .. '}'
   return wrk.format(nil, "/predict/", nil, body)
 end
 done = function(summary, latency, requests)
@@ -40,8 +48,30 @@ end
 """
 
 
+# Kinds of request data: "text" (one sentence every time), "vector" (768 numbers), and
+# for the embedding cache "unique" (a new sentence each request) and "repeat50" (half the
+# requests one of PHRASES common sentences, the rest new ones).
+COMMON, UNIQUE, PHRASES = "play my usual playlist number %d", "what is the weather in town %d", 20
+REPEATED = {"unique": 0.0, "repeat50": 0.5}
+
+
 def payload(kind: str) -> str:
-    return json.dumps(TEXT if kind == "text" else [round(random.Random(0).uniform(-1, 1), 4)] * 768)
+    return json.dumps([round(random.Random(0).uniform(-1, 1), 4)] * 768 if kind == "vector" else TEXT)
+
+
+def wrk_script(heads: int, kind: str) -> str:
+    lua = WRK_SCRIPT % {"heads": heads, "prefix": "u", "data": payload(kind),
+                        "repeated": REPEATED.get(kind, -1)}
+    return (lua.replace("COMMON", json.dumps(COMMON)).replace("UNIQUE", json.dumps(UNIQUE))
+            .replace("PHRASES", str(PHRASES)))
+
+
+def request_data(kind: str, rng: random.Random) -> str:
+    if kind not in REPEATED:
+        return payload(kind)
+    if rng.random() < REPEATED[kind]:
+        return json.dumps(COMMON % rng.randint(1, PHRASES))
+    return json.dumps(UNIQUE % rng.randint(1, 10**9))
 
 
 def run(url: str, heads: int, connections: int, seconds: float, kind: str = "text",
@@ -52,7 +82,7 @@ def run(url: str, heads: int, connections: int, seconds: float, kind: str = "tex
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if generator == "wrk":
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-            fh.write(WRK_SCRIPT % {"heads": heads, "prefix": "u", "data": payload(kind)})
+            fh.write(wrk_script(heads, kind))
         out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
                               "-s", fh.name, url], capture_output=True, text=True, check=True).stdout
         Path(fh.name).unlink()
@@ -70,12 +100,12 @@ def run(url: str, heads: int, connections: int, seconds: float, kind: str = "tex
     return result
 
 
-async def _client(host: str, port: int, heads: int, data: str, deadline: float,
+async def _client(host: str, port: int, heads: int, kind: str, deadline: float,
                   latencies: list, failures: list) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     rng = random.Random()
     while time.perf_counter() < deadline:
-        body = f'{{"uuid": "u{rng.randrange(heads)}", "data": {data}}}'.encode()
+        body = f'{{"uuid": "u{rng.randrange(heads)}", "data": {request_data(kind, rng)}}}'.encode()
         start = time.perf_counter()
         writer.write(b"POST /predict/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -94,7 +124,7 @@ async def _python_load(url: str, heads: int, connections: int, seconds: float, k
     latencies: list[float] = []
     failures: list = []
     start = time.perf_counter()
-    await asyncio.gather(*(_client(host, int(port), heads, payload(kind), start + seconds,
+    await asyncio.gather(*(_client(host, int(port), heads, kind, start + seconds,
                                    latencies, failures) for _ in range(connections)))
     duration = time.perf_counter() - start
     ordered = sorted(latencies) or [0.0]
@@ -110,6 +140,6 @@ if __name__ == "__main__":
     p.add_argument("--heads", type=int, default=100)
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--seconds", type=float, default=6)
-    p.add_argument("--kind", default="text", choices=("text", "vector"))
+    p.add_argument("--kind", default="text", choices=("text", "vector", *REPEATED))
     a = p.parse_args()
     print(json.dumps(asyncio.run(_python_load(a.url, a.heads, a.connections, a.seconds, a.kind))))

@@ -188,6 +188,10 @@ def serve_rows(serve: dict) -> list[tuple[str, str, str]]:
         rows.append((f"HTTP, cached heads, {d['connections']} connections: ph serve --store "
                      "(Redis + S3) / on the heads folder (alternating points)",
                      f"{d['distributed_over_local']}x", ">= 1x"))
+    if "metrics_cost" in serve:
+        m = serve["metrics_cost"]
+        rows.append((f"HTTP, {m['connections']} connections: metrics on / off (alternating points)",
+                     f"{m['metrics_on_over_metrics_off']}x", ">= 0.95x"))
     if "jaseci_walker_remote" in serve:
         j = serve["jaseci_walker_remote"]
         rows.append(("Jaseci walker calling ph.predict via actions load remote: p50 / p99",

@@ -9,7 +9,10 @@ connections (loadgen.py: wrk where installed). Points:
   (HTTP, JSON, event loop), from the server's own counters (`/healthz`);
 - 1,000 heads through a 2 GB memory budget (most heads cold);
 - serving while a background training job runs;
-- the Jaseci path: a walker calling `ph.predict` through `actions load remote`.
+- the Jaseci path: a walker calling `ph.predict` through `actions load remote`;
+- metrics: the same point with metrics on (the default) and off (PH_METRICS=0);
+- `minilm` (not in the default parts): 100 all-MiniLM-L6-v2 heads, the torch backend
+  against ONNX Runtime int8, new texts and half repeated, and batch windows.
 """
 from __future__ import annotations
 
@@ -112,16 +115,36 @@ def distributed_vs_local(heads_dir: Path, work: Path, heads: int, connections: i
         make_heads(work / "maker-cache", heads, store=url)
         with server(ph_serve(heads_dir), work) as local, \
                 server(ph_serve(work / "cache", "--store", url), work) as dist:
-            for u, _ in (local, dist):
-                warm(u, heads, warmup, generator)
-            rps: dict = {"local": [], "distributed": []}
-            for _ in range(rounds):
-                for name, (u, proc) in (("local", local), ("distributed", dist)):
-                    rps[name].append(point(u, proc, heads, connections, seconds,
-                                           generator=generator)["rps"])
-    ratios = sorted(d / l for d, l in zip(rps["distributed"], rps["local"]))
+            return side_by_side({"distributed": dist, "local": local}, heads, connections,
+                                seconds, generator, warmup, rounds)
+
+
+def metrics_cost(heads_dir: Path, work: Path, heads: int, connections: int, seconds: float,
+                 generator: str, warmup: float, rounds: int = 5) -> dict:
+    """`ph serve` with metrics (the default) against PH_METRICS=0, both up, points
+    alternating so drift hits both alike. Request ids are on in both (they are not a
+    setting); their cost is in both figures."""
+    with server(ph_serve(heads_dir), work) as on, \
+            server(ph_serve(heads_dir), work, {"PH_METRICS": "0"}) as off:
+        return side_by_side({"metrics_on": on, "metrics_off": off}, heads, connections,
+                            seconds, generator, warmup, rounds)
+
+
+def side_by_side(servers: dict, heads: int, connections: int, seconds: float, generator: str,
+                 warmup: float, rounds: int) -> dict:
+    """Two running servers ({name: (url, proc)}), warmed, then measured point for point
+    in turn; the median of the first's requests/s over the second's, per round."""
+    for url, _ in servers.values():
+        warm(url, heads, warmup, generator)
+    rps: dict = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, (url, proc) in servers.items():
+            rps[name].append(point(url, proc, heads, connections, seconds,
+                                   generator=generator)["rps"])
+    first, second = servers
+    ratios = sorted(a / b for a, b in zip(rps[first], rps[second]))
     return {"connections": connections, "rps": rps,
-            "distributed_over_local": round(ratios[len(ratios) // 2], 3)}
+            f"{first}_over_{second}": round(ratios[len(ratios) // 2], 3)}
 
 
 def jaseci_walker(url: str, repeat: int) -> dict:
@@ -170,6 +193,46 @@ def with_training(url: str, proc, work: Path, heads: int, connections: int, seco
             "ratio": round(busy["rps"] / quiet["rps"], 3)}
 
 
+MINILM = {"torch": {"model": "all-MiniLM-L6-v2"},
+          "onnx_int8": {"model": "all-MiniLM-L6-v2", "backend": "onnx", "quantize": "int8"}}
+
+
+def minilm_serving(work: Path, heads: int, connections: int, seconds: float, generator: str,
+                   warmup: float, windows: list[float], workers: int = 1) -> dict:
+    """`ph serve` with `heads` all-MiniLM-L6-v2 heads, one server per encoder backend, a
+    random head per request: requests/s and p99 with a new text every request (the
+    encoder's cost) and with half the texts repeated (the embedding cache's gain); then
+    the fast backend under each batch window."""
+    out: dict = {"heads": heads, "connections": connections, "workers": workers, "backends": {}}
+    for backend, args in MINILM.items():
+        heads_dir = work / f"minilm-{backend}-{workers}"
+        config = {"Inference": {"device": "cpu", "preprocess": {"args": {
+            "encoder": "sentence_transformers", "encoder_args": args}}}}
+        from ph.heads.service import HeadRegistry
+        registry = HeadRegistry(heads_dir)
+        for i in range(heads):
+            registry.create_head(f"u{i}", config)
+        points = {}
+        last = backend == list(MINILM)[-1]
+        for window in (windows if last else windows[:1]):
+            extra = ("--batch-window-ms", str(window), "--workers", str(workers))
+            with server(ph_serve(heads_dir, *extra), work) as (url, proc):
+                warm(url, heads, warmup, generator)
+                for kind in ("unique", "repeat50") if window == windows[0] else ("unique",):
+                    points[f"{kind}_window_{window:g}ms"] = point(url, proc, heads, connections,
+                                                                 seconds, kind, generator)
+                if window == windows[0]:
+                    points["head_stats_encoders"] = requests.post(
+                        f"{url}/head_stats/", json={}).json().get("encoders")
+        out["backends"][backend] = points
+    first = f"unique_window_{windows[0]:g}ms"
+    torch_rps, fast = out["backends"]["torch"][first]["rps"], out["backends"]["onnx_int8"]
+    out["onnx_int8_over_torch"] = round(fast[first]["rps"] / torch_rps, 2)
+    out["cache_gain"] = {b: round(p[f"repeat50_window_{windows[0]:g}ms"]["rps"] / p[first]["rps"], 2)
+                         for b, p in out["backends"].items()}
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--heads", type=int, default=100)
@@ -177,19 +240,32 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=6)
     p.add_argument("--generator", default="auto", choices=("auto", "wrk", "python"))
     p.add_argument("--parts",
-                   default="sweep,workers,anchor,vector,budget,training,jaseci,distributed")
+                   default="sweep,workers,anchor,vector,budget,training,jaseci,distributed,metrics")
     p.add_argument("--budget-heads", type=int, default=1000)
     p.add_argument("--budget", default="2GB")
     p.add_argument("--jaseci-repeat", type=int, default=300)
     p.add_argument("--warmup", type=float, default=4, help="seconds of unrecorded load first")
+    p.add_argument("--windows", default="0,2,5,10",
+                   help="part minilm: batch windows (ms) tried with the fast backend")
+    p.add_argument("--minilm-workers", default="1,2", help="part minilm: ph serve --workers")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     conns = [int(c) for c in args.connections.split(",")]
     at = 32 if 32 in conns else conns[-1]
     work = Path(tempfile.mkdtemp(prefix="ph-serve-load-"))
     heads_dir = work / "heads"
+    if "minilm" in parts:  # not in the default parts: its own servers and heads
+        out_minilm = [minilm_serving(work, args.heads, at, args.seconds, args.generator,
+                                     args.warmup, [float(w) for w in args.windows.split(",")],
+                                     int(workers))
+                      for workers in args.minilm_workers.split(",")]
+        if parts == {"minilm"}:
+            emit("serve_load", args, __import__("torch").device("cpu"), {"minilm": out_minilm})
+            return
     make_heads(heads_dir, max(args.heads, args.budget_heads if "budget" in parts else 0))
     out: dict = {"heads": args.heads, "seconds_per_point": args.seconds, "points": {}}
+    if "minilm" in parts:
+        out["minilm"] = out_minilm
     anchor_cmd = [sys.executable, str(Path(__file__).parent / "anchor_server.py"), "--heads", str(args.heads)]
     if "anchor" in parts:
         with server(anchor_cmd, work) as (url, proc):
@@ -219,6 +295,9 @@ def main() -> None:
             stats = requests.post(f"{url}/head_stats/", json={}).json()
             out["budget"] = {"heads": args.budget_heads, "budget": args.budget, **budget,
                              "head_stats": stats}
+    if "metrics" in parts:
+        out["metrics_cost"] = metrics_cost(heads_dir, work, args.heads, at, args.seconds,
+                                           args.generator, args.warmup)
     if "distributed" in parts:
         out["distributed"] = distributed_vs_local(heads_dir, work, args.heads, at, args.seconds,
                                                   args.generator, args.warmup)

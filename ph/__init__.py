@@ -17,8 +17,9 @@ import sys
 from . import api  # noqa: F401  (ph.api stays reachable when Jaseci re-imports ph)
 from .api import (add_examples, check_head, create_head, create_head_list, delete_examples,
                   delete_head, export_weights, get_config, get_registry, head_stats,
-                  list_examples, list_heads, load_weights, predict, predict_many, rebase_addins,
-                  setup, stop_training, train_head, train_heads, train_status)
+                  list_examples, list_heads, list_revisions, load_weights, predict, predict_many,
+                  rebase_addins, rollback_head, setup, stop_training, train_head, train_heads,
+                  train_status)
 from .errors import (BadInputError, ConfigError, ConflictError, HeadNotFoundError, NotFoundError,
                      PHError, PermissionDeniedError, StoreUnavailableError, TooLargeError,
                      TrainingError, WeightsError)
@@ -28,7 +29,8 @@ __version__ = "0.1.0"
 __all__ = ["add_examples", "list_examples", "delete_examples", "TooLargeError", "check_head", "create_head", "create_head_list", "delete_head", "get_config",
            "get_registry", "head_stats", "list_heads", "load_weights", "predict", "predict_many", "setup",
            "stop_training", "train_head", "train_heads", "train_status", "rebase_addins",
-           "export_weights", "serv_actions", "HeadRegistry", "PHError",
+           "export_weights", "list_revisions", "rollback_head", "serv_actions", "HeadRegistry",
+           "PHError",
            "ConfigError", "BadInputError", "ConflictError", "HeadNotFoundError", "NotFoundError",
            "PermissionDeniedError", "StoreUnavailableError", "TrainingError", "WeightsError"]
 

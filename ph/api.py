@@ -168,9 +168,15 @@ def export_weights(uuid: str, weights_file: str) -> dict:
     return get_registry().export_weights(uuid, weights_file)
 
 
-def train_status(job_id: str) -> dict:
-    """State, epoch, latest metrics and error of a background training job."""
-    return job_status(get_registry().store, job_id)
+def train_status(job_id: str, log_lines: int = 20) -> dict:
+    """State of a background training job: `progress` while it runs (epoch of `epochs`,
+    batch of `batches`, samples_per_s, eta_s; at most a couple of seconds old), the last
+    epoch's `metrics`, error or summary, and `log`: the last `log_lines` lines of its log
+    (at most 200; 0 for none)."""
+    if isinstance(log_lines, bool) or not isinstance(log_lines, int) or not 0 <= log_lines <= 200:
+        raise BadInputError(f"train_status: log_lines must be a whole number from 0 to 200, "
+                            f"got {log_lines!r}")
+    return job_status(get_registry().store, job_id, log_lines)
 
 
 def stop_training(job_id: str, uuid: str | None = None) -> dict:
@@ -184,6 +190,18 @@ def load_weights(uuid: str, weights_file: str | None = None, path: str | None = 
     if weights_file and path and weights_file != path:
         raise BadInputError("give the weights file once: weights_file or path, not both")
     return get_registry().load_weights(uuid, weights_file or path)
+
+
+def list_revisions(uuid: str) -> list:
+    """The head's published revisions it keeps (PH_WEIGHT_HISTORY, default 3), newest
+    first: `{"revision", "current", "updated", "labels", "examples_seen"}` each."""
+    return get_registry().list_revisions(uuid)
+
+
+def rollback_head(uuid: str, revision: int) -> dict:
+    """Serve a kept earlier revision's weights again, atomically, as the next revision
+    (itself kept, so a roll-back can be undone). Refused while the head trains."""
+    return get_registry().rollback_head(uuid, revision)
 
 
 def get_config(uuid: str) -> dict:
@@ -229,7 +247,8 @@ def head_stats() -> dict:
 
 ACTIONS = (create_head_list, create_head, predict, predict_many, train_head, train_status, stop_training,
            load_weights, get_config, check_head, list_heads, delete_head, head_stats,
-           add_examples, list_examples, delete_examples, train_heads, rebase_addins, export_weights)
+           add_examples, list_examples, delete_examples, train_heads, rebase_addins, export_weights,
+           list_revisions, rollback_head)
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -81,6 +81,18 @@ class TooLargeError(PHError):
     http_status = 413
 
 
+class QuotaError(PHError):
+    """Over a tenant's quota (heads, examples, jobs, requests per second): try again after
+    `retry_after` seconds, or ask the operator to raise it."""
+
+    kind = "quota"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class StoreUnavailableError(PHError):
     """The store's Redis or object store cannot be reached now; nothing was changed, and
     the same call can be made again once it is back."""

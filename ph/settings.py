@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from .errors import ConfigError
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("text", "json")
 SIZE_UNITS = {"KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40, "B": 1}
 
 
@@ -59,6 +60,15 @@ class Setting:
 
     def names(self) -> str:
         return f"{self.env} ({self.flag})" if self.flag else self.env
+
+
+def version() -> str:
+    """ph's installed version (a working tree used without installing has none)."""
+    from importlib import metadata
+    try:
+        return metadata.version("ph")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def format_bytes(n: int) -> str:
@@ -112,11 +122,13 @@ def _number(value: Any) -> float:
     return number
 
 
-def _choice(value: Any) -> str:
-    text = str(value).strip().lower()
-    if text not in LOG_LEVELS:
-        raise ValueError(value)
-    return text
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(value)
+        return text
+    return parse
 
 
 def _paths(value: Any) -> tuple[str, ...]:
@@ -148,7 +160,8 @@ KINDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "int": (_int, "a whole number"),
     "number": (_number, "a number"),
     "bytes": (parse_bytes, "a size of at least 1 byte: bytes, or e.g. 512MB, 2GB"),
-    "log_level": (_choice, ", ".join(LOG_LEVELS)),
+    "log_level": (_one_of(LOG_LEVELS), ", ".join(LOG_LEVELS)),
+    "log_format": (_one_of(LOG_FORMATS), ", ".join(LOG_FORMATS)),
     "queues": (_queues, "queue names separated by commas (ph-train, ph-gpu)"),
 }
 
@@ -162,6 +175,9 @@ SETTINGS: tuple[Setting, ...] = (
             secret=True),
     Setting("PH_ALLOW_PATHS", (), "paths", "folders remote clients may name files in "
             "(none: no paths)", "--allow-path"),
+    Setting("PH_TOKENS_FILE", None, "path", "a YAML file of tenants, each with its own "
+            "tokens and quotas, and admin tokens (README: Tenants); PH_TOKEN is then an admin "
+            "token", "--tokens-file"),
     Setting("PH_ALLOW_CODE", False, "flag", "let remote clients run user Python (uploaded "
             "source or python_file)", "--allow-code"),
     Setting("PH_MEMORY_BUDGET", None, "bytes", "memory for loaded heads per process (least "
@@ -173,8 +189,19 @@ SETTINGS: tuple[Setting, ...] = (
             "per worker, less one for its event loop, at least 1)", "--threads", minimum=0),
     Setting("PH_MAX_BODY_BYTES", 32 * 2**20, "bytes", "largest request body ph serve "
             "accepts (larger: 413)", "--max-body-bytes", minimum=1),
+    Setting("PH_WEIGHT_HISTORY", 3, "int", "published revisions a head keeps, the current "
+            "one included (list_revisions, rollback_head)", minimum=1),
     Setting("PH_LOG_LEVEL", "info", "log_level", "how much ph serve and ph worker log",
             "--log-level"),
+    Setting("PH_LOG_FORMAT", "text", "log_format", "ph serve's and ph worker's log lines: "
+            "text, or one JSON object per line (both with a UTC timestamp and the request "
+            "id)", "--log-format"),
+    Setting("PH_METRICS", True, "flag", "serve Prometheus metrics at GET /metrics (0: off, "
+            "and nothing is counted)"),
+    Setting("PH_API_DOCS", True, "flag", "describe the actions at GET /openapi.json and /docs "
+            "(guarded by the token like the actions; 0: off)"),
+    Setting("PH_METRICS_OPEN", False, "flag", "let /metrics be scraped without the token "
+            "(for a scraper inside the cluster; the figures name no head)", "--metrics-open"),
     Setting("PH_MAX_EXAMPLES_PER_CALL", 1000, "int", "examples one add_examples call may "
             "add (and list_examples' largest page)", minimum=1),
     Setting("PH_MAX_EXAMPLES_PER_HEAD", 100_000, "int", "examples one head may hold",
@@ -197,8 +224,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PH_EMBEDDING_CACHE_BYTES", 64 * 2**20, "bytes", "embeddings of texts seen "
             "before, kept per shared text encoder (0 turns it off); counted in the memory "
             "budget", minimum=0),
-    Setting("PH_EMBEDDING_STORE", True, "flag", "keep text embeddings on this machine's "
-            "disk (the cache folder), so no process here encodes a text twice"),
+    Setting("PH_EMBEDDING_STORE", True, "flag", "keep the embeddings of texts training "
+            "encoded on this machine's disk (the cache folder), so no job here encodes a "
+            "text twice"),
     Setting("PH_SWEEP_INTERVAL_S", 30, "int", "seconds between two sweeps of the object "
             "store for objects nothing names", minimum=1),
     Setting("PH_ORPHAN_GRACE_S", 3600, "int", "seconds an object no record names is kept "

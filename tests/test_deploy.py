@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import sys
 import types
@@ -245,6 +246,11 @@ def resolved_store(tmp_path: Path) -> tuple[str, dict]:
 # ---------------------------------------------------------------- the manifests
 
 
+def test_every_image_tag_is_pinned():
+    images = [c["image"] for _, c in all_containers()]
+    assert images and all(":" in i and not i.endswith((":latest", ":7.2")) for i in images), images
+
+
 def test_every_document_is_a_named_kubernetes_object_once():
     text = ph.deploy.MANIFESTS.read_text()
     assert DOCS == [d for d in yaml.safe_load_all(text) if d]
@@ -369,6 +375,8 @@ def test_serve_listens_where_the_service_and_probes_point_and_has_a_token(capsys
     container = the_container("Deployment", "ph-serve")
     args = parse_container_args(container, capsys)
     assert port_matches(args.port, container)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"  # the store answers
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     for probe in ("readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] in ph.server.app.OPEN_PATHS  # probes send no token
@@ -502,3 +510,21 @@ def test_jsorc_remote_refuses_two_objects_of_one_kind():
     with pytest.raises(ValueError, match="one object per kind"):
         ph.deploy.jsorc_remote([doc, {**doc, "metadata": {**doc["metadata"], "name": "b"}}])
     assert ph.deploy.jsorc_remote([{"kind": "Service", "metadata": {"name": "c"}}]) == {}
+
+
+def test_the_image_runs_ph_serve_as_a_user_with_a_healthcheck_on_an_open_path():
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    user = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert user and user[-1] not in ("root", "0")
+    cmd = next(line for line in reversed(lines) if line.startswith("CMD "))
+    args = build_parser_args(json.loads(cmd[4:]))  # the exec form: no shell in between
+    expose = next(int(line.split()[1]) for line in lines if line.startswith("EXPOSE "))
+    assert args.command == "serve" and args.port == expose and args.host == "0.0.0.0"
+    check = next(line for line in lines if line.startswith("CMD [\"python\"") or "urlopen" in line)
+    path = re.search(r"127\.0\.0\.1:(\d+)(/\w+)", check)
+    assert int(path.group(1)) == expose and path.group(2) in ph.server.app.OPEN_PATHS
+
+
+def build_parser_args(command: list[str]) -> argparse.Namespace:
+    assert command[0] == "ph"
+    return ph.adapters.cli.build_parser().parse_args(command[1:])

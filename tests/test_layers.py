@@ -12,7 +12,7 @@ from helpers.paths import ROOT
 PACKAGE = ROOT / "ph"
 # Lower numbers are lower layers; a module may import its own layer or lower ones.
 LAYERS = [
-    (0, ("ph.errors", "ph.settings")),
+    (0, ("ph.errors", "ph.settings", "ph.metrics", "ph.logs")),
     (1, ("ph.stores",)),
     (2, ("ph.config",)),
     (3, ("ph.modeling", "ph.training")),

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import logs, metrics
 from ..errors import PHError
 from ..heads.jobs import head_stop_flag
 from ..heads.policy import PathPolicy
@@ -23,6 +24,8 @@ from ..training.trainer import TrainingStopped
 
 log = logging.getLogger("ph.jobs")
 JOB_NICENESS = 10  # training jobs yield the CPU to serving
+job_log = logs.TailHandler()  # the job's log lines, kept with its record (train_status)
+logging.getLogger("ph").addHandler(job_log)
 
 
 def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: int = 1,
@@ -31,6 +34,7 @@ def run_job(heads_dir: str, job_id: str, store_url: str | None = None, attempt: 
     the outcome. Returns 0 when the job succeeded."""
     store = open_store(store_url, heads_dir)
     stop = threading.Event()
+    job_log.clear()  # a ph worker runs one job after another in one process
     store.beat(job_id)  # alive from the claim on: beating until the job is recorded ended
     threading.Thread(target=_watch, args=(store, job_id, stop), daemon=True).start()
     try:
@@ -58,17 +62,30 @@ def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threadi
     registry = HeadRegistry(heads_dir, policy, store=store)
     if stop_on_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    logs.request_id.set(job.get("request_id") or f"job-{job_id}")  # the request that started it
     job.update(state="running", pid=os.getpid(), started=time.time())
     if not store.write_job(job, expect_attempt=attempt):
         return 1  # stopped, or failed by a probe, since the check above
+    metrics.job_state("running")
+    log.info("job %s attempt %d started", job_id, attempt)
     asked_to_stop = store.stop_requested(job_id)
 
-    def on_epoch(record: dict) -> None:
-        job.update(epoch=record["epoch"], metrics=record)
+    def write() -> None:
+        job["log"] = job_log.lines()
         if not store.write_job(job, expect_attempt=attempt):
             log.warning("job %s attempt %d was ended elsewhere (its worker was taken for "
                         "dead); stopping", job_id, attempt)
             stop.set()
+
+    def on_epoch(record: dict) -> None:
+        job.update(epoch=record["epoch"], metrics=record)
+        write()
+
+    def on_progress(progress: dict) -> None:  # from the first batch on, every second
+        job.update(epoch=max(job.get("epoch") or 0, progress["epoch"] - 1), progress=progress)
+        write()
+
+    on_epoch.progress = on_progress
 
     if job.get("uuids"):
         _run_group(registry, job, attempt, stop, asked_to_stop)
@@ -91,6 +108,10 @@ def _run_claimed(store, heads_dir: str, job_id: str, attempt: int, stop: threadi
 
 def _record_end(store, job: dict, attempt: int) -> int:
     job["ended"] = time.time()
+    metrics.job_state(job["state"])
+    log.info("job %s attempt %d %s%s", job["id"], attempt, job["state"],
+             f": {job['error']}" if job.get("error") else "")
+    job["log"] = job_log.lines()
     if not store.write_job(job, expect_attempt=attempt):
         log.warning("job %s attempt %d ended %s, but it was ended elsewhere first",
                     job["id"], attempt, job["state"])
@@ -180,7 +201,8 @@ def _watch(store, job_id: str, stop: threading.Event) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
+    from .. import settings
+    logs.configure(settings.value("PH_LOG_LEVEL"), settings.value("PH_LOG_FORMAT"))
     yield_cpu_to_serving()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     sys.exit(run_job(sys.argv[1], sys.argv[2]))

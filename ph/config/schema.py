@@ -64,7 +64,7 @@ DEFAULT_CONFIG: dict = {
             "tensorboard": True,
             "verbosity": 2,
             "resume": "",
-            "keep_checkpoints": 3,
+            "keep_checkpoints": 1,
         },
     },
 }

@@ -22,14 +22,15 @@ from typing import TYPE_CHECKING
 from .. import settings
 from ..errors import BadInputError, NotFoundError, PHError
 from ..stores import check_uuid, new_uuid
+from .. import logs
 from ..stores.base import ACTIVE, Store
 from ..stores.job_queue import queue_for
 
 if TYPE_CHECKING:
     from .service import HeadRegistry
 
-FIELDS = ("id", "uuid", "state", "epoch", "epochs", "metrics", "error", "summary", "created",
-          "started", "ended")
+FIELDS = ("id", "uuid", "state", "epoch", "epochs", "progress", "metrics", "error", "summary",
+          "created", "started", "ended", "request_id")
 GROUP_FIELDS = ("uuids", "heads")  # a group job's (start_group_job)
 
 
@@ -94,6 +95,7 @@ def _new_job(registry: "HeadRegistry", uuid: str, full: dict, auto_update: bool,
              incremental: bool, rebase: bool) -> dict:
     policy = registry.policy
     return {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
+            "request_id": logs.current_request_id(),  # its process logs under the same id
             "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
             "rebase": bool(rebase), "epoch": 0,
             "epochs": full["Trainer"]["trainer"]["epochs"], "metrics": None, "error": None,
@@ -147,10 +149,11 @@ def job_retries() -> int:
     return settings.value("PH_JOB_RETRIES")
 
 
-def job_status(store: Store, job_id: str) -> dict:
-    """The job's state; a job whose runner died without saying so is recorded failed (or
-    sent again, while it has retries left). Both writes hold only if the job is still
-    active at the attempt judged: a runner that recorded its end meanwhile wins."""
+def job_status(store: Store, job_id: str, log_lines: int = 20) -> dict:
+    """The job's state, progress and the last `log_lines` lines of its log; a job whose
+    runner died without saying so is recorded failed (or sent again, while it has
+    retries left). Both writes hold only if the job is still active at the attempt
+    judged: a runner that recorded its end meanwhile wins."""
     job = store.read_job(job_id)
     if job["state"] in ACTIVE and not store.job_alive(job):
         attempt = job.get("attempt", 1)  # written only if still active at it: else the
@@ -173,7 +176,9 @@ def job_status(store: Store, job_id: str) -> dict:
                     head.update(state="failed", error=job["error"])
             store.write_job(job, expect_attempt=attempt)
         job = store.read_job(job_id)
-    return {k: job.get(k) for k in FIELDS + (GROUP_FIELDS if job.get("uuids") else ())}
+    status = {k: job.get(k) for k in FIELDS + (GROUP_FIELDS if job.get("uuids") else ())}
+    status["log"] = (job.get("log") or [])[-log_lines:] if log_lines > 0 else []
+    return status
 
 
 def is_active(store: Store, job_id: str) -> bool:

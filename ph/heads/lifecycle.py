@@ -162,9 +162,9 @@ class Lifecycle:
             self.loader.forget(uuid)
         return True
 
-    def list_heads(self, offset: int = 0, limit: int = LIST_PAGE) -> list[str]:
+    def list_heads(self, offset: int = 0, limit: int = LIST_PAGE, prefix: str = "") -> list[str]:
         check_page(offset, limit, LIST_PAGE_MAX, "uuids")
-        return self.store.list(offset, limit)
+        return self.store.list(offset, limit, prefix)
 
     def get_config(self, uuid: str) -> dict:
         return self.store.read(check_uuid(uuid))["config"]

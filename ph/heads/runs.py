@@ -35,6 +35,7 @@ from .jobs import is_active
 from .loader import HeadLoader
 from .policy import PathPolicy
 from .sources import ConfigSources
+from .stored_embeddings import run_embeddings
 
 STORED_PATHS = (("Trainer", "dataloader", "args", "train_json"), ("Trainer", "trainer", "save_dir"),
                 ("Trainer", "trainer", "resume"))  # paths a training takes from the head's config
@@ -230,11 +231,13 @@ class TrainingRuns:
     def data_context(self, run: "Run") -> DataContext:
         """What the run's data loader reads: the planned examples, labels to start from."""
         config, start, plan = run.config, run.start, run.plan
-        return DataContext(run.code, build_processors(config, run.code)[0],
-                           start.source.get("labels"),
+        preprocessor = build_processors(config, run.code)[0]
+        return DataContext(run.code, preprocessor, start.source.get("labels"),
                            config["Model"].get("args", {}).get("n_classes"),
                            config["Trainer"]["seed"], self.policy.resolve,
-                           (plan.inputs, plan.labels), plan.replay)
+                           (plan.inputs, plan.labels), plan.replay,
+                           run_embeddings(self.store, run.uuid, preprocessor,
+                                          plan.inputs + (plan.replay[0] if plan.replay else [])))
 
     @staticmethod
     def model_for(start: _Start, code: UserCode, config: dict, frozen: FrozenBase | None = None):
@@ -301,6 +304,29 @@ class TrainingRuns:
             record = self._serve_weights(uuid, current, state, labels, model)
         return {"uuid": uuid, "revision": record["revision"], "labels": labels}
 
+    def revisions(self, uuid: str) -> list[dict]:
+        """The head's published revisions it keeps, newest (the current one) first."""
+        record = self.store.read(uuid)
+        kept = [{**_revision_info(e), "current": False} for e in record.get("history", [])]
+        if record.get("weights"):
+            kept.append({**_revision_info(record), "current": True,
+                         "rolled_back_to": record.get("rolled_back_to")})
+        return kept[::-1]
+
+    def roll_back(self, uuid: str, revision: Any) -> dict:
+        """Serve the weights of a kept earlier revision again, as the next revision."""
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            raise BadInputError(f"rollback_head: revision must be a whole number (one that "
+                                f"list_revisions shows), got {revision!r}")
+        with self.store.lock(uuid):
+            current = self.store.read(uuid)
+            self.guard.check_idle(uuid, "rollback_head")
+            record = self.store.roll_back(uuid, current, revision)
+        log.info("head '%s' rolled back to revision %d, served as revision %d", uuid, revision,
+                 record["revision"])
+        return {"uuid": uuid, "revision": record["revision"], "rolled_back_to": revision,
+                "labels": record.get("labels")}
+
     def _serve_weights(self, uuid: str, current: dict, state: dict, labels: list | None, model,
                        run: dict | None = None) -> dict:
         """Write new weights into the head's record and serve them from now on (call under
@@ -345,3 +371,8 @@ class TrainingRuns:
             digest = self.store.save_dataset([{k: v, "label": label} for k, v, label in records])
             digests = [d for d in digests if d != digest] + [digest]
         return digests[-DATA_SETS_KEPT:]
+
+
+def _revision_info(entry: dict) -> dict:
+    return {"revision": entry["revision"], "updated": entry.get("updated"),
+            "labels": entry.get("labels"), "examples_seen": entry.get("examples_seen", 0)}

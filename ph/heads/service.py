@@ -90,10 +90,10 @@ class HeadRegistry:
         `followers` counts the untrained children that answer with this head's weights."""
         return self.lifecycle.check_head(uuid)
 
-    def list_heads(self, offset: int = 0, limit: int = LIST_PAGE) -> list[str]:
-        """Uuids in sorted order from position `offset`, at most `limit` (a store may
-        hold millions: page through them)."""
-        return self.lifecycle.list_heads(offset, limit)
+    def list_heads(self, offset: int = 0, limit: int = LIST_PAGE, prefix: str = "") -> list[str]:
+        """Uuids (starting with `prefix`: a tenant's) in sorted order from position
+        `offset`, at most `limit` (a store may hold millions: page through them)."""
+        return self.lifecycle.list_heads(offset, limit, prefix)
 
     def delete_head(self, uuid: str) -> bool:
         return self.lifecycle.delete_head(uuid)
@@ -123,6 +123,12 @@ class HeadRegistry:
     def load_weights(self, uuid: str, path: str) -> dict:
         """Switch a head to the weights in a state-dict or checkpoint file."""
         return self.runs.load_weights(uuid, path)
+
+    def list_revisions(self, uuid: str) -> list[dict]:
+        return self.runs.revisions(check_uuid(uuid))
+
+    def rollback_head(self, uuid: str, revision: int) -> dict:
+        return self.runs.roll_back(check_uuid(uuid), revision)
 
     # --- training --------------------------------------------------------------------------
     def train(self, uuid: str, config: Any = None, auto_update: bool = True,

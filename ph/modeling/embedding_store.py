@@ -35,7 +35,7 @@ class EmbeddingStore:
 
     def get(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The texts found, with their vectors (a store that fails to read finds none)."""
-        keys = {_key(t): t for t in texts}
+        keys = {text_key(t): t for t in texts}
         found: dict[str, torch.Tensor] = {}
         try:
             db = self._db()
@@ -57,7 +57,7 @@ class EmbeddingStore:
         try:
             with self._db() as db:
                 db.executemany("INSERT OR IGNORE INTO rows (key, vec) VALUES (?, ?)",
-                               [(_key(t), v.to(torch.float32).contiguous().numpy().tobytes())
+                               [(text_key(t), v.to(torch.float32).contiguous().numpy().tobytes())
                                 for t, v in rows.items()])
         except sqlite3.Error as exc:
             log.warning("embedding store %s not written (%s)", self.path, exc)
@@ -77,5 +77,6 @@ class EmbeddingStore:
         return db
 
 
-def _key(text: str) -> bytes:
+def text_key(text: str) -> bytes:
+    """A text's row key (32 bytes): the embedding store's and the heads' packs'."""
     return hashlib.sha256(text.encode("utf-8")).digest()

@@ -228,14 +228,20 @@ class SentenceTransformersEncoder:
                                       for p in self._model.parameters())
             return self._model
 
+    @functools.cached_property
+    def identity(self) -> str:
+        """What its embeddings depend on: the model's files (two models of one name never
+        share), the backend, quantization, device and library versions."""
+        from .onnx_encoder import export_key
+        return export_key(self.folder, f"{self.backend}-{self.quantize}-{self.device}")
+
     def _disk(self):
         """This machine's embedding store for this encoder (None when turned off)."""
         if not settings.value("PH_EMBEDDING_STORE"):
             return None
-        from .onnx_encoder import export_key
         from .embedding_store import EmbeddingStore
-        identity = export_key(self.folder, f"{self.backend}-{self.quantize}-{self.device}")
-        return EmbeddingStore(cache_dir().parent / "embeddings" / f"{identity}.sqlite", self.dim)
+        return EmbeddingStore(cache_dir().parent / "embeddings" / f"{self.identity}.sqlite",
+                              self.dim)
 
     def _torch(self, loader, folder: Path, model: str):
         try:

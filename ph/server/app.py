@@ -26,19 +26,23 @@ from typing import Any
 import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import api, settings
+from .. import api, metrics, settings
 from ..errors import BadInputError, PHError, TooLargeError
 from ..heads.policy import PathPolicy
+from ..settings import version as ph_version
+from .observability import PROBE_PATHS, Instrument, Readiness, add_routes, with_request_id
+from .tenants import Tenant, TenantActions, load_tokens, tenant_of
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = PROBE_PATHS  # open to probes: they say nothing about heads or paths
 DEFAULT_MAX_BODY = settings.BY_ENV["PH_MAX_BODY_BYTES"].default  # 1,000 768-float examples fit
 ENV = ("PH_HEADS_DIR", "PH_STORE", "PH_TOKEN", "PH_ALLOW_CODE", "PH_ALLOW_PATHS", "PH_MEMORY_BUDGET",
-       "PH_BATCH_WINDOW_MS", "PH_WORKERS", "PH_TORCH_THREADS", "PH_MAX_BODY_BYTES")
+       "PH_BATCH_WINDOW_MS", "PH_WORKERS", "PH_TORCH_THREADS", "PH_MAX_BODY_BYTES", "PH_METRICS",
+       "PH_METRICS_OPEN", "PH_LOG_FORMAT", "PH_API_DOCS", "PH_TOKENS_FILE")
 
 
 @dataclass
@@ -55,6 +59,11 @@ class ServerSettings:
     workers: int = 1
     torch_threads: int = 0  # 0: one core per worker is left to its event loop (below)
     max_body_bytes: int = DEFAULT_MAX_BODY
+    metrics: bool = True
+    metrics_open: bool = False  # /metrics without the token (a scraper in the cluster)
+    log_format: str = "text"
+    api_docs: bool = True
+    tokens_file: str | None = None  # tenants (ph.server.tenants)
 
     @classmethod
     def from_env(cls) -> "ServerSettings":
@@ -70,7 +79,9 @@ class ServerSettings:
                    memory_budget=values["PH_MEMORY_BUDGET"],
                    batch_window_ms=values["PH_BATCH_WINDOW_MS"], workers=values["PH_WORKERS"],
                    torch_threads=values["PH_TORCH_THREADS"],
-                   max_body_bytes=values["PH_MAX_BODY_BYTES"])
+                   max_body_bytes=values["PH_MAX_BODY_BYTES"], metrics=values["PH_METRICS"],
+                   metrics_open=values["PH_METRICS_OPEN"], log_format=values["PH_LOG_FORMAT"],
+                   api_docs=values["PH_API_DOCS"], tokens_file=values["PH_TOKENS_FILE"] or None)
 
     def to_env(self) -> dict[str, str]:
         return {"PH_HEADS_DIR": str(self.heads_dir), "PH_STORE": self.store or "",
@@ -80,7 +91,11 @@ class ServerSettings:
                 "PH_MEMORY_BUDGET": str(self.memory_budget or ""),
                 "PH_BATCH_WINDOW_MS": str(self.batch_window_ms), "PH_WORKERS": str(self.workers),
                 "PH_TORCH_THREADS": str(self.torch_threads),
-                "PH_MAX_BODY_BYTES": str(self.max_body_bytes)}
+                "PH_MAX_BODY_BYTES": str(self.max_body_bytes),
+                "PH_METRICS": "1" if self.metrics else "0",
+                "PH_METRICS_OPEN": "1" if self.metrics_open else "",
+                "PH_LOG_FORMAT": self.log_format, "PH_API_DOCS": "1" if self.api_docs else "0",
+                "PH_TOKENS_FILE": str(Path(self.tokens_file).resolve()) if self.tokens_file else ""}
 
     def compute_threads(self) -> int:
         """torch threads per worker: the cores left after each worker's event loop.
@@ -101,8 +116,8 @@ class PredictBatcher:
     Passes run on one compute thread fed by a plain queue: the event loop only enqueues
     and is woken once per pass, with no task or thread-pool hop per batch."""
 
-    def __init__(self, window_ms: float = 0.0, max_batch: int = 1024):
-        self.window, self.max_batch = window_ms / 1000.0, max_batch
+    def __init__(self, window_ms: float = 0.0, max_batch: int = 1024, count: bool = False):
+        self.window, self.max_batch, self.count = window_ms / 1000.0, max_batch, count
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -143,7 +158,7 @@ class PredictBatcher:
         """One predict_many as plain values, with its CPU time counted (benchmarks split a
         request's server time into the stacked pass and the rest). Never raises: every
         waiting call gets its own answer or error."""
-        start = time.thread_time()
+        start, wall = time.thread_time(), time.perf_counter()
         try:
             results = api.get_registry().predict_many(requests)
             return [r if isinstance(r, Exception) else api.to_plain(r) for r in results]
@@ -151,6 +166,9 @@ class PredictBatcher:
             return [exc] * len(requests)
         finally:
             self.pass_cpu_s += time.thread_time() - start
+            if self.count:
+                metrics.predict_pass(len(requests), time.perf_counter() - wall)
+                metrics.observe_registry(api.get_registry().stats)
 
 
 def _deliver(batch: list, results: list) -> None:
@@ -173,36 +191,58 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     app = FastAPI(title="ph remote actions", description="Personalized heads for Jaseci",
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
-    batcher = PredictBatcher(settings.batch_window_ms)
+    count = settings.metrics and metrics.available()
+    batcher = PredictBatcher(settings.batch_window_ms, count=count)
 
-    app.add_middleware(Gatekeeper, token=settings.token)
+    open_paths = OPEN_PATHS + (("/metrics",) if settings.metrics_open else ())
+    tokens = load_tokens(settings.tokens_file, settings.token) if settings.tokens_file else None
+    tenant_actions = TenantActions(api.get_registry, settings.workers) if tokens else None
+    app.add_middleware(Gatekeeper, token=settings.token, open_paths=open_paths, tokens=tokens)
+    app.add_middleware(Instrument, actions={fn.__name__ for fn in api.ACTIONS}, count=count)
+    add_routes(app, Readiness(registry.store.check_ready),
+               lambda: metrics.observe_registry(registry.stats, force=True), count)
 
     @app.exception_handler(PHError)
     async def ph_error(request: Request, exc: PHError):
-        return JSONResponse(exc.to_dict(), status_code=exc.http_status)
+        retry = getattr(exc, "retry_after", None)  # a quota: when to try again
+        return with_request_id(exc.to_dict(), exc.http_status,
+                               {"Retry-After": str(retry)} if retry else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
             names = ", ".join(fn.__name__ for fn in api.ACTIONS)
-            return JSONResponse({"error": "not_found", "message": f"no action at {request.url.path}; "
-                                 f"POST /<action>/ with one of: {names}"}, status_code=404)
-        return JSONResponse({"error": "http", "message": str(exc.detail)}, status_code=exc.status_code)
+            return with_request_id({"error": "not_found", "message": f"no action at "
+                                    f"{request.url.path}; POST /<action>/ with one of: {names}"}, 404)
+        return with_request_id({"error": "http", "message": str(exc.detail)}, exc.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("internal error in %s", request.url.path)
         while isinstance(exc, BaseExceptionGroup) and exc.exceptions:  # from middleware tasks
             exc = exc.exceptions[0]
-        return JSONResponse({"error": "internal", "message": f"internal error ({type(exc).__name__}); "
-                             "the server log has the details"}, status_code=500)
+        return with_request_id({"error": "internal", "message": f"internal error "
+                                f"({type(exc).__name__}); the server log has the details "
+                                "(search it for the request_id)"}, 500)
 
-    @app.get("/healthz")
-    async def health():  # open to probes: says nothing about heads or paths
+    @app.get("/healthz", include_in_schema=False)
+    async def health():  # open to probes (and the benchmarks' pass counters)
         return {"status": "ok", "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
                 "predict_batches": batcher.batches,
                 "predict_requests": batcher.requests,
                 "predict_pass_cpu_s": round(batcher.pass_cpu_s, 4)}
+
+    if settings.api_docs:  # guarded like the actions (not in OPEN_PATHS)
+        from .openapi import openapi_document, swagger_page
+        document = openapi_document(api.ACTIONS, ph_version())
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi():
+            return JSONResponse(document)
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs():
+            return HTMLResponse(swagger_page("ph remote actions"))
 
     @app.get(SPEC_PATH)
     async def spec():
@@ -212,14 +252,17 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         run = batcher.predict if fn is api.predict else None
         # plain Starlette routes: the endpoints read and answer JSON themselves, so
         # FastAPI's per-request dependency solving and response encoding add only cost
-        app.add_route(f"/{fn.__name__}/", _endpoint(fn, run, settings.max_body_bytes),
+        app.add_route(f"/{fn.__name__}/", _endpoint(fn, run, settings.max_body_bytes,
+                                                    tenant_actions),
                       methods=["POST"], name=fn.__name__)
     return app
 
 
-def _endpoint(fn, run=None, max_body: int = DEFAULT_MAX_BODY):
+def _endpoint(fn, run=None, max_body: int = DEFAULT_MAX_BODY,
+              tenant_actions: TenantActions | None = None):
     """POST handler: check the JSON arguments against `fn`, then call it in a worker
-    thread (or `run`, a coroutine taking the same arguments)."""
+    thread (or `run`, a coroutine taking the same arguments); a tenant's call through
+    `tenant_actions`."""
     signature = inspect.signature(fn)
     params = signature.parameters
 
@@ -241,6 +284,9 @@ def _endpoint(fn, run=None, max_body: int = DEFAULT_MAX_BODY):
             signature.bind(**args)
         except TypeError as exc:
             raise BadInputError(f"{fn.__name__}: {exc}; it takes: {', '.join(params)}") from None
+        tenant = request.scope.get("ph.tenant")
+        if tenant is not None and not tenant.admin:
+            return JSONResponse(await tenant_actions.call(tenant, fn, args, run))
         if run is not None:
             return JSONResponse(await run(**args))
         return JSONResponse(await run_in_threadpool(fn, **args))
@@ -269,15 +315,36 @@ class Gatekeeper:
     """Refuses requests the operator did not allow, before any route runs (pure ASGI:
     Starlette's BaseHTTPMiddleware would add a task and a stream to every request)."""
 
-    def __init__(self, app, token: str | None):
-        self.app, self.token = app, token
+    def __init__(self, app, token: str | None, open_paths: tuple[str, ...] = OPEN_PATHS,
+                 tokens: dict[str, Tenant] | None = None):
+        self.app, self.token, self.open_paths, self.tokens = app, token, open_paths, tokens
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            refusal = _refusal(Request(scope), self.token)
+        if scope["type"] == "http" and scope["path"] not in self.open_paths:
+            request = Request(scope)
+            refusal = _refusal(request, self.token) if self.tokens is None else \
+                _tenant_refusal(request, self.tokens, scope)
             if refusal is not None:
                 return await refusal(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+def _tenant_refusal(request: Request, tokens: dict[str, Tenant], scope: dict) -> JSONResponse | None:
+    """With tenants: the token names the tenant (put in scope["ph.tenant"]); /metrics is
+    the operator's."""
+    if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] \
+            != "application/json":
+        return with_request_id({"error": "bad_input", "message": "send the arguments as JSON "
+                                "with Content-Type: application/json"}, 415)
+    tenant = tenant_of(tokens, _credential(request.headers.get("authorization", "")))
+    if tenant is None:
+        return _unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' (or "
+                             "use http://user:TOKEN@host:port as the remote action URL)")
+    if scope["path"] == "/metrics" and not tenant.admin:
+        return with_request_id({"error": "forbidden", "message": "/metrics is the operator's: "
+                                "scrape it with an admin token"}, 403)
+    scope["ph.tenant"] = tenant
+    return None
 
 
 def _refusal(request: Request, token: str | None) -> JSONResponse | None:
@@ -285,8 +352,8 @@ def _refusal(request: Request, token: str | None) -> JSONResponse | None:
     if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] \
             != "application/json":
         # a browser page cannot send this without a CORS preflight, which this server refuses
-        return JSONResponse({"error": "bad_input", "message": "send the arguments as JSON "
-                             "with Content-Type: application/json"}, status_code=415)
+        return with_request_id({"error": "bad_input", "message": "send the arguments as JSON "
+                                "with Content-Type: application/json"}, 415)
     if token is None:
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
         if not is_loopback(request.client.host if request.client else ""):
@@ -320,8 +387,8 @@ def _credential(header: str) -> str | None:
 
 
 def _unauthorized(message: str) -> JSONResponse:
-    return JSONResponse({"error": "unauthorized", "message": message}, status_code=401,
-                        headers={"WWW-Authenticate": 'Bearer realm="ph", Basic realm="ph"'})
+    return with_request_id({"error": "unauthorized", "message": message}, 401,
+                           headers={"WWW-Authenticate": 'Bearer realm="ph", Basic realm="ph"'})
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,8 @@ import signal
 import socket
 import time
 
+from .. import metrics
+
 log = logging.getLogger("ph.workers")
 RESTART_DELAY_S = 1.0
 
@@ -38,6 +40,7 @@ def serve_workers(host: str, port: int, workers: int, log_level: str, access_log
         for i, proc in enumerate(procs):
             if not proc.is_alive() and not stopping:
                 log.warning("worker %s exited with %s; starting another", proc.pid, proc.exitcode)
+                metrics.process_ended(proc.pid)
                 time.sleep(RESTART_DELAY_S)
                 procs[i] = context.Process(target=_worker, args=args, daemon=False)
                 procs[i].start()
@@ -69,9 +72,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 def _worker(host: str, port: int, log_level: str, access_log: bool) -> None:
     import uvicorn
-    logging.basicConfig(level=log_level.upper())
+    from .. import logs, settings
+    logs.configure(log_level, settings.value("PH_LOG_FORMAT"))
     config = uvicorn.Config("ph.server.app:serv_actions", factory=True, host=host, port=port,
-                            log_level=log_level, access_log=access_log)
+                            log_level=log_level, access_log=access_log, log_config=None)
     uvicorn.Server(config).run(sockets=[listening_socket(host, port)])
 
 

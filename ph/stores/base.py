@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Protocol, runtime_checkable
 import torch
 
 from .. import settings
-from ..errors import BadInputError, WeightsError
+from ..errors import BadInputError, NotFoundError, WeightsError
 
 RUNS_KEPT = 20  # training runs remembered in a head's record
 ACTIVE = ("queued", "running")  # a job in these states owns its head
@@ -44,6 +44,17 @@ def check_uuid(uuid: Any) -> str:
         raise BadInputError(f"uuid {shown} is not valid: use 1 to 128 letters, digits, '_', '-' "
                             "or '.', starting with a letter or digit (or omit it to get a new uuid4)")
     return uuid
+
+
+IDENTITY_PATTERN = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def check_identity(identity: str) -> str:
+    """An encoder identity (a hex digest: ph.modeling.onnx_encoder.export_key) used as a
+    folder name; anything else is a bug, refused before it names a path."""
+    if not isinstance(identity, str) or not IDENTITY_PATTERN.fullmatch(identity):
+        raise ValueError(f"not an encoder identity: {identity!r}")
+    return identity
 
 
 def new_uuid() -> str:
@@ -291,15 +302,29 @@ class Records(Protocol):
                       run: dict | None = None) -> dict:
         """Store new weights and switch the record to them in one step: the next
         revision, `labels`, `updated` now, and `run` appended to `runs` (the last
-        RUNS_KEPT kept). Returns the new record. Readers see the old weights or the new
-        ones, never a record naming weights not yet stored; the old weights are removed
-        after the switch. Call with the head's lock held, `record` read under it.
+        RUNS_KEPT kept). The revision it replaces joins the record's `history` (the last
+        PH_WEIGHT_HISTORY - 1 kept, for roll_back). Returns the new record. Readers see
+        the old weights or the new ones, never a record naming weights not yet stored;
+        weights no longer named are removed after the switch. Call with the head's lock
+        held, `record` read under it.
 
         Raises:
             ConflictError: the record changed since it was read, or (RedisStore) the
                 training run writing it lost its lease; nothing was published and the
                 new weights are removed again.
             NotFoundError: the head was deleted meanwhile.
+        """
+        ...
+
+    def roll_back(self, uuid: str, record: dict, revision: int) -> dict:
+        """Switch the record, in one step as write_weights does, to the weights of an
+        earlier `revision` kept in its `history`; they are published as the next revision
+        (`rolled_back_to` says which), and the weights they replace join the history, so
+        a roll-back can itself be undone. Call with the head's lock held.
+
+        Raises:
+            NotFoundError: no such revision is kept (the message lists those that are).
+            ConflictError, NotFoundError: as write_weights.
         """
         ...
 
@@ -330,8 +355,9 @@ class Records(Protocol):
         """
         ...
 
-    def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
-        """Uuids in sorted order from position `offset`, at most `limit` (all if None)."""
+    def list(self, offset: int = 0, limit: int | None = None, prefix: str = "") -> list[str]:
+        """Uuids (those starting with `prefix`: a tenant's) in sorted order from position
+        `offset` among them, at most `limit` (all if None)."""
         ...
 
     def add_follower(self, parent: str, child: str) -> None:
@@ -411,6 +437,24 @@ class Examples(Protocol):
     def examples(self, uuid: str) -> StoredExamples:
         """The head's stored examples. The head must exist (callers check first); a
         store that reads the head to find its log raises NotFoundError if it does not."""
+        ...
+
+
+@runtime_checkable
+class Embeddings(Protocol):
+    """A head's stored examples' embeddings, as packs of bytes per encoder identity
+    (ph.heads.stored_embeddings reads and writes them): derived from the examples, kept
+    with the head so that a training on any machine finds them. Deleting any of the
+    head's examples drops them all (they are encoded again on the next training), and
+    they go with the head."""
+
+    def embedding_packs(self, uuid: str, identity: str) -> dict[str, bytes]:
+        """{pack name: bytes} of the head's packs for this encoder ({} if none)."""
+        ...
+
+    def save_embedding_pack(self, uuid: str, identity: str, data: bytes,
+                            replaces: Iterable[str] = ()) -> None:
+        """Store one more pack, then remove the packs named in `replaces` (a merge)."""
         ...
 
 
@@ -528,11 +572,16 @@ class Jobs(Protocol):
 
 
 @runtime_checkable
-class Store(Records, Blobs, Examples, Locks, Jobs, Protocol):
+class Store(Records, Blobs, Examples, Embeddings, Locks, Jobs, Protocol):
     """Where heads live: every concern, and the store's own life."""
 
     root: Path
     """This machine's folder: the heads (LocalStore) or its cache of objects (RedisStore)."""
+
+    def check_ready(self) -> None:
+        """Raise StoreUnavailableError, saying what is wrong, if the store cannot serve
+        now (a server's readiness: /readyz). Cheap enough for a probe every few seconds."""
+        ...
 
     def start_background_tasks(self) -> None:
         """Start what a long-running process (`ph serve`, `ph worker`) runs for the store
@@ -547,6 +596,26 @@ class Store(Records, Blobs, Examples, Locks, Jobs, Protocol):
 
 # --- what the backends share -------------------------------------------------------------------
 
+# What a published revision is: its weights and what they were trained on (an add-in's
+# parent snapshot too), restored together by a roll-back.
+REVISION_FIELDS = ("revision", "weights", "labels", "updated", "examples_seen", "trained_on",
+                   "base", "parent_revision")
+
+
+def _pushed(record: dict, history: list[dict]) -> list[dict]:
+    """`history` with `record`'s current revision added (if it has weights), the oldest
+    dropped beyond PH_WEIGHT_HISTORY - 1 entries."""
+    if record.get("weights"):
+        history = history + [{k: record[k] for k in REVISION_FIELDS if k in record}]
+    keep = settings.value("PH_WEIGHT_HISTORY") - 1
+    return history[-keep:] if keep > 0 else []
+
+
+def weights_named(record: dict) -> set[str]:
+    """Every weights file or object a record names: its current ones and its history's."""
+    names = {entry["weights"] for entry in record.get("history", [])}
+    return names | ({record["weights"]} if record.get("weights") else set())
+
 class StoreBase:
     """The bookkeeping every backend does alike. A backend gives the two steps of a
     weights write: `_save_weights` (store them under a new name) and `_switch_weights`
@@ -560,9 +629,25 @@ class StoreBase:
         revision = record["revision"] + 1
         name = self._save_weights(uuid, record, revision, state)
         new = {**record, "revision": revision, "weights": name, "labels": labels,
-               "updated": time.time()}
+               "updated": time.time(), "history": _pushed(record, record.get("history", []))}
+        new.pop("rolled_back_to", None)
         if run is not None:
             new["runs"] = (record.get("runs", []) + [run])[-RUNS_KEPT:]
+        return self._switch_weights(uuid, record, new)
+
+    def roll_back(self, uuid: str, record: dict, revision: int) -> dict:
+        """See Records.roll_back."""
+        history = record.get("history", [])
+        kept = [entry for entry in history if entry["revision"] == revision]
+        if not kept:
+            revisions = ", ".join(str(e["revision"]) for e in history) or "none"
+            raise NotFoundError(f"head '{uuid}' keeps no revision {revision} to roll back to "
+                                f"(kept: {revisions}; current: {record['revision']}); "
+                                "head_revisions lists them")
+        new = {**record, **{k: v for k, v in kept[0].items() if k != "revision"},
+               "revision": record["revision"] + 1, "updated": time.time(),
+               "rolled_back_to": revision,
+               "history": _pushed(record, [e for e in history if e is not kept[0]])}
         return self._switch_weights(uuid, record, new)
 
     def _save_weights(self, uuid: str, record: dict, revision: int, state: dict) -> str:

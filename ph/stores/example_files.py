@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 from dataclasses import dataclass, replace
@@ -42,6 +43,7 @@ __all__ = ["ExampleLimits", "ExampleLog", "LogSummary", "label_kind"]  # the las
 
 log = logging.getLogger("ph.examples")
 FORMAT = "ph-examples/1"
+EMBEDDINGS_DIR = "embeddings"  # beside the log: its examples' embeddings (base.Embeddings)
 INPUT_KEYS = ("text", "input_ids", "embedding")
 
 
@@ -194,6 +196,7 @@ class ExampleLog:
                 fh.write(json_line({"commit": summary.last_id}))
         with _summaries_lock:
             _summaries.pop(str(self.path), None)
+        shutil.rmtree(self.path.parent / EMBEDDINGS_DIR, ignore_errors=True)  # derived from them
         return removed
 
     def _remember(self, summary: LogSummary) -> None:

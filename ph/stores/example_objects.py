@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from ..errors import ConflictError
 from .base import LogSummary, json_line, numbered, page, without
+from .sweeper import GC_PREFIX, embeddings_prefix
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -86,6 +87,9 @@ class ObjectExampleLog:
         self._switch(after, new, written, new, dropped=chunks)
         self.store.forget_objects(chunks, f"examples were deleted from head '{self.uuid}'; "
                                           "their stored chunks", queued=True)
+        self.store.forget_objects([GC_PREFIX + embeddings_prefix(self.uuid, self.inc)],
+                                  f"examples were deleted from head '{self.uuid}'; its "
+                                  "embedding packs")
         return removed
 
     def _put(self, rows: list[dict]) -> str:

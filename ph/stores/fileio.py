@@ -66,22 +66,6 @@ def load_state(source: Any) -> dict:
     return torch.load(source, map_location="cpu", weights_only=True)
 
 
-def atomic_link(src: Path, dst: Path) -> None:
-    """Make `dst` the same file as `src` (a hard link, so no copy), replacing `dst` atomically."""
-    tmp = Path(dst).with_name(f".{Path(dst).name}.{os.getpid()}.link")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    try:
-        os.link(src, tmp)
-    except OSError:  # no hard links here: copy instead
-        with atomic_open(dst) as out, open(src, "rb") as inp:
-            while chunk := inp.read(1 << 20):
-                out.write(chunk)
-        return
-    os.replace(tmp, dst)
-    fsync_dir(Path(dst).parent)
-
-
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2  # from Linux <fcntl.h> and <linux/fs.h>
 
 

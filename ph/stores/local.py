@@ -4,6 +4,7 @@ Layout (every write atomic; a head's writers hold its lock):
     <root>/<uuid>/head.json          config, label map, revision, weights file, runs
     <root>/<uuid>/weights-<rev>.pt   current weights (state dict)
     <root>/<uuid>/examples.jsonl     the head's stored examples (ph.stores.example_files)
+    <root>/<uuid>/embeddings/<identity>/<sha>.emb   their embeddings (base.Embeddings)
     <root>/_list.json                the head list: default config for new heads
     <root>/_code/<sha>.py            user Python sources, by content
     <root>/_data/<sha>.jsonl         training data sets heads were trained on, by content
@@ -29,13 +30,14 @@ import shutil
 import time
 import uuid as uuidlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
-from ..errors import ConflictError, HeadNotFoundError, WeightsError
-from .base import JobRetention, StoreBase, StoredExamples, check_uuid
-from .example_files import ExampleLog
-from .fileio import atomic_torch_save, atomic_write_json, exchange_paths, file_lock, fsync_dir, \
-    load_state
+from ..errors import ConflictError, HeadNotFoundError, StoreUnavailableError, WeightsError
+from .base import JobRetention, StoreBase, StoredExamples, check_identity, check_uuid, content_id, \
+    weights_named
+from .example_files import EMBEDDINGS_DIR, ExampleLog
+from .fileio import atomic_torch_save, atomic_write_bytes, atomic_write_json, exchange_paths, \
+    file_lock, fsync_dir, load_state
 from .local_blobs import LocalBlobs
 from .local_jobs import LocalJobs
 
@@ -59,6 +61,11 @@ class LocalStore(LocalBlobs, LocalJobs, StoreBase):
     def close(self) -> None:
         """Nothing to let go of: every call opens and closes its own files."""
 
+    def check_ready(self) -> None:
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StoreUnavailableError(f"the heads folder {self.root} is gone or not writable "
+                                        "by this process; check the volume and its permissions")
+
     def _clean_tmp(self, older_than_s: float = 3600) -> None:
         """Remove what crashed creates and deletes left in _tmp (old enough to be dead)."""
         for entry in (self.root / "_tmp").iterdir():
@@ -78,6 +85,25 @@ class LocalStore(LocalBlobs, LocalJobs, StoreBase):
     def examples(self, uuid: str) -> StoredExamples:
         """The head's stored examples (append and delete under the head's lock)."""
         return ExampleLog(self.head_dir(uuid) / "examples.jsonl")
+
+    def embedding_packs(self, uuid: str, identity: str) -> dict[str, bytes]:
+        folder = self.head_dir(uuid) / EMBEDDINGS_DIR / check_identity(identity)
+        packs = {}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(folder):
+                if entry.name.endswith(".emb"):
+                    with contextlib.suppress(FileNotFoundError):  # merged away meanwhile
+                        packs[entry.name] = Path(entry.path).read_bytes()
+        return packs
+
+    def save_embedding_pack(self, uuid: str, identity: str, data: bytes,
+                            replaces: Iterable[str] = ()) -> None:
+        folder = self.head_dir(uuid) / EMBEDDINGS_DIR / check_identity(identity)
+        if not self.exists(uuid):  # deleted meanwhile: never make its folder again
+            return
+        atomic_write_bytes(folder / f"{content_id(data)}.emb", data, durable=False)
+        for name in replaces:
+            (folder / name).unlink(missing_ok=True)
 
     def exists(self, uuid: str) -> bool:
         return self.record_path(uuid).is_file()
@@ -169,9 +195,9 @@ class LocalStore(LocalBlobs, LocalJobs, StoreBase):
 
     def _switch_weights(self, uuid: str, old: dict, new: dict) -> dict:
         self.write(uuid, new)
-        if old.get("weights") and old["weights"] != new["weights"]:
+        for name in weights_named(old) - weights_named(new):
             with contextlib.suppress(FileNotFoundError):
-                (self.head_dir(uuid) / old["weights"]).unlink()
+                (self.head_dir(uuid) / name).unlink()
         return new
 
     def read_current(self, uuid: str) -> tuple[dict, dict | None]:
@@ -218,9 +244,10 @@ class LocalStore(LocalBlobs, LocalJobs, StoreBase):
         with contextlib.suppress(OSError):  # its followers' folder, if empty
             (self.root / "_children" / uuid).rmdir()
 
-    def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
+    def list(self, offset: int = 0, limit: int | None = None, prefix: str = "") -> list[str]:
         """Uuids in sorted order, from `offset` (at most `limit`)."""
-        names = sorted(e.name for e in os.scandir(self.root) if not e.name.startswith(("_", ".")))
+        names = sorted(e.name for e in os.scandir(self.root)
+                       if e.name.startswith(prefix) and not e.name.startswith(("_", ".")))
         page, end = [], None if limit is None else offset + limit
         for name in names[offset:]:  # a page of heads costs a page of checks
             if end is not None and offset + len(page) >= end:

@@ -15,6 +15,7 @@ from typing import Iterator
 from urllib.parse import urlsplit
 
 from .. import settings
+from .. import metrics
 from ..errors import StoreUnavailableError
 from .fileio import atomic_write_bytes
 
@@ -180,6 +181,7 @@ class ObjectStore:
 def _unavailable(message: str, reason: str) -> StoreUnavailableError:
     """A 503 whose `reason` is the bare cause, for messages about a change that did
     happen (the full message says "nothing was changed", true of the call that failed)."""
+    metrics.store_error("object_store")
     error = StoreUnavailableError(message)
     error.reason = reason
     return error

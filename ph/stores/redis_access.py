@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from .. import metrics
 from ..errors import StoreUnavailableError
 
 
@@ -40,6 +41,7 @@ class RedisAccess:
 
     def unavailable(self, exc: Exception) -> StoreUnavailableError:
         where = self.url.split("@")[-1]
+        metrics.store_error("redis")
         return StoreUnavailableError(f"Redis ({where}) cannot be reached ({type(exc).__name__}: "
                                      f"{exc}); nothing was changed: try again when it is back")
 

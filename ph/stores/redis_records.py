@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConflictError, HeadNotFoundError, NotFoundError, StoreUnavailableError, \
     WeightsError
-from .base import check_uuid, content_id
+from .base import check_uuid, content_id, weights_named
 from .fileio import load_state
 from .leases import Leases
 from .redis_access import redis_errors
@@ -167,13 +167,14 @@ class RedisRecords(RedisBlobs):
     @redis_errors
     def _switch_weights(self, uuid: str, old: dict, new: dict) -> dict:
         """One fenced write (leases.SWITCH) that also queues the old weights for removal."""
-        dropped = [old["weights"]] if old.get("weights") else []
+        dropped = sorted(weights_named(old) - weights_named(new))
         try:
             new = self._rewrite(uuid, new, dropped)
         except (ConflictError, HeadNotFoundError):  # refused for sure: nothing names it
-            self.redis.hdel(self.key("inline", uuid, new["inc"]), new["weights"])
-            self.forget_objects([new["weights"]],
-                                f"head '{uuid}': the refused upload of new weights")
+            if new["weights"] not in weights_named(old):  # (a roll-back uploaded nothing)
+                self.redis.hdel(self.key("inline", uuid, new["inc"]), new["weights"])
+                self.forget_objects([new["weights"]],
+                                    f"head '{uuid}': the refused upload of new weights")
             raise
         if dropped:
             self.redis.hdel(self.key("inline", uuid, old["inc"]), *dropped)
@@ -254,11 +255,17 @@ class RedisRecords(RedisBlobs):
         return [entry]
 
     @redis_errors
-    def list(self, offset: int = 0, limit: int | None = None) -> list[str]:
-        """Uuids in sorted order, from `offset` (at most `limit`)."""
-        stop = -1 if limit is None else offset + limit - 1
+    def list(self, offset: int = 0, limit: int | None = None, prefix: str = "") -> list[str]:
+        """Uuids in sorted order, from `offset` (at most `limit`); every score is 0, so
+        the set is ordered by name and a prefix is a lexicographic range."""
         if limit == 0:
             return []
+        if prefix:
+            page = {"start": offset, "num": -1 if limit is None else limit}
+            found = self.redis.zrangebylex(self.key("heads"), b"[" + prefix.encode(),
+                                           b"(" + prefix.encode() + b"\xff", **page)
+            return [u.decode() for u in found]
+        stop = -1 if limit is None else offset + limit - 1
         return [u.decode() for u in self.redis.zrange(self.key("heads"), offset, stop)]
 
     @redis_errors

@@ -19,7 +19,8 @@ Keys (NS is the URL's namespace, default "ph"):
                         background jobs (ph.stores.redis_jobs)
     channel NS:changes  the uuid of every head that changed ("" for the head list)
 Objects: heads/<uuid>/<inc>/weights-<rev>-<token>.pt, heads/<uuid>/<inc>/examples/...,
-code/<digest>.py, data/<digest>.jsonl (training data sets, by content: a record's
+heads/<uuid>/<inc>/embeddings/<identity>/<digest>.emb (the examples' embeddings, named by
+listing: base.Embeddings), code/<digest>.py, data/<digest>.jsonl (training data sets, by content: a record's
 `trained_on`). `inc` (incarnation) is new each time a uuid is created, so a replaced
 or deleted head's objects can never be mistaken for the new one's. Objects nothing
 names any more are removed at once if the object store answers, else by the sweeper
@@ -41,10 +42,10 @@ from __future__ import annotations
 import contextlib
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .. import settings
-from .base import JobRetention, StoreBase, StoredExamples, check_uuid
+from .base import JobRetention, StoreBase, StoredExamples, check_identity, check_uuid, content_id
 from .example_objects import ObjectExampleLog
 from .leases import EXAMPLES_SWITCH, JOB_WRITE, SWITCH, Leases
 from .objects import ObjectStore
@@ -52,7 +53,7 @@ from .redis_access import redis_errors
 from .redis_changes import ECHO_STALE_S, ChangeListener
 from .redis_jobs import RedisJobs
 from .redis_records import RedisRecords
-from .sweeper import Sweeper
+from .sweeper import Sweeper, embeddings_prefix
 
 __all__ = ["ECHO_STALE_S", "LOCK_LEASE_S", "LOCK_WAIT_S", "RedisStore"]
 LOCK_LEASE_S = 20  # a dead holder's head lock frees itself after this
@@ -117,6 +118,21 @@ class RedisStore(RedisRecords, RedisJobs, StoreBase):
         record = self._read_raw(uuid)
         return ObjectExampleLog(self, uuid, record["inc"])
 
+    def embedding_packs(self, uuid: str, identity: str) -> dict[str, bytes]:
+        prefix = embeddings_prefix(uuid, self._read_raw(uuid)["inc"], check_identity(identity))
+        packs = {}
+        for name in self.objects.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # merged away meanwhile
+                packs[name[len(prefix):]] = self.objects.get(name)
+        return packs
+
+    def save_embedding_pack(self, uuid: str, identity: str, data: bytes,
+                            replaces: Iterable[str] = ()) -> None:
+        prefix = embeddings_prefix(uuid, self._read_raw(uuid)["inc"], check_identity(identity))
+        self.objects.put(f"{prefix}{content_id(data)}.emb", data)
+        self.forget_objects([prefix + name for name in replaces],
+                            f"head '{uuid}': embedding packs merged into one")
+
     # --- locks and training leases --------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, uuid: str) -> Iterator[None]:
@@ -141,6 +157,11 @@ class RedisStore(RedisRecords, RedisJobs, StoreBase):
     @redis_errors
     def is_training(self, uuid: str) -> bool:
         return bool(self.redis.exists(self.key("train", check_uuid(uuid))))
+
+    def check_ready(self) -> None:
+        """Redis answers a PING and the bucket is reachable."""
+        self.call(self.redis.ping)
+        self.objects.check()
 
     def start_background_tasks(self) -> None:
         """The sweeper (start_sweeper)."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import settings
 from ..errors import ConflictError, StoreUnavailableError
+from .base import weights_named
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
@@ -38,6 +39,12 @@ PAGE = 1000  # heads, queue entries per Redis call
 AREAS = ("heads/", "code/", "data/")  # where ph writes objects
 BY_CONTENT = ("code/", "data/")  # written again under the same name at any time
 GC_PREFIX = "prefix:"  # an NS:gc field for every object under a prefix (a whole incarnation)
+EMBEDDINGS = "/embeddings/"  # heads/<uuid>/<inc>/embeddings/<identity>/<pack>.emb
+
+
+def embeddings_prefix(uuid: str, inc: str, identity: str = "") -> str:
+    """Where an incarnation's embedding packs are (those of one encoder, given `identity`)."""
+    return f"heads/{uuid}/{inc}{EMBEDDINGS}" + (f"{identity}/" if identity else "")
 
 
 def sweep_interval() -> int:
@@ -108,8 +115,9 @@ def _remove_orphans(store: "RedisStore", grace: int) -> int:
     named = referenced_objects(store)
     queued = {field.decode() for field in store.call(store.redis.hkeys, store.key("gc"))}
     prefixes = tuple(entry[len(GC_PREFIX):] for entry in queued if entry.startswith(GC_PREFIX))
-    orphans = [name for name in old
-               if name not in named and name not in queued and not name.startswith(prefixes)]
+    live = {name.rpartition("/")[0] for name in named if name.startswith("heads/")}
+    orphans = [name for name in old if name not in named and name not in queued
+               and not name.startswith(prefixes) and not _live_pack(name, live)]
     removed = [name for name in orphans if not name.startswith(BY_CONTENT)]
     store.objects.delete(removed)
     for name in orphans:
@@ -151,12 +159,19 @@ def referenced_objects(store: "RedisStore") -> set[str]:
                 names.update(json.loads(raw)["chunks"])
 
 
+def _live_pack(name: str, live: set[str]) -> bool:
+    """An embedding pack (named by listing its folder: base.Embeddings) of an incarnation
+    that still names objects: its weights (heads/<uuid>/<inc>) or example chunks
+    (.../examples), the folders in `live`. A pack of one that names none is judged an
+    orphan: derived data, encoded again if it is needed."""
+    incarnation, found, _ = name.partition(EMBEDDINGS)
+    return bool(found) and (incarnation in live or incarnation + "/examples" in live)
+
+
 def _named_by(record: dict[str, Any]) -> set[str]:
     names = {f"code/{digest}.py" for digest in (record.get("code") or {}).values()}
     names |= {f"data/{digest}.jsonl" for digest in record.get("trained_on") or []}
-    if record.get("weights"):
-        names.add(record["weights"])
-    return names
+    return names | weights_named(record)
 
 
 class Sweeper:

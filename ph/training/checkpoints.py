@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError
-from ..stores.fileio import atomic_link, atomic_torch_save
+from ..stores.fileio import atomic_torch_save
 
 
 def snapshot(value: Any) -> Any:
@@ -27,8 +27,13 @@ def snapshot(value: Any) -> Any:
     return value
 
 
+RESUME_ONLY = ("optimizer", "lr_scheduler")  # twice a head's size for Adam: checkpoints only
+
+
 class CheckpointWriter:
-    """Writes `best_model.pt` and `checkpoint-epochN.pt` files off the training thread."""
+    """Writes `best_model.pt` and `checkpoint-epochN.pt` files off the training thread.
+    Only checkpoints carry the optimizer's and scheduler's state (resume needs it);
+    best_model.pt holds the weights, so a run keeps about 1 + 3 x keep head sizes."""
 
     def __init__(self, directory: Path, keep: int):
         self.directory, self.keep = directory, keep
@@ -56,16 +61,14 @@ class CheckpointWriter:
 
     def _write(self, state: dict, epoch: int, periodic: bool, best: bool) -> None:
         try:
-            best_path = self.directory / "best_model.pt"
             if periodic:
                 path = self.directory / f"checkpoint-epoch{epoch}.pt"
                 atomic_torch_save(state, path)
                 self.written.append(path)
-                if best:
-                    atomic_link(path, best_path)  # same bytes: a hard link, not a second write
                 self._prune()
-            elif best:
-                atomic_torch_save(state, best_path)
+            if best:  # the weights and what describes them; resuming needs a checkpoint
+                atomic_torch_save({k: v for k, v in state.items() if k not in RESUME_ONLY},
+                                  self.directory / "best_model.pt")
         except BaseException as exc:  # noqa: BLE001  (reported by wait())
             self._error = exc
 

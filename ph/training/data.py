@@ -2,13 +2,14 @@
 (CustomDataLoader), validation splits and the label map kept with a head."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 from dataclasses import dataclass, field
 from numbers import Number
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, random_split
@@ -36,6 +37,8 @@ class DataContext:
     resolve_path: Callable[[str, str], Path] = lambda p, key: Path(p)
     examples: tuple[list, list] | None = None  # (inputs, labels) stored with the head
     replay: tuple[list, list, int] | None = None  # (inputs, labels, rows drawn per epoch)
+    # entered while the examples are encoded: their stored embeddings (heads.stored_embeddings)
+    stored_embeddings: ContextManager = field(default_factory=contextlib.nullcontext)
 
 
 @dataclass
@@ -166,7 +169,8 @@ class SnipsDataLoader(_LoaderSettings):
         replay = ctx.replay if ctx.replay and ctx.replay[0] and ctx.replay[2] > 0 else None
         if replay:
             inputs, labels = inputs + list(replay[0]), labels + list(replay[1])
-        x = _encode(ctx.preprocessor, inputs, name)
+        with ctx.stored_embeddings:
+            x = _encode(ctx.preprocessor, inputs, name)
         y, label_names = encode_labels(labels, ctx.labels, ctx.n_classes, name)
         n_valid = self.valid_count(n_main, name)
         generator = torch.Generator().manual_seed(ctx.seed)

@@ -24,8 +24,10 @@ from . import metrics as _metrics  # noqa: F401  (register losses and metrics)
 from ..config.components import DATALOADERS, LOSSES, METRICS, ComponentRegistry, build
 from ..config.schema import parse_monitor
 from .data import DataContext, TrainingData
+from .. import metrics as process_metrics  # Prometheus figures (ph.metrics)
 from ..errors import PHError, TrainingError
 from .checkpoints import CheckpointWriter, snapshot
+from .progress import RunProgress
 
 log = logging.getLogger("ph.training")
 OPTIMIZERS = ComponentRegistry("optimizer")
@@ -41,6 +43,7 @@ for _name, _cls in sorted(vars(torch.optim.lr_scheduler).items()):
                              getattr(torch.optim.lr_scheduler, "_LRScheduler", None))):
         SCHEDULERS.add(_name, _cls)
 _tensorboard_warned = False
+_cpu_noted = False
 
 
 class TrainingStopped(TrainingError):
@@ -95,6 +98,7 @@ class Trainer:
         self._deferred_best: tuple[dict, int] | None = None
         self.start_epoch = 1
         self.writer = CheckpointWriter(checkpoint_dir, settings.keep_checkpoints)
+        self.progress: RunProgress | None = None  # fit's (train_epoch alone reports none)
 
     def fit(self) -> dict:
         """Run the epochs; returns a JSON-able summary (best epoch and value, final metrics)."""
@@ -105,6 +109,9 @@ class Trainer:
         if self.settings.resume:
             self._resume(Path(self.settings.resume))
         epoch = self.start_epoch - 1
+        self.progress = RunProgress(self.settings.epochs, self.start_epoch, _length(self.data.train),
+                                    getattr(self.on_epoch, "progress", None),
+                                    self.checkpoint_dir.name)
         try:
             for epoch in range(self.start_epoch, self.settings.epochs + 1):
                 record = {"epoch": epoch, **self.train_epoch(epoch)}
@@ -128,6 +135,7 @@ class Trainer:
                 self.writer.submit(*self._deferred_best, periodic=False, best=True)
             self.writer.wait()  # every file is on disk when fit returns
         finally:
+            self.progress.close()
             if writer is not None:
                 writer.close()
             with contextlib.suppress(TrainingError):
@@ -146,7 +154,7 @@ class Trainer:
         self.model.train()
         totals: dict[str, float] = {}
         count = 0
-        for x, y in self.data.train:
+        for index, (x, y) in enumerate(self.data.train, 1):
             self._check_stop()
             loss, output = self.train_step(x.to(self.device), y.to(self.device))
             if not math.isfinite(loss):
@@ -154,6 +162,8 @@ class Trainer:
                                     "Trainer.optimizer.args.lr or check the data")
             self._accumulate(totals, loss, output.detach(), y.to(self.device), len(x))
             count += len(x)
+            if self.progress is not None:
+                self.progress.batch(epoch, index, len(x))
         return {k: v / max(count, 1) for k, v in totals.items()}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -234,7 +244,11 @@ class Trainer:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             model = self.model.module if isinstance(self.model, nn.DataParallel) else self.model
             model.load_state_dict(checkpoint["state_dict"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            if checkpoint.get("optimizer") is not None:
+                self.optimizer.load_state_dict(checkpoint["optimizer"])
+            else:  # best_model.pt keeps weights only
+                log.info("%s has no optimizer state (only checkpoint-epochN.pt files do): the "
+                         "optimizer starts afresh from its weights", path)
             if self.scheduler is not None and checkpoint.get("lr_scheduler"):
                 self.scheduler.load_state_dict(checkpoint["lr_scheduler"])
         except Exception as exc:
@@ -256,6 +270,7 @@ class Trainer:
             for key, value in record.items():
                 if key != "epoch":
                     writer.add_scalar(key, value, record["epoch"])
+        process_metrics.training_epoch(self.data.n_train)
         if self.on_epoch is not None:
             self.on_epoch(record)
 
@@ -274,12 +289,25 @@ class Trainer:
         return SummaryWriter(log_dir=str(self.log_dir))
 
 
+def _length(batches: Any) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:  # a user DataLoader over an IterableDataset
+        return None
+
+
 def training_device(n_gpu: int) -> torch.device:
-    """CPU when n_gpu is 0 or no GPU is present (with a warning), else the first GPU."""
+    """CPU when n_gpu is 0 or no GPU is present, else the first GPU. n_gpu: 1 is the
+    seed config's default, so a machine without a GPU says so once, as information: a
+    warning on every CPU run would be noise (Inference.device: cuda is where a GPU is
+    demanded, and refused clearly when there is none)."""
+    global _cpu_noted
     if n_gpu <= 0:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        log.warning("Trainer.n_gpu=%d but no GPU is available: training on the CPU", n_gpu)
+        if not _cpu_noted:
+            log.info("Trainer.n_gpu=%d but this machine has no GPU: training on the CPU", n_gpu)
+            _cpu_noted = True
         return torch.device("cpu")
     return torch.device("cuda")
 

@@ -227,3 +227,45 @@ class TestRemoteActions(ActionTests, JacCase):
             value = self.ok(walker, **ctx)[0]
             assert value["error"] and match in value["message"], value
         assert isinstance(self.ok("predict", uuid="fine", data="hi")[0], int)
+
+
+class TestRemoteTenants(JacCase):
+    """Two tenants' apps reach one `ph serve --tokens-file` through Jaseci's remote
+    client (the token in the URL, as `actions load remote http://jaseci:TOKEN@host`):
+    each sees only its own heads, and another's head is one that does not exist."""
+
+    TOKENS = {"acme": "acme-jaseci-token-0123", "globex": "globex-jaseci-token-0123"}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp())
+        write_data(cls.tmp)
+        (cls.tmp / "tokens.yaml").write_text(yaml.safe_dump({"tenants": {
+            name: {"token": token} for name, token in cls.TOKENS.items()}}))
+        cls.server = ph_server(cls.tmp, "--tokens-file", "tokens.yaml", "--allow-path", str(cls.tmp))
+        cls.base = cls.server.__enter__()
+        cls.remote_url = cls.url_for("acme")
+
+    @classmethod
+    def url_for(cls, tenant: str) -> str:
+        return cls.base.replace("http://", f"http://jaseci:{cls.TOKENS[tenant]}@")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.__exit__(None, None, None)
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_each_tenants_walkers_see_only_its_heads(self):
+        from jaseci.jsorc.live_actions import load_remote_actions
+        assert self.ok("create", uuid="user-1", config=None) == ["user-1"]
+        assert isinstance(self.ok("predict", uuid="user-1", data="hi")[0], int)
+        assert self.ok("inspect", uuid="user-1")[0] == ["user-1"]
+        assert load_remote_actions(self.url_for("globex"))  # the other tenant's app
+        heads, state = self.ok("inspect", uuid="user-1")[:2]
+        assert heads == [] and state == {"uuid": "user-1", "exists": False}
+        missing = self.ok("predict", uuid="user-1", data="hi")[0]
+        assert missing["error"] == "not_found" and "no head with uuid 'user-1'" in missing["message"]
+        assert self.ok("create", uuid="user-1", config=None) == ["user-1"]  # its own, same name
+        assert self.ok("delete", uuid="user-1") == [True, []]
+        assert load_remote_actions(self.url_for("acme"))
+        assert self.ok("inspect", uuid="user-1")[0] == ["user-1"]  # acme's is still there

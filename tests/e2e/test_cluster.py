@@ -332,7 +332,7 @@ def test_a_worker_killed_mid_training_fails_its_job_within_the_lease_and_leaves_
     cluster.new_worker()
     again = call(b, "train_head", uuid=trained, background=True)
     done = wait_job(a, again["job_id"])
-    assert done["state"] == "succeeded", done
+    assert done["state"] == "succeeded", (done["error"], done)
     assert cluster.job_record(again["job_id"])["pid"] == cluster.worker.pid
     assert call(a, "predict", uuid=trained, data=texts) == \
         call(b, "predict", uuid=trained, data=texts)
@@ -429,7 +429,7 @@ def test_a_redis_restart_gives_clear_503s_meanwhile_then_everything_is_back(
     # the worker is back on its queue and b hears of changes again (it has 'durable' cached)
     job = call(a, "train_head", uuid="durable", background=True)
     done = wait_job(b, job["job_id"], timeout=90)
-    assert done["state"] == "succeeded", done
+    assert done["state"] == "succeeded", (done["error"], done)
     trained_answers = call(b, "predict", uuid="durable", data=texts)  # before any check_head
     assert trained_answers != untrained
     assert trained_answers == call(a, "predict", uuid="durable", data=texts)

@@ -382,7 +382,7 @@ def test_an_interrupted_addin_run_leaves_the_addin_and_its_parent_as_they_were(s
 
 
 def test_an_addin_run_resumes_from_its_own_checkpoint(shared):
-    loop = {"epochs": 4, "save_period": 1, "early_stop": 0}
+    loop = {"epochs": 4, "save_period": 1, "early_stop": 0, "keep_checkpoints": 0}
     shared.create_head("u", {"Trainer": {"trainer": loop}}, parent="shared", addin="lora")
     shared.add_examples("u", GREETINGS)
     first = shared.train("u", incremental=True, auto_update=False)

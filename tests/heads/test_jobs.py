@@ -40,6 +40,35 @@ def test_background_training_reports_progress_and_updates_the_head(fresh_api, tr
 
 
 
+def test_a_running_job_reports_progress_from_its_first_epoch_and_keeps_its_log(fresh_api,
+                                                                             train_json):
+    """Batch size 1 makes each epoch a few hundred steps: progress must show mid-epoch,
+    move on between two looks, and the job's log lines stay with its record."""
+    import ph
+    config = small_config(epochs=4, verbosity=1)
+    config["Trainer"]["dataloader"]["args"]["batch_size"] = 1
+    ph.create_head(uuid="watched", config=config)
+    job = ph.train_head("watched", background=True)
+    first = wait_job(ph.train_status, job["job_id"], ("running",))
+    deadline = time.time() + 60
+    while (first.get("progress") is None) and time.time() < deadline:
+        time.sleep(0.2)
+        first = ph.train_status(job["job_id"])
+    progress = first["progress"]
+    assert progress["epochs"] == 4 and progress["batches"] >= 100
+    assert progress["samples_per_s"] > 0 and progress["eta_s"] > 0
+    time.sleep(2.5)  # reported every second (plus its write)
+    later = ph.train_status(job["job_id"])["progress"]
+    assert (later["epoch"], later["batch"]) > (progress["epoch"], progress["batch"])
+    done = wait_job(ph.train_status, job["job_id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert any("epoch=4" in line for line in ph.train_status(job["job_id"], log_lines=200)["log"])
+    assert any("succeeded" in line for line in done["log"])  # the job's own last line
+    assert ph.train_status(job["job_id"], log_lines=0)["log"] == []
+    with pytest.raises(ph.BadInputError, match="log_lines"):
+        ph.train_status(job["job_id"], log_lines=1000)
+
+
 def test_a_finished_job_prunes_old_job_records_and_their_status_says_so(workdir, train_json,
                                                                         monkeypatch):
     monkeypatch.setenv("PH_JOB_RECORDS_MAX_AGE_S", "3600")  # the job process reads it too

@@ -153,13 +153,23 @@ def test_the_shared_encoder_caches_and_reports_its_bytes(onnx_encoder_fp32):
 
 def test_a_new_process_finds_encoded_texts_on_disk_and_loads_no_model(torch_encoder):
     texts = [f"a sentence this machine encoded once, number {i}" for i in range(5)]
-    expected = torch_encoder.encode(texts)
+    with torch_encoder.cache.for_training():
+        expected = torch_encoder.encode(texts)
     fresh = SentenceTransformersEncoder("all-MiniLM-L6-v2")  # as a training job builds it
-    got = fresh.encode(texts)
+    with fresh.cache.for_training():
+        got = fresh.encode(texts)
     stats = fresh.stats()
     assert torch.equal(got, expected) and not stats["loaded"] and stats["cache"]["disk_hits"] == 5
-    fresh.encode(texts + ["one it never saw"])
+    with fresh.cache.for_training():
+        fresh.encode(texts + ["one it never saw"])
     assert fresh.stats()["loaded"] and fresh.cache.disk.count() >= 6
+
+
+def test_serving_neither_reads_nor_grows_the_disk_store(torch_encoder):
+    """Only training fills it: every new text an app sends would grow it without end."""
+    before = torch_encoder.cache.disk.count()
+    torch_encoder.encode([f"a one-off request from a user, number {i}" for i in range(3)])
+    assert torch_encoder.cache.disk.count() == before
 
 
 def test_the_disk_store_can_be_turned_off(cache, monkeypatch):

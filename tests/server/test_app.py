@@ -190,9 +190,11 @@ def test_an_unexpected_failure_is_a_500_without_a_stack_trace(server, tmp_path_f
     health = requests.get(server + "/healthz", timeout=10).json()
     heads = _server_heads_dir(health["pid"])
     (heads / "_jobs" / "garbled.json").write_text("{not json")
-    response = post(server, "train_status", job_id="garbled")
+    response = requests.post(server + "/train_status/", json={"job_id": "garbled"},
+                             headers={"X-Request-ID": "bug-report-42"}, timeout=30)
     assert response.status_code == 500
-    assert response.json() == {"error": "internal", "message": response.json()["message"]}
+    assert response.json() == {"error": "internal", "message": response.json()["message"],
+                               "request_id": "bug-report-42"}  # to quote with the server log
     assert "JSONDecodeError" in response.json()["message"] and "Traceback" not in response.text
 
 

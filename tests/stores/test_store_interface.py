@@ -15,7 +15,7 @@ import pytest
 from helpers.paths import ROOT
 from helpers.stores import close_store
 from ph.stores import LocalStore, open_store
-from ph.stores.base import Blobs, Examples, Jobs, Locks, Records, Store, StoredExamples
+from ph.stores.base import Blobs, Embeddings, Examples, Jobs, Locks, Records, Store, StoredExamples
 from ph.stores.example_files import ExampleLog
 
 pytest.importorskip("redis")
@@ -23,7 +23,7 @@ pytest.importorskip("boto3")
 from ph.stores.example_objects import ObjectExampleLog  # noqa: E402
 from ph.stores.redis_store import RedisStore  # noqa: E402
 
-CONCERNS = (Records, Blobs, Examples, Locks, Jobs)
+CONCERNS = (Records, Blobs, Examples, Embeddings, Locks, Jobs)
 BACKENDS = (LocalStore, RedisStore)
 LOGS = (ExampleLog, ObjectExampleLog)
 
@@ -60,7 +60,7 @@ def test_store_combines_every_concern_and_adds_only_its_own_life():
     methods, data = members(Store)
     concern_methods = set().union(*(members(c)[0] for c in CONCERNS))
     assert concern_methods <= methods
-    assert methods - concern_methods == {"close", "start_background_tasks"}
+    assert methods - concern_methods == {"check_ready", "close", "start_background_tasks"}
     assert data == {"root", "can_resend_jobs"}
 
 

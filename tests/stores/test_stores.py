@@ -172,7 +172,8 @@ def test_write_weights_bumps_revision_and_switches_the_record(any_backend):
     assert torch.equal(any_backend.read_weights("h", new)["fc.weight"], torch.full((2, 3), 2.0))
 
 
-def test_write_weights_replaces_the_old_file(store):
+def test_write_weights_replaces_the_old_file(store, monkeypatch):
+    monkeypatch.setenv("PH_WEIGHT_HISTORY", "1")  # no earlier revision kept (test_revisions)
     store.create("h", record("h"), weights(1.0))
     new = store.write_weights("h", store.read("h"), weights(2.0), None)
     assert new["weights"] == "weights-2.pt"
@@ -198,8 +199,10 @@ def test_write_weights_keeps_only_the_last_runs(any_backend):
     assert rec["revision"] == RUNS_KEPT + 3 == any_backend.read("h")["revision"]
 
 
-def test_reading_weights_of_a_stale_record_raises_file_not_found(any_backend):
-    """The registry retries on FileNotFoundError when the weights switch under a reader."""
+def test_reading_weights_of_a_stale_record_raises_file_not_found(any_backend, monkeypatch):
+    """The registry retries on FileNotFoundError when the weights switch under a reader
+    (once a stale record's weights leave the kept history: here at once)."""
+    monkeypatch.setenv("PH_WEIGHT_HISTORY", "1")
     any_backend.create("h", record("h"), weights(1.0))
     stale = any_backend.read("h")
     any_backend.write_weights("h", stale, weights(2.0), None)

@@ -85,14 +85,14 @@ def test_deletes_while_s3_is_away_answer_and_their_objects_go_once_it_is_back(
     assert any(w.startswith("head 'again' was replaced;") for w in warnings)
     assert any(w.startswith("examples were deleted from head 'cleared';") for w in warnings)
     assert not any("nothing was changed" in w for w in warnings)
-    assert len(queued(store)) == 4  # two incarnations, two chunks
+    assert len(queued(store)) == 5  # two incarnations, two chunks, one head's embedding packs
 
     s3_proxy.unblock()
     assert bucket(store) == before  # nothing could be removed meanwhile
     assert reachable.list_examples("kept") == kept  # the refused call changed nothing
     assert reachable.check_head("cleared")["examples"] == 0
     assert reachable.list_heads() == ["again", "cleared", "kept"]
-    assert sweep(store) == {"ran": True, "pending_done": 4, "pending_left": 0,
+    assert sweep(store) == {"ran": True, "pending_done": 5, "pending_left": 0,
                             "orphans_deleted": 0}
     named = referenced_objects(store)
     assert bucket(store) == named and queued(store) == set()
@@ -106,6 +106,7 @@ def test_objects_let_go_of_while_a_removal_fails_are_removed_by_the_sweeper_thre
         reachable, workdir, monkeypatch, caplog):
     """Superseded weights and the chunks a partial delete rewrote, the object store
     failing just when they are removed; `ph serve` and `ph worker` run the thread."""
+    monkeypatch.setenv("PH_WEIGHT_HISTORY", "1")  # superseded weights go at once
     first, second = workdir / "1.pt", workdir / "2.pt"
     save_untrained_weights(first, seed=1)
     save_untrained_weights(second, seed=2)
@@ -122,7 +123,7 @@ def test_objects_let_go_of_while_a_removal_fails_are_removed_by_the_sweeper_thre
         assert reachable.delete_examples("h", ids=[1])["deleted"] == 1
     assert any(r.getMessage().startswith("head 'h' has new weights; the old weights could not "
                                          "be removed now") for r in caplog.records)
-    assert len(queued(store)) == 3 and old_weights in queued(store)
+    assert len(queued(store)) == 4 and old_weights in queued(store)  # and the embedding packs
     assert old_weights in bucket(store)
 
     monkeypatch.setenv("PH_SWEEP_INTERVAL_S", "1")
@@ -141,9 +142,12 @@ def test_an_object_nothing_names_is_removed_after_its_grace_period(reachable, wo
     save_untrained_weights(weights, seed=1)
     make_head(reachable, "h", weights)
     store = reachable.store
-    orphans = {"heads/h/crashed/weights-1-x.pt", "code/0123abcd.py", "data/4567ef.jsonl"}
+    orphans = {"heads/h/crashed/weights-1-x.pt", "code/0123abcd.py", "data/4567ef.jsonl",
+               "heads/h/crashed/embeddings/abababababababababababab/y.emb"}
     for name in orphans:  # as an upload whose Redis write never came leaves it
         store.objects.put(name, b"x")
+    store.save_embedding_pack("h", "ab" * 12, b"pack")  # a live head's: named by listing
+    live_pack, = (n for n in bucket(store) if "/embeddings/" in n and "/crashed/" not in n)
 
     monkeypatch.setenv("PH_ORPHAN_GRACE_S", "3600")
     assert sweep(store)["orphans_deleted"] == 0  # too young
@@ -154,11 +158,11 @@ def test_an_object_nothing_names_is_removed_after_its_grace_period(reachable, wo
     real = store.objects.modified
     monkeypatch.setattr(store.objects, "modified",  # written again since it was listed
                         lambda name: 2e9 if name == "code/0123abcd.py" else real(name))
-    assert sweep(store)["orphans_deleted"] == 2
-    assert bucket(store) - referenced_objects(store) == {"code/0123abcd.py"}
+    assert sweep(store)["orphans_deleted"] == 3
+    assert bucket(store) - referenced_objects(store) == {"code/0123abcd.py", live_pack}
     monkeypatch.setattr(store.objects, "modified", real)
     assert sweep(store)["orphans_deleted"] == 1
-    assert bucket(store) == referenced_objects(store) and len(bucket(store)) == 3
+    assert bucket(store) - {live_pack} == referenced_objects(store) and len(bucket(store)) == 4
 
 
 def test_one_sweep_runs_at_a_time(reachable, monkeypatch):

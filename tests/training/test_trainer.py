@@ -162,9 +162,13 @@ def test_n_gpu_falls_back_to_the_cpu_without_a_gpu(caplog):
     if torch.cuda.is_available():
         assert training_device(1).type == "cuda"
         return
-    with caplog.at_level(logging.WARNING, logger="ph.training"):
+    from ph.training import trainer
+    trainer._cpu_noted = False
+    with caplog.at_level(logging.INFO, logger="ph.training"):
         assert training_device(1).type == "cpu"
-    assert "no GPU is available" in caplog.text
+        assert training_device(1).type == "cpu"
+    noted = [r for r in caplog.records if "has no GPU" in r.getMessage()]
+    assert len(noted) == 1 and noted[0].levelno == logging.INFO  # once, and not a warning
     assert training_device(0).type == "cpu"
 
 
