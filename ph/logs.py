@@ -65,11 +65,14 @@ class JsonFormatter(logging.Formatter):
 
 class TailHandler(logging.Handler):
     """The last TAIL_LINES log lines (each at most TAIL_LINE_CHARS), in the text format:
-    a background job's log, kept with its record in the store (train_status shows it)."""
+    a background job's log, kept with its record in the store (train_status shows it).
+    Only lines logged under the job's request id: a worker's other threads (the sweeper,
+    the change listener) log about other heads, maybe other tenants'."""
 
     def __init__(self):
         super().__init__(logging.INFO)
         self.addFilter(RequestIdFilter())
+        self.addFilter(lambda record: record.request_id == request_id.get() != "-")
         formatter = logging.Formatter(TEXT_FORMAT, DATE_FORMAT)
         formatter.converter = time.gmtime
         self.setFormatter(formatter)

@@ -93,7 +93,7 @@ def start_group_job(registry: "HeadRegistry", uuids: list[str], config=None,
 
 def _new_job(registry: "HeadRegistry", uuid: str, full: dict, auto_update: bool,
              incremental: bool, rebase: bool) -> dict:
-    policy = registry.policy
+    policy = registry.policy.scoped()  # a tenant's job keeps to the tenant's folders
     return {"id": new_uuid(), "uuid": uuid, "state": "queued", "created": time.time(),
             "request_id": logs.current_request_id(),  # its process logs under the same id
             "config": full, "auto_update": bool(auto_update), "incremental": bool(incremental),
@@ -104,7 +104,8 @@ def _new_job(registry: "HeadRegistry", uuid: str, full: dict, auto_update: bool,
             "queue": queue_for(full),
             "policy": {"roots": (None if policy.allowed_roots is None
                                  else [str(r) for r in policy.allowed_roots]),
-                       "allow_code": policy.allow_code, "base_dir": str(Path.cwd())}}
+                       "allow_code": policy.allow_code,
+                       "base_dir": str(policy.base_dir or Path.cwd())}}
 
 
 def _dispatch(store: Store, job: dict) -> dict:

@@ -23,14 +23,23 @@ since serving a head names no path. A path a caller names in its own call (a tra
 override, a config file, load_weights) answers to that caller's policy only. So a
 remote client can never make anyone use a path it could not use itself. Records
 written before this rule have no limits (they count as stored by an unrestricted caller).
+
+Tenants of one server (ph.server.tenants) do not share files: while a tenant's call runs
+(`path_scope` set to its name), a restricted policy allows only `<folder>/<tenant>` of
+each folder it allows, and relative paths start in the first of them (`scoped`).
 """
 from __future__ import annotations
 
+import contextvars
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BadInputError, PermissionDeniedError
+
+
+path_scope: contextvars.ContextVar[str | None] = contextvars.ContextVar("ph_path_scope",
+                                                                      default=None)
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,24 @@ class PathPolicy:
         return cls(tuple(Path(r).resolve() for r in roots), allow_code,
                    Path(base_dir).resolve() if base_dir else None)
 
+    def scoped(self) -> "PathPolicy":
+        """The policy as the current caller has it: a tenant's call (path_scope) may use
+        only its own subfolder of each allowed folder, where its relative paths start."""
+        tenant = path_scope.get()
+        if tenant is None or self.allowed_roots is None:
+            return self
+        roots = tuple(root / tenant for root in self.allowed_roots)
+        return _Scoped(roots, self.allow_code, roots[0] if roots else self.base_dir)
+
     def resolve(self, path: str | os.PathLike, key: str) -> Path:
         """Absolute path for a user-given path (relative to the working folder).
 
         Raises:
             PermissionDeniedError: the policy does not allow this path.
         """
+        scoped = self.scoped()
+        if scoped is not self:
+            return scoped.resolve(path, key)
         try:
             raw = Path(os.path.expanduser(str(path)))
             full = (raw if raw.is_absolute() else (self.base_dir or Path.cwd()) / raw).resolve()
@@ -73,13 +94,22 @@ class PathPolicy:
     def limits(self) -> list[list[str]]:
         """What a config stored by a caller under this policy records of it: its allowed
         folders (one list), or nothing when it allows every path."""
-        return [] if self.allowed_roots is None else [[str(r) for r in self.allowed_roots]]
+        roots = self.scoped().allowed_roots
+        return [] if roots is None else [[str(r) for r in roots]]
 
     def check_code(self, what: str) -> None:
         """Refuse to run user Python unless allowed."""
         if not self.allow_code:
             raise PermissionDeniedError(f"{what}: this server does not run user Python code; its "
                                         "operator can allow it with `ph serve --allow-code`")
+
+
+@dataclass(frozen=True)
+class _Scoped(PathPolicy):
+    """A policy already narrowed to a tenant's folders (it narrows no further)."""
+
+    def scoped(self) -> "PathPolicy":
+        return self
 
 
 def merge_limits(*limits: list | None) -> list[list[str]]:

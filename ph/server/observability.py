@@ -8,15 +8,18 @@ every READY_CACHE_S so that a probe costs the store nothing. Each worker process
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from typing import Any, Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .. import logs, metrics
-from ..errors import PHError
 
+log = logging.getLogger("ph.server")
 READY_CACHE_S = 1.5
 PROBE_PATHS = ("/livez", "/readyz", "/healthz")
 
@@ -56,25 +59,39 @@ class Instrument:
 
 
 class Readiness:
-    """The store's answer, remembered for READY_CACHE_S."""
+    """The store's answer, remembered for READY_CACHE_S. Checked in a worker thread, one
+    check at a time (a hung store must not stall the event loop or pile up threads);
+    the answer names only the part that failed: probes carry no token, so the details
+    (hosts, bucket, folders) go to the log."""
 
     def __init__(self, check: Callable[[], None]):
         self.check = check
-        self._checked, self._problem = 0.0, None
+        self._checked, self._problem = float("-inf"), None
+        self._lock = threading.Lock()
 
-    def problem(self) -> str | None:
-        """None when ready, else what is wrong."""
-        now = time.monotonic()
-        if now - self._checked >= READY_CACHE_S:
+    async def problem(self) -> str | None:
+        """None when ready, else which part of the store is not."""
+        if time.monotonic() - self._checked >= READY_CACHE_S and self._lock.acquire(blocking=False):
             try:
-                self.check()
-                self._problem = None
-            except PHError as exc:
-                self._problem = str(exc)
-            except Exception as exc:  # noqa: BLE001  (a probe answers, whatever broke)
-                self._problem = f"{type(exc).__name__}: {exc}"
-            self._checked = time.monotonic()
+                await run_in_threadpool(self._run_check)
+            finally:
+                self._lock.release()
         return self._problem
+
+    def _run_check(self) -> None:
+        try:
+            self.check()
+            problem = None
+        except Exception as exc:  # noqa: BLE001  (a probe answers, whatever broke)
+            detail = str(exc)
+            part = ("Redis" if "Redis" in detail else "the object store" if "object store"
+                    in detail else "the heads folder" if "heads folder" in detail else "the store")
+            problem = f"{part} cannot be reached or used; the server log says why"
+            if problem != self._problem:
+                log.warning("not ready: %s", detail)
+        if problem is None and self._problem is not None:
+            log.warning("ready again")
+        self._problem, self._checked = problem, time.monotonic()
 
 
 def add_routes(app: Any, readiness: Readiness, refresh: Callable[[], None], with_metrics: bool) -> None:
@@ -84,7 +101,7 @@ def add_routes(app: Any, readiness: Readiness, refresh: Callable[[], None], with
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz():
-        problem = readiness.problem()
+        problem = await readiness.problem()
         if problem is None:
             return {"status": "ready"}
         return with_request_id({"status": "not ready", "error": "unavailable", "message": problem},

@@ -35,11 +35,14 @@ from starlette.concurrency import run_in_threadpool
 
 from ..errors import ConfigError, NotFoundError, PermissionDeniedError, PHError, QuotaError
 from ..heads.lifecycle import LIST_PAGE
+from ..heads.policy import path_scope
 
 TENANT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 QUOTAS = ("heads", "examples", "jobs", "rps")
 OPERATOR_ONLY = ("create_head_list", "head_stats")
 HEAD_ARGS = ("uuid", "parent")  # arguments that name one head
+# fields of answers that name heads: one, a list, or a mapping by uuid
+HEAD_FIELDS, HEAD_LISTS, HEAD_MAPS = ("uuid", "parent", "follows_parent"), ("uuids",), ("heads", "refused")
 JOB_ACTIONS = ("train_status", "stop_training")
 ADDS_HEADS = ("create_head",)
 ADDS_EXAMPLES = ("add_examples",)
@@ -144,6 +147,7 @@ class TenantActions:
         """`fn(**args)` for the tenant (`run`: the predict batcher's coroutine); what reads
         the store (quotas, a job's owner) runs in a worker thread."""
         name = fn.__name__
+        path_scope.set(tenant.name)  # its files: <allowed folder>/<tenant> (heads.policy)
         try:
             if name in ADDS_HEADS + ADDS_EXAMPLES + STARTS_JOBS + JOB_ACTIONS:
                 args = await run_in_threadpool(self.before, tenant, name, args)
@@ -159,7 +163,7 @@ class TenantActions:
                 result = await run_in_threadpool(fn, **args)
         except PHError as exc:
             raise self.error(tenant, exc) from None
-        return self.after(tenant, result)
+        return self.after(tenant, name, result)
 
     def before(self, tenant: Tenant, action: str, args: dict) -> dict:
         """The arguments as the store names things; raises what the tenant may not do."""
@@ -179,9 +183,7 @@ class TenantActions:
         if isinstance(args.get("uuids"), list):
             args["uuids"] = [tenant.prefix + u if isinstance(u, str) else u for u in args["uuids"]]
         if action == "predict_many" and isinstance(args.get("requests"), list):
-            args["requests"] = [[tenant.prefix + r[0], *r[1:]]
-                                if isinstance(r, (list, tuple)) and r and isinstance(r[0], str)
-                                else r for r in args["requests"]]
+            args["requests"] = [_prefixed_request(r, tenant.prefix) for r in args["requests"]]
         if action == "list_heads":
             args["prefix"] = tenant.prefix
         if action in JOB_ACTIONS and isinstance(args.get("job_id"), str):
@@ -189,12 +191,17 @@ class TenantActions:
         self._quotas(tenant, action, args)
         return args
 
-    def after(self, tenant: Tenant, result: Any) -> Any:
-        """The answer as the tenant names things."""
-        return _unprefixed(result, tenant.prefix)
+    def after(self, tenant: Tenant, action: str, result: Any) -> Any:
+        """The answer as the tenant names things: the fields that name heads (and the
+        messages that quote them), never the tenant's own data (texts, labels, configs)."""
+        if action == "create_head" and isinstance(result, str):
+            return _strip(result, tenant.prefix)
+        if action == "list_heads" and isinstance(result, list):
+            return [_strip(u, tenant.prefix) for u in result]
+        return _shown(result, tenant.prefix)
 
     def error(self, tenant: Tenant, exc: PHError) -> PHError:
-        exc.args = (_unprefixed(str(exc), tenant.prefix),)
+        exc.args = (_unquoted(str(exc), tenant.prefix),)
         return exc
 
     # --- ownership and quotas --------------------------------------------------------
@@ -207,7 +214,8 @@ class TenantActions:
 
     def _quotas(self, tenant: Tenant, action: str, args: dict) -> None:
         quotas, registry = tenant.quotas, self.registry_of()
-        if "heads" in quotas and action in ADDS_HEADS and not args.get("replace"):
+        if "heads" in quotas and action in ADDS_HEADS and \
+                not (isinstance(args.get("uuid"), str) and registry.store.exists(args["uuid"])):
             count = len(registry.store.list(prefix=tenant.prefix))
             if count >= quotas["heads"]:
                 raise QuotaError(f"quota heads: this tenant has {count} heads, its limit; delete "
@@ -234,10 +242,11 @@ class TenantActions:
         if "rps" not in tenant.quotas:
             return
         rate = tenant.quotas["rps"] / self.workers
+        depth = max(1.0, rate)  # a share under 1 request/s still lets one through
         with tenant._lock:
             now = time.monotonic()
             tokens, last = tenant._bucket
-            tokens = rate if last == 0 else min(rate, tokens + (now - last) * rate)
+            tokens = depth if last == 0 else min(depth, tokens + (now - last) * rate)
             if tokens < 1:
                 tenant._bucket[:] = [tokens, now]
                 raise QuotaError(f"quota rps: this tenant may send {tenant.quotas['rps']:g} "
@@ -245,6 +254,16 @@ class TenantActions:
                                  f"{RAISE_HINT.format(quota='rps')}",
                                  max(1, math.ceil((1 - tokens) / rate)))
             tenant._bucket[:] = [tokens - 1, now]
+
+
+def _prefixed_request(request: Any, prefix: str) -> Any:
+    """A predict_many request, in either form api takes ([uuid, data] or {"uuid", "data"}),
+    naming the tenant's head; any other shape goes on unchanged, to be refused by api."""
+    if isinstance(request, dict) and isinstance(request.get("uuid"), str):
+        return {**request, "uuid": prefix + request["uuid"]}
+    if isinstance(request, (list, tuple)) and request and isinstance(request[0], str):
+        return [prefix + request[0], *request[1:]]
+    return request
 
 
 def _no_such_job(store: Any, job_id: str) -> NotFoundError:
@@ -267,14 +286,32 @@ def _example_count(examples: Any) -> int:
     return len(examples) if isinstance(examples, list) else 0
 
 
-def _unprefixed(value: Any, prefix: str) -> Any:
-    """`value` with every head name of the tenant shown without its prefix: strings that
-    start with it (uuids in answers: uuid, parent, uuids, heads' keys...)."""
-    if isinstance(value, str):  # a uuid, or a message quoting one ('acme.h')
-        return (value[len(prefix):] if value.startswith(prefix) else value).replace(
-            f"'{prefix}", "'")
+def _shown(value: Any, prefix: str) -> Any:
+    """`value` (an answer) with the head names in HEAD_FIELDS, HEAD_LISTS and HEAD_MAPS
+    unprefixed, and messages unquoted; everything else as it is."""
     if isinstance(value, list):
-        return [_unprefixed(v, prefix) for v in value]
-    if isinstance(value, dict):
-        return {_unprefixed(k, prefix): _unprefixed(v, prefix) for k, v in value.items()}
-    return value
+        return [_shown(v, prefix) for v in value]
+    if not isinstance(value, dict):
+        return value
+    shown = {}
+    for key, item in value.items():
+        if key in HEAD_FIELDS and isinstance(item, str):
+            shown[key] = _strip(item, prefix)
+        elif key in HEAD_LISTS and isinstance(item, list):
+            shown[key] = [_strip(u, prefix) if isinstance(u, str) else u for u in item]
+        elif key in HEAD_MAPS and isinstance(item, dict):
+            shown[key] = {_strip(k, prefix): _shown(v, prefix) for k, v in item.items()}
+        elif key in ("message", "error") and isinstance(item, str):
+            shown[key] = _unquoted(item, prefix)
+        else:
+            shown[key] = _shown(item, prefix)
+    return shown
+
+
+def _strip(uuid: str, prefix: str) -> str:
+    return uuid[len(prefix):] if uuid.startswith(prefix) else uuid
+
+
+def _unquoted(message: str, prefix: str) -> str:
+    """A message as the tenant names things: ph quotes uuids ('acme.h' -> 'h')."""
+    return message.replace(f"'{prefix}", "'")

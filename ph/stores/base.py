@@ -613,7 +613,7 @@ def _pushed(record: dict, history: list[dict]) -> list[dict]:
 
 def weights_named(record: dict) -> set[str]:
     """Every weights file or object a record names: its current ones and its history's."""
-    names = {entry["weights"] for entry in record.get("history", [])}
+    names = {entry["weights"] for entry in record.get("history", [])}  # (kept for roll_back)
     return names | ({record["weights"]} if record.get("weights") else set())
 
 class StoreBase:
@@ -643,7 +643,7 @@ class StoreBase:
             revisions = ", ".join(str(e["revision"]) for e in history) or "none"
             raise NotFoundError(f"head '{uuid}' keeps no revision {revision} to roll back to "
                                 f"(kept: {revisions}; current: {record['revision']}); "
-                                "head_revisions lists them")
+                                "list_revisions lists them")
         new = {**record, **{k: v for k, v in kept[0].items() if k != "revision"},
                "revision": record["revision"] + 1, "updated": time.time(),
                "rolled_back_to": revision,

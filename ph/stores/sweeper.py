@@ -170,7 +170,8 @@ def _live_pack(name: str, live: set[str]) -> bool:
 
 def _named_by(record: dict[str, Any]) -> set[str]:
     names = {f"code/{digest}.py" for digest in (record.get("code") or {}).values()}
-    names |= {f"data/{digest}.jsonl" for digest in record.get("trained_on") or []}
+    for revision in [record, *record.get("history", [])]:  # a roll-back restores trained_on
+        names |= {f"data/{digest}.jsonl" for digest in revision.get("trained_on") or []}
     return names | weights_named(record)
 
 

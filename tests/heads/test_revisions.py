@@ -112,3 +112,14 @@ def test_a_run_keeps_weights_only_in_best_model_and_a_few_head_sizes(registry, d
                                                "trainer": {"epochs": 8, "save_dir": "saved2",
                                                            "resume": str(folder / "best_model.pt")}}})
     assert resumed["epochs_run"] == 8 - summary["best_epoch"]  # weights only: resumes all the same
+
+
+def test_a_roll_back_to_weights_that_are_gone_is_refused_and_changes_nothing(registry, data):
+    from ph.errors import WeightsError
+    registry.create_head("h", small_config())
+    train(registry, data, 1)
+    train(registry, data, 2)
+    (registry.store.root / "h" / "weights-1.pt").unlink()  # e.g. removed by hand
+    with pytest.raises(WeightsError, match="revision 1 are gone"):
+        registry.rollback_head("h", 1)
+    assert registry.check_head("h")["revision"] == 2 and registry.predict("h", TEXTS)

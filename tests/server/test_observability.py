@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -79,8 +80,14 @@ def test_metrics_count_real_traffic_over_two_workers_and_a_job(tmp_path):
     with serve(tmp_path, "--workers", "2", "--token", TOKEN, "--allow-path", str(tmp_path)) as (url, _):
         for i in range(4):
             assert call(url, "create_head", uuid=f"m{i}", config=small_config()).status_code == 200
+        seen: list[float] = []
+        scraper = threading.Thread(target=lambda: [  # during the traffic: parses, only grows
+            seen.append(total(scrape(url), "ph_requests_total", action="predict")) for _ in range(5)])
+        scraper.start()
         for i in range(60):  # new connections: the kernel spreads them over both workers
             assert call(url, "predict", uuid=f"m{i % 4}", data="hello there").status_code == 200
+        scraper.join()
+        assert len(seen) == 5 and seen == sorted(seen)
         assert call(url, "predict", uuid="nobody", data="x").status_code == 404
         assert call(url, "no_such_action").status_code == 404
         job = call(url, "train_head", uuid="m0", background=True, config={"Trainer": {
@@ -159,6 +166,7 @@ def test_request_ids_reach_headers_error_bodies_logs_and_jobs(tmp_path):
                                                    json={"job_id": job["job_id"]}, timeout=10).json(),
                              lambda s: s["state"] not in ("queued", "running"))
         assert status["request_id"] == "trace-job"
+        assert status["log"] and all("[trace-job]" in line for line in status["log"])
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     assert lines and all({"time", "level", "logger", "message", "request_id"} <= set(line)
                          for line in lines)

@@ -29,7 +29,9 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tenants")
     (folder / "tokens.yaml").write_text(yaml.safe_dump(TOKENS))
     train, _ = make_split(seed=0, per_intent=4)
-    write_json(folder / "train.json", train)
+    for tenant in TOKENS["tenants"]:  # each tenant's files: <allowed folder>/<tenant>/
+        (folder / tenant).mkdir()
+        write_json(folder / tenant / "train.json", train)
     with ph_server(folder, "--tokens-file", "tokens.yaml", "--allow-path", str(folder)) as url:
         yield url, folder
 
@@ -46,9 +48,10 @@ def body(response: requests.Response) -> dict | list:
     return value
 
 
-def training(folder) -> dict:
-    return {"Trainer": {"dataloader": {"args": {"train_json": str(folder / "train.json")}},
-                        "trainer": {"epochs": 1, "save_dir": str(folder / "saved")}}}
+def training(folder=None) -> dict:
+    """Relative paths: they start in the tenant's own folder."""
+    return {"Trainer": {"dataloader": {"args": {"train_json": "train.json"}},
+                        "trainer": {"epochs": 1, "save_dir": "saved"}}}
 
 
 def test_each_tenant_lists_and_names_only_its_own_heads(server):
@@ -121,7 +124,7 @@ def test_over_a_quota_the_answer_is_429_with_retry_after_and_which_quota(server)
     assert over.status_code == 429 and "quota examples" in over.json()["message"]
     assert call(url, ACME, "check_head", uuid="q1").json()["examples"] == 0  # nothing stored
     slow_job = {"Trainer": {**training(folder)["Trainer"], "trainer": {
-        "epochs": 1000, "early_stop": 0, "save_dir": str(folder / "saved")}}}
+        "epochs": 1000, "early_stop": 0, "save_dir": "saved"}}}
     job = call(url, ACME, "train_head", uuid="q0", background=True, config=slow_job).json()
     over = call(url, ACME, "train_head", uuid="q1", background=True, config=training(folder))
     assert over.status_code == 429 and "quota jobs" in over.json()["message"]
@@ -135,6 +138,46 @@ def test_over_a_quota_the_answer_is_429_with_retry_after_and_which_quota(server)
     for i in range(3):
         call(url, ACME, "delete_head", uuid=f"q{i}")
     call(url, GLOBEX, "delete_head", uuid="q3")
+
+
+def test_a_tenant_uses_only_files_in_its_own_folder(server):
+    url, folder = server
+    call(url, ACME, "create_head", uuid="files", config=small_config()).raise_for_status()
+    trained = call(url, ACME, "train_head", uuid="files", config=training()).json()
+    best = folder / "acme" / "saved" / "models" / "PersonalizedHeadTrainer" / "acme.files" / "best_model.pt"
+    assert trained["weights"] == str(best) and best.is_file()
+    call(url, GLOBEX, "create_head", uuid="thief", config=small_config()).raise_for_status()
+    for path in (str(best), "../acme/saved", str(folder / "acme" / "train.json")):
+        stolen = call(url, GLOBEX, "train_head", uuid="thief", config={"Trainer": {
+            "dataloader": {"args": {"train_json": "train.json"}},
+            "trainer": {"epochs": 1, "save_dir": "saved", "resume": path}}})
+        assert stolen.status_code == 403 and "outside the folders" in stolen.json()["message"]
+    assert call(url, GLOBEX, "load_weights", uuid="thief", weights_file=str(best)).status_code == 403
+    call(url, ACME, "delete_head", uuid="files")
+    call(url, GLOBEX, "delete_head", uuid="thief")
+
+
+def test_predict_many_in_either_form_names_only_the_tenants_heads(server):
+    url, _ = server
+    call(url, ACME, "create_head", uuid="p", config=small_config()).raise_for_status()
+    for request in ({"uuid": "p", "data": "hi"}, ["p", "hi"]):
+        own = call(url, ACME, "predict_many", requests=[request]).json()[0]
+        assert isinstance(own, int)
+        other = call(url, GLOBEX, "predict_many", requests=[request]).json()[0]
+        assert other["error"] == "not_found" and "'p'" in other["message"]
+    for request in ({"uuid": "acme.p", "data": "hi"}, ["acme.p", "hi"]):  # the stored name
+        assert call(url, GLOBEX, "predict_many", requests=[request]).json()[0]["error"] == "not_found"
+    call(url, ACME, "delete_head", uuid="p")
+
+
+def test_a_tenants_own_data_comes_back_as_it_was_sent(server):
+    url, _ = server
+    call(url, ACME, "create_head", uuid="d", config=small_config()).raise_for_status()
+    call(url, ACME, "add_examples", uuid="d",
+         examples=[{"text": "visit acme.com or 'acme.x'", "label": "acme.greet"}]).raise_for_status()
+    row = call(url, ACME, "list_examples", uuid="d").json()[0]
+    assert (row["text"], row["label"]) == ("visit acme.com or 'acme.x'", "acme.greet")
+    call(url, ACME, "delete_head", uuid="d")
 
 
 def test_the_operators_actions_and_metrics_are_refused_to_tenants(server):
