@@ -54,7 +54,10 @@ def same_weights(a: dict, b: dict, atol: float = 0.0) -> bool:
 
 
 def make_shared(registry):
-    """A trained shared head 'shared' (on train.json) answering with scores."""
+    """A trained shared head 'shared' (on train.json) answering with scores. A new head's
+    first weights come from torch's global generator, which earlier tests in the same
+    worker advance: seeded here, so the same test sees the same heads in any order."""
+    torch.manual_seed(0)
     registry.create_head("shared", scored_config())
     registry.train("shared")
     return registry
