@@ -5,6 +5,7 @@ add-ins store nothing, lora/bias export into the plain parent model, and many ad
 train together as each would alone (ph.heads.addin_heads, ph.heads.together)."""
 from __future__ import annotations
 
+import random
 import shutil
 import time
 
@@ -54,10 +55,11 @@ def same_weights(a: dict, b: dict, atol: float = 0.0) -> bool:
 
 
 def make_shared(registry):
-    """A trained shared head 'shared' (on train.json) answering with scores. A new head's
-    first weights come from torch's global generator, which earlier tests in the same
-    worker advance: seeded here, so the same test sees the same heads in any order."""
-    torch.manual_seed(0)
+    """A trained shared head 'shared' (on train.json) answering with scores. A new head
+    draws its own seed (its first weights) from Python's random module: seeded here, so
+    a test sees the same heads in every run (one assertion failed in about one run in
+    ten, for some first weights)."""
+    random.seed(0)
     registry.create_head("shared", scored_config())
     registry.train("shared")
     return registry
