@@ -67,8 +67,7 @@ def wrk_script(heads: int, kind: str) -> str:
 
 
 def request_data(kind: str, rng: random.Random) -> str:
-    if kind not in REPEATED:
-        return payload(kind)
+    """A new request's text for the kinds of REPEATED."""
     if rng.random() < REPEATED[kind]:
         return json.dumps(COMMON % rng.randint(1, PHRASES))
     return json.dumps(UNIQUE % rng.randint(1, 10**9))
@@ -104,8 +103,10 @@ async def _client(host: str, port: int, heads: int, kind: str, deadline: float,
                   latencies: list, failures: list) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     rng = random.Random()
+    fixed = None if kind in REPEATED else payload(kind)  # built once per connection
     while time.perf_counter() < deadline:
-        body = f'{{"uuid": "u{rng.randrange(heads)}", "data": {request_data(kind, rng)}}}'.encode()
+        data = fixed or request_data(kind, rng)
+        body = f'{{"uuid": "u{rng.randrange(heads)}", "data": {data}}}'.encode()
         start = time.perf_counter()
         writer.write(b"POST /predict/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))

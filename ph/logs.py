@@ -53,6 +53,8 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id (and the
     exception's text when there is one)."""
 
+    converter = time.gmtime  # UTC (the Z)
+
     def format(self, record: logging.LogRecord) -> str:
         line = {"time": f"{self.formatTime(record, DATE_FORMAT)}.{int(record.msecs):03d}Z",
                 "level": record.levelname.lower(), "logger": record.name,
@@ -73,9 +75,7 @@ class TailHandler(logging.Handler):
         super().__init__(logging.INFO)
         self.addFilter(RequestIdFilter())
         self.addFilter(lambda record: record.request_id == request_id.get() != "-")
-        formatter = logging.Formatter(TEXT_FORMAT, DATE_FORMAT)
-        formatter.converter = time.gmtime
-        self.setFormatter(formatter)
+        self.setFormatter(_text_formatter())
         self._lines: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -89,18 +89,19 @@ class TailHandler(logging.Handler):
         self._lines.clear()
 
 
+def _text_formatter() -> logging.Formatter:
+    formatter = logging.Formatter(TEXT_FORMAT, DATE_FORMAT)
+    formatter.converter = time.gmtime  # UTC (the Z): lines from many hosts line up
+    return formatter
+
+
 def configure(level: str = "info", fmt: str = "text") -> None:
     """The root logger for a ph process (ph serve, its workers, ph worker, job processes):
     one handler on stderr in `fmt`, at `level`; uvicorn's and celery's loggers go through
     it too (they are started without their own configuration)."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    if fmt == "json":
-        formatter: logging.Formatter = JsonFormatter()
-    else:
-        formatter = logging.Formatter(TEXT_FORMAT, DATE_FORMAT)
-    formatter.converter = time.gmtime  # UTC (the Z): lines from many hosts line up
-    handler.setFormatter(formatter)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else _text_formatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

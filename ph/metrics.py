@@ -16,6 +16,7 @@ Layer 0: imports nothing of ph.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -34,6 +35,7 @@ _seen: dict[tuple, float] = {}  # cumulative figures already counted: key -> val
 _refreshed = 0.0
 
 
+@functools.cache  # a failed import is not cached by Python: ask once
 def available() -> bool:
     try:
         import prometheus_client  # noqa: F401

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 from ..config.components import UserCode
 from ..config.schema import dig
-from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError, WeightsError
+from ..errors import BadInputError, ConfigError, ConflictError, NotFoundError
 from ..modeling.addins import AddinModel, FrozenBase, initial_addin
 from ..modeling.engine import build_processors, fit_state_dict, make_model, read_weights
 from ..training.data import DataContext, read_records
@@ -321,14 +321,6 @@ class TrainingRuns:
         with self.store.lock(uuid):
             current = self.store.read(uuid)
             self.guard.check_idle(uuid, "rollback_head")
-            for entry in current.get("history", []):  # its weights must still load
-                if entry["revision"] == revision:
-                    try:
-                        self.store.read_weights(uuid, {**current, "weights": entry["weights"]})
-                    except FileNotFoundError:
-                        raise WeightsError(f"head '{uuid}': the weights of revision {revision} "
-                                           "are gone from the store; roll back to another "
-                                           "(list_revisions)") from None
             record = self.store.roll_back(uuid, current, revision)
         log.info("head '%s' rolled back to revision %d, served as revision %d", uuid, revision,
                  record["revision"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
-from typing import Any, ContextManager, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -33,12 +33,16 @@ KEY_BYTES = 32
 MAX_PACKS = 8  # a head with more is merged into one pack on its next run
 
 
-def run_embeddings(store: Any, uuid: str, preprocessor: Any, inputs: Iterable) -> ContextManager:
+@contextlib.contextmanager
+def run_embeddings(store: Any, uuid: str, preprocessor: Any, inputs: Iterable) -> Iterator[None]:
     """A context in which the encoder answers every text of `inputs` from the head's
-    stored embeddings (nothing to do for other encoders)."""
+    stored embeddings (nothing to do for other encoders). The packs are read when the
+    data loader enters it: a run that fails before, or a loader that never encodes the
+    stored examples, costs nothing."""
     encoder = getattr(preprocessor, "shared_text_encoder", None)
     if encoder is None or not hasattr(encoder, "identity"):
-        return contextlib.nullcontext()
+        yield
+        return
     wanted = {text_key(t): t for t in inputs if isinstance(t, str)}
     try:
         known = _stored(store, uuid, encoder, wanted) if wanted else {}
@@ -46,8 +50,9 @@ def run_embeddings(store: Any, uuid: str, preprocessor: Any, inputs: Iterable) -
         log.warning("head '%s': its stored embeddings could not be read or written (%s); "
                     "encoding its examples instead", uuid, getattr(exc, "reason", exc))
         known = {}
-    return encoder.cache.for_training({text: known[key] for key, text in wanted.items()
-                                       if key in known})
+    with encoder.cache.for_training({text: known[key] for key, text in wanted.items()
+                                     if key in known}):
+        yield
 
 
 def _stored(store: Any, uuid: str, encoder: Any, wanted: dict[bytes, str]) -> dict[bytes, torch.Tensor]:
@@ -60,10 +65,11 @@ def _stored(store: Any, uuid: str, encoder: Any, wanted: dict[bytes, str]) -> di
             log.warning("head '%s': embedding pack %s is damaged; it is merged away", uuid, name)
         damaged = damaged or rows is None
         known.update(rows or {})
-    missing = [text for key, text in wanted.items() if key not in known]
+    missing = [(key, text) for key, text in wanted.items() if key not in known]
     if missing:
         with encoder.cache.for_training():  # this machine's embedding store first
-            fresh = dict(zip((text_key(t) for t in missing), encoder.encode(missing)))
+            vectors = encoder.encode([text for _, text in missing])
+        fresh = {key: vector for (key, _), vector in zip(missing, vectors)}
         known.update(fresh)
         merge = damaged or len(packs) >= MAX_PACKS
         store.save_embedding_pack(uuid, encoder.identity, pack(known if merge else fresh),

@@ -38,6 +38,8 @@ from .tenants import Tenant, TenantActions, load_tokens, tenant_of
 
 log = logging.getLogger("ph.server")
 SPEC_PATH = "/jaseci_actions_spec/"
+WRONG_TOKEN = ("missing or wrong token: send 'Authorization: Bearer TOKEN' (or use "
+               "http://user:TOKEN@host:port as the remote action URL)")
 OPEN_PATHS = PROBE_PATHS  # open to probes: they say nothing about heads or paths
 DEFAULT_MAX_BODY = settings.BY_ENV["PH_MAX_BODY_BYTES"].default  # 1,000 768-float examples fit
 ENV = ("PH_HEADS_DIR", "PH_STORE", "PH_TOKEN", "PH_ALLOW_CODE", "PH_ALLOW_PATHS", "PH_MEMORY_BUDGET",
@@ -235,6 +237,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     if settings.api_docs:  # guarded like the actions (not in OPEN_PATHS)
         from .openapi import openapi_document, swagger_page
         document = openapi_document(api.ACTIONS, ph_version())
+        page = swagger_page("ph remote actions")
 
         @app.get("/openapi.json", include_in_schema=False)
         async def openapi():
@@ -242,7 +245,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
         @app.get("/docs", include_in_schema=False)
         async def docs():
-            return HTMLResponse(swagger_page("ph remote actions"))
+            return HTMLResponse(page)
 
     @app.get(SPEC_PATH)
     async def spec():
@@ -322,8 +325,9 @@ class Gatekeeper:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["path"] not in self.open_paths:
             request = Request(scope)
-            refusal = _refusal(request, self.token) if self.tokens is None else \
-                _tenant_refusal(request, self.tokens, scope)
+            refusal = _not_json(request) or (
+                _refusal(request, self.token) if self.tokens is None else
+                _tenant_refusal(request, self.tokens, scope))
             if refusal is not None:
                 return await refusal(scope, receive, send)
         return await self.app(scope, receive, send)
@@ -332,14 +336,9 @@ class Gatekeeper:
 def _tenant_refusal(request: Request, tokens: dict[str, Tenant], scope: dict) -> JSONResponse | None:
     """With tenants: the token names the tenant (put in scope["ph.tenant"]); /metrics is
     the operator's."""
-    if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] \
-            != "application/json":
-        return with_request_id({"error": "bad_input", "message": "send the arguments as JSON "
-                                "with Content-Type: application/json"}, 415)
     tenant = tenant_of(tokens, _credential(request.headers.get("authorization", "")))
     if tenant is None:
-        return _unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' (or "
-                             "use http://user:TOKEN@host:port as the remote action URL)")
+        return _unauthorized(WRONG_TOKEN)
     if scope["path"] == "/metrics" and not tenant.admin:
         return with_request_id({"error": "forbidden", "message": "/metrics is the operator's: "
                                 "scrape it with an admin token"}, 403)
@@ -347,13 +346,18 @@ def _tenant_refusal(request: Request, tokens: dict[str, Tenant], scope: dict) ->
     return None
 
 
-def _refusal(request: Request, token: str | None) -> JSONResponse | None:
-    """None when the request may go on, else the 401 response."""
+def _not_json(request: Request) -> JSONResponse | None:
+    """The 415 for a POST that is not JSON: a browser page cannot send JSON without a CORS
+    preflight, which this server refuses."""
     if request.method == "POST" and request.headers.get("content-type", "").split(";")[0] \
             != "application/json":
-        # a browser page cannot send this without a CORS preflight, which this server refuses
         return with_request_id({"error": "bad_input", "message": "send the arguments as JSON "
                                 "with Content-Type: application/json"}, 415)
+    return None
+
+
+def _refusal(request: Request, token: str | None) -> JSONResponse | None:
+    """None when the request may go on, else the 401 response."""
     if token is None:
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]")
         if not is_loopback(request.client.host if request.client else ""):
@@ -370,8 +374,7 @@ def _refusal(request: Request, token: str | None) -> JSONResponse | None:
     given = _credential(request.headers.get("authorization", ""))
     if given is not None and hmac.compare_digest(given.encode(), token.encode()):
         return None
-    return _unauthorized("missing or wrong token: send 'Authorization: Bearer TOKEN' (or use "
-                         "http://user:TOKEN@host:port as the remote action URL)")
+    return _unauthorized(WRONG_TOKEN)
 
 
 def _credential(header: str) -> str | None:

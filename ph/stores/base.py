@@ -324,6 +324,7 @@ class Records(Protocol):
 
         Raises:
             NotFoundError: no such revision is kept (the message lists those that are).
+            WeightsError: its weights are gone from the store.
             ConflictError, NotFoundError: as write_weights.
         """
         ...
@@ -644,6 +645,11 @@ class StoreBase:
             raise NotFoundError(f"head '{uuid}' keeps no revision {revision} to roll back to "
                                 f"(kept: {revisions}; current: {record['revision']}); "
                                 "list_revisions lists them")
+        try:  # its weights must still load
+            self.read_weights(uuid, {**record, "weights": kept[0]["weights"]})  # type: ignore
+        except FileNotFoundError:
+            raise WeightsError(f"head '{uuid}': the weights of revision {revision} are gone "
+                               "from the store; roll back to another (list_revisions)") from None
         new = {**record, **{k: v for k, v in kept[0].items() if k != "revision"},
                "revision": record["revision"] + 1, "updated": time.time(),
                "rolled_back_to": revision,
